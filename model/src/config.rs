@@ -1,0 +1,127 @@
+//! Service configuration: one TOML file per service, every key overridable by an environment
+//! variable, unknown or mistyped keys refused with the file, line and key named.
+//!
+//! Environment overrides: `{PREFIX}__{SECTION}__{KEY}=value` (case-insensitive, `__` between
+//! levels). The value is read as a TOML literal when it parses as one (`42`, `true`, `"x"`,
+//! `["a","b"]`), else as a plain string. Example: `LODESTONE_BRIDGE__KAFKA__BOOTSTRAP_SERVERS`.
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config file {path}: {detail}")]
+    Invalid { path: String, detail: String },
+    #[error("environment variable {var}: {detail}")]
+    Env { var: String, detail: String },
+}
+
+/// Loads `T` from the TOML file at `path` (or all defaults when `None`), then applies environment
+/// overrides that start with `{env_prefix}__`. `T` should use `#[serde(deny_unknown_fields)]`
+/// and `#[serde(default)]` so that a missing key takes its documented default.
+pub fn load<T: DeserializeOwned>(path: Option<&Path>, env_prefix: &str) -> Result<T, ConfigError> {
+    let (text, shown) = match path {
+        Some(path) => {
+            let shown = path.display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+            (text, shown)
+        }
+        None => (String::new(), "(defaults)".to_string()),
+    };
+    // Parse the file on its own first so that errors carry its line and column.
+    toml::from_str::<T>(&text).map_err(|e| ConfigError::Invalid { path: shown.clone(), detail: e.to_string() })?;
+    let mut tree: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Invalid { path: shown.clone(), detail: e.to_string() })?;
+    let prefix = format!("{}__", env_prefix.to_ascii_uppercase());
+    let mut overridden = Vec::new();
+    for (var, value) in std::env::vars() {
+        let Some(key_path) = var.to_ascii_uppercase().strip_prefix(&prefix).map(str::to_owned) else { continue };
+        let keys: Vec<String> = key_path.split("__").map(|k| k.to_ascii_lowercase()).collect();
+        set_path(&mut tree, &keys, parse_literal(&value)).map_err(|detail| ConfigError::Env { var: var.clone(), detail })?;
+        overridden.push(var);
+    }
+    toml::Value::Table(tree).try_into().map_err(|e: toml::de::Error| {
+        let detail = if overridden.is_empty() {
+            e.to_string()
+        } else {
+            format!("{e} (after environment overrides {})", overridden.join(", "))
+        };
+        ConfigError::Invalid { path: shown, detail }
+    })
+}
+
+fn parse_literal(text: &str) -> toml::Value {
+    let wrapped = format!("v = {text}");
+    match toml::from_str::<toml::Table>(&wrapped) {
+        Ok(mut table) => table.remove("v").unwrap_or_else(|| toml::Value::String(text.into())),
+        Err(_) => toml::Value::String(text.into()),
+    }
+}
+
+fn set_path(tree: &mut toml::Table, keys: &[String], value: toml::Value) -> Result<(), String> {
+    let (last, parents) = keys.split_last().ok_or("empty key")?;
+    let mut table = tree;
+    for key in parents {
+        let entry = table.entry(key.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry.as_table_mut().ok_or_else(|| format!("{key} is not a section"))?;
+    }
+    table.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields, default)]
+    struct Example {
+        port: u16,
+        kafka: Kafka,
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields, default)]
+    struct Kafka {
+        bootstrap_servers: String,
+    }
+
+    impl Default for Example {
+        fn default() -> Self {
+            Example { port: 1, kafka: Kafka::default() }
+        }
+    }
+
+    impl Default for Kafka {
+        fn default() -> Self {
+            Kafka { bootstrap_servers: "127.0.0.1:9092".into() }
+        }
+    }
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        file
+    }
+
+    #[test]
+    fn file_then_environment() {
+        let file = write("port = 5\n");
+        let loaded: Example = load(Some(file.path()), "LODESTONE_TEST_A").unwrap();
+        assert_eq!(loaded, Example { port: 5, kafka: Kafka::default() });
+        std::env::set_var("LODESTONE_TEST_B__KAFKA__BOOTSTRAP_SERVERS", "h:1");
+        std::env::set_var("LODESTONE_TEST_B__PORT", "7");
+        let loaded: Example = load(Some(file.path()), "LODESTONE_TEST_B").unwrap();
+        assert_eq!(loaded, Example { port: 7, kafka: Kafka { bootstrap_servers: "h:1".into() } });
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let file = write("port = 5\n\n[kafka]\nbootstrap_server = \"x\"\n");
+        let err = load::<Example>(Some(file.path()), "LODESTONE_TEST_C").unwrap_err().to_string();
+        assert!(err.contains("line 4") && err.contains("bootstrap_server"), "{err}");
+    }
+}

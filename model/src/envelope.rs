@@ -1,0 +1,387 @@
+//! The envelope: Lodestone's one wire format, in CBOR (agents) or JSON (simple devices, Kafka
+//! producers). The serde structs here are private; callers see [`Envelope`] and [`Record`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::record::{Dimension, MeasureType, MeasureValue, Record, Scalar};
+use crate::validate::{validate_record, Limits, RejectReason, Rejection};
+
+/// The envelope format version this build writes and reads.
+pub const ENVELOPE_VERSION: u32 = 1;
+
+/// How an envelope is encoded. Travels as the MQTT v5 content-type property or the Kafka
+/// `content-type` header; when absent it is sniffed (a JSON envelope starts with `{`, a CBOR one
+/// with a map header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentType {
+    Cbor,
+    Json,
+}
+
+impl ContentType {
+    pub fn mime(self) -> &'static str {
+        match self {
+            ContentType::Cbor => "application/cbor",
+            ContentType::Json => "application/json",
+        }
+    }
+
+    pub fn from_mime(mime: &str) -> Option<ContentType> {
+        match mime.split(';').next().unwrap_or("").trim() {
+            "application/cbor" => Some(ContentType::Cbor),
+            "application/json" => Some(ContentType::Json),
+            _ => None,
+        }
+    }
+
+    /// Guesses the encoding from the first non-blank byte.
+    pub fn sniff(bytes: &[u8]) -> ContentType {
+        match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'{') => ContentType::Json,
+            _ => ContentType::Cbor,
+        }
+    }
+}
+
+/// Where an envelope comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Source {
+    pub device_id: String,
+    /// Changes each time the device restarts; with `device_id` and a sequence number it names one
+    /// reading uniquely.
+    pub boot_id: String,
+}
+
+/// A batch of records from one source for one table. Record `i` has sequence number
+/// `first_seq + i`, whether it was accepted or rejected.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Envelope {
+    /// Destination; MQTT carries it in the topic, Kafka producers put it here.
+    pub database: Option<String>,
+    pub table: Option<String>,
+    pub source: Source,
+    pub first_seq: u64,
+    /// The records that decoded and validated, in order.
+    pub records: Vec<Record>,
+    /// The records that did not, by index.
+    pub rejected: Vec<Rejection>,
+    pub traceparent: Option<String>,
+}
+
+/// Why a whole payload could not be read as an envelope.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("malformed {encoding} envelope: {detail}")]
+    Malformed { encoding: &'static str, detail: String },
+    #[error("envelope version {0} is not supported (this build reads version {ENVELOPE_VERSION})")]
+    UnsupportedVersion(u32),
+}
+
+impl DecodeError {
+    pub fn reason(&self) -> RejectReason {
+        match self {
+            DecodeError::Malformed { .. } => RejectReason::MalformedPayload,
+            DecodeError::UnsupportedVersion(_) => RejectReason::UnsupportedVersion,
+        }
+    }
+}
+
+impl Envelope {
+    /// Sequence number of the last record, accepted or rejected (`first_seq - 1` when empty).
+    pub fn last_seq(&self) -> u64 {
+        let count = (self.records.len() + self.rejected.len()) as u64;
+        (self.first_seq + count).saturating_sub(1)
+    }
+
+    /// Decodes `bytes` (encoding from `content_type`, else sniffed), converts every record and
+    /// validates it against `limits` at `now_ns`. Records that fail go to `rejected`; only a
+    /// payload that is not an envelope at all is an error.
+    pub fn decode(bytes: &[u8], content_type: Option<ContentType>, limits: &Limits, now_ns: i64) -> Result<Envelope, DecodeError> {
+        let content_type = content_type.unwrap_or_else(|| ContentType::sniff(bytes));
+        let wire: WireEnvelope = match content_type {
+            ContentType::Json => serde_json::from_slice(bytes)
+                .map_err(|e| DecodeError::Malformed { encoding: "JSON", detail: e.to_string() })?,
+            ContentType::Cbor => ciborium::from_reader(bytes)
+                .map_err(|e| DecodeError::Malformed { encoding: "CBOR", detail: e.to_string() })?,
+        };
+        if wire.v != ENVELOPE_VERSION {
+            return Err(DecodeError::UnsupportedVersion(wire.v));
+        }
+        let mut envelope = Envelope {
+            database: wire.database,
+            table: wire.table,
+            source: Source { device_id: wire.source.device_id, boot_id: wire.source.boot_id },
+            first_seq: wire.first_seq,
+            records: Vec::with_capacity(wire.records.len()),
+            rejected: Vec::new(),
+            traceparent: wire.traceparent,
+        };
+        for (index, wire_record) in wire.records.into_iter().enumerate() {
+            let checked = wire_record
+                .into_record(index)
+                .and_then(|record| validate_record(&record, limits, now_ns, index).map(|()| record));
+            match checked {
+                Ok(record) => envelope.records.push(record),
+                Err(rejection) => envelope.rejected.push(rejection),
+            }
+        }
+        Ok(envelope)
+    }
+
+    /// Encodes the accepted records as CBOR. Rejections are not encoded.
+    pub fn to_cbor(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.records.len() * 64);
+        ciborium::into_writer(&self.to_wire(), &mut out).expect("CBOR encoding into a Vec cannot fail");
+        out
+    }
+
+    /// Encodes the accepted records as JSON. Rejections are not encoded.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.to_wire()).expect("JSON encoding of an envelope cannot fail")
+    }
+
+    fn to_wire(&self) -> WireEnvelope {
+        WireEnvelope {
+            v: ENVELOPE_VERSION,
+            database: self.database.clone(),
+            table: self.table.clone(),
+            source: WireSource { device_id: self.source.device_id.clone(), boot_id: self.source.boot_id.clone() },
+            first_seq: self.first_seq,
+            records: self.records.iter().map(WireRecord::from_record).collect(),
+            traceparent: self.traceparent.clone(),
+        }
+    }
+}
+
+/// Renders one record as the JSON object of the wire format (used for dead-letter entries).
+pub fn record_to_json(record: &Record) -> serde_json::Value {
+    serde_json::to_value(WireRecord::from_record(record)).expect("JSON encoding of a record cannot fail")
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireEnvelope {
+    v: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    database: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    table: Option<String>,
+    source: WireSource,
+    #[serde(default)]
+    first_seq: u64,
+    records: Vec<WireRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    traceparent: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireSource {
+    device_id: String,
+    #[serde(default)]
+    boot_id: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireRecord {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    dimensions: BTreeMap<String, String>,
+    measure_name: String,
+    /// A single measure; exactly one of `value` and `values` is present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    value: Option<WireValue>,
+    /// A multi-measure record: name → value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    values: Option<BTreeMap<String, WireValue>>,
+    time: i64,
+    /// Unit of `time`: `ns` (default), `us`, `ms` or `s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    time_unit: Option<String>,
+    #[serde(default = "default_version")]
+    version: u64,
+}
+
+fn default_version() -> u64 {
+    1
+}
+
+/// A bare value (type inferred: float → DOUBLE, integer → BIGINT, string → VARCHAR, bool →
+/// BOOLEAN) or an explicitly typed one: `{"type": "TIMESTAMP", "value": 1700000000000000000}`.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum WireValue {
+    Typed {
+        #[serde(rename = "type")]
+        ty: String,
+        value: PlainValue,
+    },
+    Plain(PlainValue),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum PlainValue {
+    Boolean(bool),
+    Integer(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl WireRecord {
+    fn from_record(record: &Record) -> WireRecord {
+        let (value, values) = match &record.value {
+            MeasureValue::Single(scalar) => (Some(WireValue::from_scalar(scalar)), None),
+            MeasureValue::Multi(list) => {
+                (None, Some(list.iter().map(|(name, v)| (name.clone(), WireValue::from_scalar(v))).collect()))
+            }
+        };
+        WireRecord {
+            dimensions: record.dimensions.iter().map(|d| (d.name.clone(), d.value.clone())).collect(),
+            measure_name: record.measure_name.clone(),
+            value,
+            values,
+            time: record.time_ns,
+            time_unit: None,
+            version: record.version,
+        }
+    }
+
+    fn into_record(self, index: usize) -> Result<Record, Rejection> {
+        let invalid = |detail: String| Rejection { index, reason: RejectReason::InvalidValue, detail };
+        let value = match (self.value, self.values) {
+            (Some(value), None) => MeasureValue::Single(value.into_scalar().map_err(invalid)?),
+            (None, Some(values)) => MeasureValue::Multi(
+                values
+                    .into_iter()
+                    .map(|(name, v)| v.into_scalar().map(|s| (name.clone(), s)).map_err(|e| format!("measure {name:?}: {e}")))
+                    .collect::<Result<_, _>>()
+                    .map_err(invalid)?,
+            ),
+            _ => return Err(invalid("a record needs exactly one of `value` and `values`".into())),
+        };
+        let scale = match self.time_unit.as_deref().unwrap_or("ns") {
+            "ns" => 1,
+            "us" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            other => return Err(invalid(format!("time_unit {other:?} is not one of ns, us, ms, s"))),
+        };
+        let time_ns = self.time.checked_mul(scale).ok_or_else(|| invalid(format!("time {} overflows nanoseconds", self.time)))?;
+        Ok(Record {
+            dimensions: self.dimensions.into_iter().map(|(name, value)| Dimension { name, value }).collect(),
+            measure_name: self.measure_name,
+            value,
+            time_ns,
+            version: self.version,
+        })
+    }
+}
+
+impl WireValue {
+    fn from_scalar(scalar: &Scalar) -> WireValue {
+        match scalar {
+            Scalar::Double(v) => WireValue::Plain(PlainValue::Float(*v)),
+            Scalar::Bigint(v) => WireValue::Plain(PlainValue::Integer(*v)),
+            Scalar::Varchar(v) => WireValue::Plain(PlainValue::Text(v.clone())),
+            Scalar::Boolean(v) => WireValue::Plain(PlainValue::Boolean(*v)),
+            Scalar::Timestamp(v) => WireValue::Typed { ty: "TIMESTAMP".into(), value: PlainValue::Integer(*v) },
+        }
+    }
+
+    fn into_scalar(self) -> Result<Scalar, String> {
+        let (ty, value) = match self {
+            WireValue::Plain(PlainValue::Boolean(v)) => return Ok(Scalar::Boolean(v)),
+            WireValue::Plain(PlainValue::Integer(v)) => return Ok(Scalar::Bigint(v)),
+            WireValue::Plain(PlainValue::Float(v)) => return Ok(Scalar::Double(v)),
+            WireValue::Plain(PlainValue::Text(v)) => return Ok(Scalar::Varchar(v)),
+            WireValue::Typed { ty, value } => (ty, value),
+        };
+        let ty = MeasureType::parse(&ty).ok_or_else(|| format!("unknown type {ty:?}"))?;
+        let mismatch = || format!("value does not fit type {ty}");
+        let scalar = match (ty, value) {
+            (MeasureType::Double, PlainValue::Float(v)) => Scalar::Double(v),
+            (MeasureType::Double, PlainValue::Integer(v)) => Scalar::Double(v as f64),
+            (MeasureType::Double, PlainValue::Text(v)) => Scalar::Double(v.trim().parse().map_err(|_| mismatch())?),
+            (MeasureType::Bigint, PlainValue::Integer(v)) => Scalar::Bigint(v),
+            (MeasureType::Bigint, PlainValue::Text(v)) => Scalar::Bigint(v.trim().parse().map_err(|_| mismatch())?),
+            (MeasureType::Varchar, PlainValue::Text(v)) => Scalar::Varchar(v),
+            (MeasureType::Boolean, PlainValue::Boolean(v)) => Scalar::Boolean(v),
+            (MeasureType::Boolean, PlainValue::Text(v)) => Scalar::Boolean(v.trim().parse().map_err(|_| mismatch())?),
+            (MeasureType::Timestamp, PlainValue::Integer(v)) => Scalar::Timestamp(v),
+            _ => return Err(mismatch()),
+        };
+        Ok(scalar)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_700_000_000_000_000_000;
+
+    fn sample() -> Envelope {
+        let record = |value| Record {
+            dimensions: vec![Dimension { name: "truck".into(), value: "t1".into() }],
+            measure_name: "m".into(),
+            value,
+            time_ns: NOW,
+            version: 1,
+        };
+        Envelope {
+            database: Some("fleet".into()),
+            table: Some("trucks".into()),
+            source: Source { device_id: "dev-1".into(), boot_id: "boot".into() },
+            first_seq: 7,
+            records: vec![
+                record(MeasureValue::Single(Scalar::Double(21.0))),
+                record(MeasureValue::Single(Scalar::Bigint(-3))),
+                record(MeasureValue::Single(Scalar::Varchar("ok".into()))),
+                record(MeasureValue::Single(Scalar::Boolean(true))),
+                record(MeasureValue::Single(Scalar::Timestamp(NOW - 1))),
+                record(MeasureValue::Multi(vec![("a".into(), Scalar::Double(0.5)), ("b".into(), Scalar::Bigint(9))])),
+            ],
+            rejected: vec![],
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        }
+    }
+
+    #[test]
+    fn round_trips_in_cbor_and_json() {
+        let envelope = sample();
+        for bytes in [envelope.to_cbor(), envelope.to_json()] {
+            let decoded = Envelope::decode(&bytes, None, &Limits::default(), NOW).unwrap();
+            assert_eq!(decoded, envelope);
+            assert_eq!(decoded.last_seq(), 12);
+        }
+    }
+
+    #[test]
+    fn json_from_a_simple_device() {
+        let json = br#"{"v":1,"source":{"device_id":"d"},"records":[
+            {"dimensions":{"room":"a"},"measure_name":"temp","value":21.5,"time":1700000000000,"time_unit":"ms"},
+            {"measure_name":"n","value":{"type":"DOUBLE","value":3},"time":1},
+            {"measure_name":"bad","value":{"type":"BIGINT","value":"x"},"time":1},
+            {"measure_name":"both","time":1}
+        ]}"#;
+        let envelope = Envelope::decode(json, None, &Limits::default(), NOW).unwrap();
+        assert_eq!(envelope.records.len(), 2);
+        assert_eq!(envelope.records[0].time_ns, NOW);
+        assert_eq!(envelope.records[1].value, MeasureValue::Single(Scalar::Double(3.0)));
+        let reasons: Vec<_> = envelope.rejected.iter().map(|r| (r.index, r.reason)).collect();
+        assert_eq!(reasons, vec![(2, RejectReason::InvalidValue), (3, RejectReason::InvalidValue)]);
+        assert_eq!(envelope.last_seq(), 3);
+    }
+
+    #[test]
+    fn payloads_that_are_not_envelopes() {
+        let check = |bytes: &[u8], reason| {
+            let err = Envelope::decode(bytes, None, &Limits::default(), NOW).unwrap_err();
+            assert_eq!(err.reason(), reason, "{err}");
+        };
+        check(b"{not json", RejectReason::MalformedPayload);
+        check(b"\xff\x00garbage", RejectReason::MalformedPayload);
+        check(br#"{"v":2,"source":{"device_id":"d"},"records":[]}"#, RejectReason::UnsupportedVersion);
+        check(br#"{"v":1,"records":[]}"#, RejectReason::MalformedPayload);
+    }
+}

@@ -1,0 +1,27 @@
+//! The data model and wire format every Lodestone component shares.
+//!
+//! Key types:
+//! - [`Record`]: one Timestream-style record — dimensions, a measure name, a typed value
+//!   ([`MeasureValue`]: a single [`Scalar`] or a multi-measure list), nanosecond time, version.
+//! - [`Envelope`]: what travels on MQTT and Kafka — a source (device id, boot id), the sequence
+//!   number of its first record, the records and an optional `traceparent`. Encoded as CBOR by
+//!   agents ([`Envelope::to_cbor`]); JSON ([`Envelope::to_json`]) is accepted from simple devices
+//!   and Kafka producers. [`Envelope::decode`] sniffs the encoding, converts and validates every
+//!   record, and splits the good records from the [`Rejection`]s.
+//! - [`Limits`]: Timestream's quotas, checked by [`validate_record`].
+//! - [`RejectReason`]: the stable reason codes shared by dead-letter entries, metrics and errors.
+//! - [`topic`]: the MQTT topic layout and the end-to-end [`topic::Ack`].
+//!
+//! - [`config`]: loading a service's TOML configuration with environment overrides.
+//!
+//! Nothing here does network I/O: bytes in, values out.
+
+pub mod config;
+mod envelope;
+mod record;
+pub mod topic;
+mod validate;
+
+pub use envelope::{record_to_json, ContentType, DecodeError, Envelope, Source, ENVELOPE_VERSION};
+pub use record::{Dimension, MeasureType, MeasureValue, Record, Scalar};
+pub use validate::{validate_name, validate_record, Limits, RejectReason, Rejection};
