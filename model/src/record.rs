@@ -9,8 +9,9 @@ pub struct Dimension {
     pub value: String,
 }
 
-/// The type of a measure value, by Timestream's names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// The type of a measure value, by Timestream's names (also its spelling in JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
 pub enum MeasureType {
     Double,
     Bigint,

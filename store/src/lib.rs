@@ -1,1 +1,40 @@
-//! stub
+//! The store: where Lodestone keeps readings.
+//!
+//! Key types:
+//! - [`HotTier`]: the memory store. Ingest workers [`HotTier::write`] records into it; it applies
+//!   the upsert rules and the table's retention, and keeps rows per table, series and time until
+//!   they are persisted. [`HotTier::drain`] hands everything over as a [`PersistBatch`].
+//! - [`Store`]: the magnetic store and the catalog on an object store (a local folder by
+//!   default). [`Store::persist`] writes a [`PersistBatch`] as Parquet files (one per table and
+//!   day, sorted by series then time) and commits them atomically in the catalog.
+//! - [`Snapshot`]: one immutable version of the catalog: databases, tables with their
+//!   [`TableProperties`] and [`TableSchema`], every file with its time range, and opaque
+//!   watermarks that a writer commits together with its files.
+//! - [`arrow_schema`]: the Arrow shape of a table, the one Timestream users query.
+//!
+//! Data enters as [`lodestone_model::Record`]s through the hot tier and leaves as Parquet files
+//! (read by the query service through [`Store::object_store`]) and Arrow record batches.
+//!
+//! **Invariant:** the store knows nothing of Kafka or MQTT; a writer's progress is an opaque
+//! watermark in the catalog.
+
+mod catalog;
+mod cold;
+mod error;
+mod hot;
+mod schema;
+mod upsert;
+
+pub use catalog::{FileMeta, Snapshot, Store, TableEntry, TableProperties, TableRef};
+pub use error::StoreError;
+pub use hot::{HotTier, PersistBatch, TableRows, WriteOutcome};
+pub use schema::{arrow_schema, TableSchema, TIME_COLUMN, VERSION_COLUMN};
+pub use upsert::{decide, UpsertDecision};
+
+/// Nanoseconds in a day: the cold tier's partition width.
+pub const DAY_NS: i64 = 86_400 * 1_000_000_000;
+
+/// The day partition a time falls in (days since the Unix epoch).
+pub fn day_of(time_ns: i64) -> i64 {
+    time_ns.div_euclid(DAY_NS)
+}

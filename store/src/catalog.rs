@@ -1,0 +1,296 @@
+//! The catalog: one immutable JSON snapshot per version on the object store, at
+//! `_catalog/{version:020}.json`. A commit writes version N+1 with a create-if-absent put, so two
+//! writers can never both commit N+1: the loser reloads and retries. A crash at any instant leaves
+//! either the old latest version or the new one; files written but never committed are garbage
+//! that a reader never sees.
+
+use std::collections::BTreeMap;
+use std::path::Path as FsPath;
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use crate::cold::write_partition_file;
+use crate::error::StoreError;
+use crate::hot::PersistBatch;
+use crate::schema::TableSchema;
+
+const CATALOG_PREFIX: &str = "_catalog";
+/// Old catalog versions kept behind the latest, for readers that listed just before a commit.
+const CATALOG_VERSIONS_KEPT: u64 = 20;
+const COMMIT_ATTEMPTS_MAX: u32 = 100;
+
+/// A table's name within its database.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TableRef {
+    pub database: String,
+    pub table: String,
+}
+
+impl std::fmt::Display for TableRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.database, self.table)
+    }
+}
+
+/// Timestream's retention properties of a table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableProperties {
+    /// How long rows stay in the memory store (1–8766 h, default 6). Older writes are rejected
+    /// unless `magnetic_store_writes` is on.
+    pub memory_retention_hours: u32,
+    /// How long rows stay in the magnetic store (1–73000 days, default 73000).
+    pub magnetic_retention_days: u32,
+    /// Whether late records (older than the memory retention) are written to the magnetic store.
+    pub magnetic_store_writes: bool,
+}
+
+impl Default for TableProperties {
+    fn default() -> Self {
+        TableProperties { memory_retention_hours: 6, magnetic_retention_days: 73_000, magnetic_store_writes: false }
+    }
+}
+
+impl TableProperties {
+    pub fn validate(&self) -> Result<(), StoreError> {
+        let invalid = |detail: String| Err(StoreError::Invalid { what: "table properties", detail });
+        if !(1..=8766).contains(&self.memory_retention_hours) {
+            return invalid(format!("memory_retention_hours {} is not within 1..=8766", self.memory_retention_hours));
+        }
+        if !(1..=73_000).contains(&self.magnetic_retention_days) {
+            return invalid(format!("magnetic_retention_days {} is not within 1..=73000", self.magnetic_retention_days));
+        }
+        Ok(())
+    }
+}
+
+/// One Parquet file of the cold tier.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMeta {
+    /// Object path relative to the store's root.
+    pub path: String,
+    /// Day partition (days since the Unix epoch).
+    pub day: i64,
+    pub min_time_ns: i64,
+    pub max_time_ns: i64,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableEntry {
+    pub properties: TableProperties,
+    pub schema: TableSchema,
+    pub files: Vec<FileMeta>,
+}
+
+/// One version of the catalog.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub version: u64,
+    /// database → table → entry.
+    pub databases: BTreeMap<String, BTreeMap<String, TableEntry>>,
+    /// Opaque progress markers that writers commit with their files (e.g. "next input position").
+    pub watermarks: BTreeMap<String, u64>,
+}
+
+impl Snapshot {
+    pub fn table(&self, table: &TableRef) -> Option<&TableEntry> {
+        self.databases.get(&table.database)?.get(&table.table)
+    }
+
+    fn table_mut(&mut self, table: &TableRef) -> Result<&mut TableEntry, StoreError> {
+        let not_found = || StoreError::TableNotFound { database: table.database.clone(), table: table.table.clone() };
+        self.databases.get_mut(&table.database).ok_or_else(not_found)?.get_mut(&table.table).ok_or_else(not_found)
+    }
+
+    fn add_table(&mut self, table: &TableRef, properties: TableProperties) -> Result<(), StoreError> {
+        properties.validate()?;
+        let tables = self.databases.get_mut(&table.database).ok_or_else(|| StoreError::DatabaseNotFound(table.database.clone()))?;
+        if tables.contains_key(&table.table) {
+            return Err(StoreError::TableExists { database: table.database.clone(), table: table.table.clone() });
+        }
+        tables.insert(table.table.clone(), TableEntry { properties, schema: TableSchema::default(), files: Vec::new() });
+        Ok(())
+    }
+}
+
+/// The cold tier and the catalog on one object store.
+#[derive(Clone)]
+pub struct Store {
+    objects: Arc<dyn ObjectStore>,
+}
+
+impl Store {
+    /// Opens (creating if needed) a store in a local folder.
+    pub fn open_local(root: &FsPath) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(root).map_err(|e| StoreError::Invalid { what: "store path", detail: format!("{}: {e}", root.display()) })?;
+        let objects = LocalFileSystem::new_with_prefix(root)?;
+        Ok(Store { objects: Arc::new(objects) })
+    }
+
+    /// Wraps any object store (S3-compatible, in-memory for tests…).
+    pub fn with_object_store(objects: Arc<dyn ObjectStore>) -> Store {
+        Store { objects }
+    }
+
+    /// The object store holding the Parquet files; paths in [`FileMeta::path`] are relative to it.
+    pub fn object_store(&self) -> Arc<dyn ObjectStore> {
+        self.objects.clone()
+    }
+
+    /// The latest committed catalog version (version 0, empty, for a new store).
+    pub async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let prefix = Path::from(CATALOG_PREFIX);
+        let metas: Vec<_> = self.objects.list(Some(&prefix)).try_collect().await?;
+        let latest = metas.iter().filter_map(|m| version_of(&m.location)).max();
+        match latest {
+            None => Ok(Snapshot::default()),
+            Some(version) => self.read_version(version).await,
+        }
+    }
+
+    async fn read_version(&self, version: u64) -> Result<Snapshot, StoreError> {
+        let bytes = self.objects.get(&catalog_path(version)).await?.bytes().await?;
+        serde_json::from_slice(&bytes).map_err(|e| StoreError::CorruptCatalog { version, detail: e.to_string() })
+    }
+
+    /// Applies `change` to the latest snapshot and commits the result as the next version,
+    /// retrying on a lost race. Returns after the commit is durable on the object store.
+    pub async fn commit<F>(&self, mut change: F) -> Result<Snapshot, StoreError>
+    where
+        F: FnMut(&mut Snapshot) -> Result<(), StoreError>,
+    {
+        for _ in 0..COMMIT_ATTEMPTS_MAX {
+            let mut next = self.snapshot().await?;
+            change(&mut next)?;
+            next.version += 1;
+            let bytes = serde_json::to_vec(&next).expect("catalog snapshots always encode");
+            let options = PutOptions { mode: PutMode::Create, ..Default::default() };
+            match self.objects.put_opts(&catalog_path(next.version), PutPayload::from(bytes), options).await {
+                Ok(_) => {
+                    self.forget_old_versions(next.version).await;
+                    return Ok(next);
+                }
+                Err(object_store::Error::AlreadyExists { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::CommitContention { attempts: COMMIT_ATTEMPTS_MAX })
+    }
+
+    async fn forget_old_versions(&self, latest: u64) {
+        if latest > CATALOG_VERSIONS_KEPT {
+            // Best effort: a leftover old version is harmless.
+            let _ = self.objects.delete(&catalog_path(latest - CATALOG_VERSIONS_KEPT)).await;
+        }
+    }
+
+    pub async fn create_database(&self, name: &str) -> Result<Snapshot, StoreError> {
+        lodestone_model::validate_name("database", name).map_err(|detail| StoreError::Invalid { what: "database name", detail })?;
+        self.commit(|snapshot| {
+            if snapshot.databases.contains_key(name) {
+                return Err(StoreError::DatabaseExists(name.into()));
+            }
+            snapshot.databases.insert(name.into(), BTreeMap::new());
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn drop_database(&self, name: &str) -> Result<Snapshot, StoreError> {
+        self.commit(|snapshot| {
+            let tables = snapshot.databases.get(name).ok_or_else(|| StoreError::DatabaseNotFound(name.into()))?;
+            if !tables.is_empty() {
+                return Err(StoreError::DatabaseNotEmpty(name.into()));
+            }
+            snapshot.databases.remove(name);
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn create_table(&self, table: &TableRef, properties: TableProperties) -> Result<Snapshot, StoreError> {
+        lodestone_model::validate_name("table", &table.table).map_err(|detail| StoreError::Invalid { what: "table name", detail })?;
+        self.commit(|snapshot| snapshot.add_table(table, properties.clone())).await
+    }
+
+    /// Creates the database and table if they do not exist yet (an ingest worker's implicit
+    /// creation, as InfluxDB does); existing ones are left as they are.
+    pub async fn ensure_table(&self, table: &TableRef, properties: TableProperties) -> Result<Snapshot, StoreError> {
+        lodestone_model::validate_name("database", &table.database).map_err(|detail| StoreError::Invalid { what: "database name", detail })?;
+        lodestone_model::validate_name("table", &table.table).map_err(|detail| StoreError::Invalid { what: "table name", detail })?;
+        let existing = self.snapshot().await?;
+        if existing.table(table).is_some() {
+            return Ok(existing);
+        }
+        self.commit(|snapshot| {
+            if snapshot.table(table).is_some() {
+                return Ok(());
+            }
+            snapshot.databases.entry(table.database.clone()).or_default();
+            snapshot.add_table(table, properties.clone())
+        })
+        .await
+    }
+
+    pub async fn update_table(&self, table: &TableRef, properties: TableProperties) -> Result<Snapshot, StoreError> {
+        properties.validate()?;
+        self.commit(|snapshot| {
+            snapshot.table_mut(table)?.properties = properties.clone();
+            Ok(())
+        })
+        .await
+    }
+
+    /// Removes the table from the catalog. Its files are left for a later garbage collection.
+    pub async fn drop_table(&self, table: &TableRef) -> Result<Snapshot, StoreError> {
+        self.commit(|snapshot| {
+            snapshot.table_mut(table)?;
+            snapshot.databases.get_mut(&table.database).map(|tables| tables.remove(&table.table));
+            Ok(())
+        })
+        .await
+    }
+
+    /// Writes `batch` as Parquet files (one per table and day) and commits them, the tables'
+    /// learned schemas and `watermarks` in one catalog version. Returns after that commit: the
+    /// rows are durable and the caller may acknowledge its input up to the watermarks.
+    /// On error nothing is committed (files already written are unreferenced garbage).
+    pub async fn persist(&self, batch: &PersistBatch, watermarks: &BTreeMap<String, u64>) -> Result<Snapshot, StoreError> {
+        let mut written: Vec<(usize, FileMeta)> = Vec::new();
+        for (index, table_rows) in batch.tables.iter().enumerate() {
+            let snapshot_schema = self.snapshot().await?.table(&table_rows.table).map(|t| t.schema.clone()).unwrap_or_default();
+            let mut schema = snapshot_schema;
+            schema.merge(&table_rows.schema);
+            for file in write_partition_file(self.objects.as_ref(), &table_rows.table, &schema, &table_rows.rows).await? {
+                written.push((index, file));
+            }
+        }
+        self.commit(|snapshot| {
+            for table_rows in &batch.tables {
+                snapshot.table_mut(&table_rows.table)?.schema.merge(&table_rows.schema);
+            }
+            for (index, file) in &written {
+                snapshot.table_mut(&batch.tables[*index].table)?.files.push(file.clone());
+            }
+            for (key, value) in watermarks {
+                snapshot.watermarks.insert(key.clone(), *value);
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn catalog_path(version: u64) -> Path {
+    Path::from(format!("{CATALOG_PREFIX}/{version:020}.json"))
+}
+
+fn version_of(path: &Path) -> Option<u64> {
+    path.filename()?.strip_suffix(".json")?.parse().ok()
+}

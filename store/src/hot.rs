@@ -1,0 +1,217 @@
+//! The hot tier: recent, unpersisted rows in memory, per table, series and time.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use lodestone_model::{Dimension, MeasureValue, Record, RejectReason, Rejection};
+
+use crate::catalog::{TableProperties, TableRef};
+use crate::schema::TableSchema;
+use crate::upsert::{decide, UpsertDecision};
+
+const HOUR_NS: i64 = 3_600 * 1_000_000_000;
+
+/// A series: the dimensions and measure name shared by its rows.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeriesKey {
+    pub dimensions: Vec<Dimension>,
+    pub measure_name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub value: MeasureValue,
+    pub version: u64,
+}
+
+#[derive(Default)]
+struct HotTable {
+    /// Names and types learned since the last drain (merged into the catalog on persist).
+    schema: TableSchema,
+    series: HashMap<Arc<SeriesKey>, u32>,
+    keys: Vec<Arc<SeriesKey>>,
+    rows: BTreeMap<(u32, i64), Row>,
+}
+
+/// What a write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Inserted,
+    Replaced,
+    Unchanged,
+}
+
+/// The rows of one table handed from the hot tier to [`crate::Store::persist`].
+#[derive(Debug, Clone)]
+pub struct TableRows {
+    pub table: TableRef,
+    pub schema: TableSchema,
+    /// Sorted by series (dimensions, then measure name), then time.
+    pub rows: Vec<(Arc<SeriesKey>, i64, Row)>,
+}
+
+/// Everything drained from the hot tier at once.
+#[derive(Debug, Clone, Default)]
+pub struct PersistBatch {
+    pub tables: Vec<TableRows>,
+}
+
+impl PersistBatch {
+    pub fn row_count(&self) -> usize {
+        self.tables.iter().map(|t| t.rows.len()).sum()
+    }
+}
+
+/// The memory store. Bounded by `rows_max`: at the bound a write is refused with
+/// [`RejectReason::StoreFull`] and the writer is expected to persist (drain) and retry.
+pub struct HotTier {
+    tables: BTreeMap<TableRef, HotTable>,
+    rows: usize,
+    rows_max: usize,
+}
+
+impl HotTier {
+    pub fn new(rows_max: usize) -> HotTier {
+        HotTier { tables: BTreeMap::new(), rows: 0, rows_max }
+    }
+
+    pub fn row_count(&self) -> usize {
+        self.rows
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.rows >= self.rows_max
+    }
+
+    /// Writes one record under Timestream's rules: type checks against `known` (the catalog's
+    /// schema of the table) and what this tier learned, the memory retention of `properties` at
+    /// `now_ns` (late records go to the cold tier when the table allows magnetic writes), and the
+    /// upsert rule against rows still in memory. Returns before anything is durable.
+    pub fn write(
+        &mut self,
+        table: &TableRef,
+        properties: &TableProperties,
+        known: &TableSchema,
+        record: Record,
+        now_ns: i64,
+        index: usize,
+    ) -> Result<WriteOutcome, Rejection> {
+        let reject = |reason, detail: String| Rejection { index, reason, detail };
+        let window_start = now_ns.saturating_sub(i64::from(properties.memory_retention_hours) * HOUR_NS);
+        if record.time_ns < window_start && !properties.magnetic_store_writes {
+            return Err(reject(
+                RejectReason::TimeOutsideRetention,
+                format!("time {} is older than the memory retention of {} h", record.time_ns, properties.memory_retention_hours),
+            ));
+        }
+        known.check(&record, index)?;
+        let hot = self.tables.entry(table.clone()).or_default();
+        hot.schema.check(&record, index)?;
+        let series = SeriesKey { dimensions: record.dimensions.clone(), measure_name: record.measure_name.clone() };
+        let id = match hot.series.get(&series) {
+            Some(id) => *id,
+            None => {
+                let id = hot.keys.len() as u32;
+                let series = Arc::new(series);
+                hot.series.insert(series.clone(), id);
+                hot.keys.push(series);
+                id
+            }
+        };
+        let key = (id, record.time_ns);
+        let existing = hot.rows.get(&key).map(|row| (&row.value, row.version));
+        let outcome = match decide(existing, (&record.value, record.version)) {
+            UpsertDecision::Insert if self.rows >= self.rows_max => {
+                return Err(reject(RejectReason::StoreFull, format!("memory store holds its maximum of {} rows", self.rows_max)));
+            }
+            UpsertDecision::Insert => {
+                self.rows += 1;
+                WriteOutcome::Inserted
+            }
+            UpsertDecision::Replace => WriteOutcome::Replaced,
+            UpsertDecision::NoOp => return Ok(WriteOutcome::Unchanged),
+            UpsertDecision::Reject { existing_version } => {
+                return Err(reject(
+                    RejectReason::VersionConflict,
+                    format!("another value exists under this key at version {existing_version}; write a higher version to replace it"),
+                ));
+            }
+        };
+        hot.schema.learn(&record);
+        hot.rows.insert(key, Row { value: record.value, version: record.version });
+        Ok(outcome)
+    }
+
+    /// Takes every row out of the tier, sorted for the cold tier.
+    pub fn drain(&mut self) -> PersistBatch {
+        let tables = std::mem::take(&mut self.tables);
+        self.rows = 0;
+        let tables = tables
+            .into_iter()
+            .filter(|(_, hot)| !hot.rows.is_empty())
+            .map(|(table, hot)| {
+                let mut rows: Vec<_> = hot.rows.into_iter().map(|((id, time), row)| (hot.keys[id as usize].clone(), time, row)).collect();
+                rows.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+                TableRows { table, schema: hot.schema, rows }
+            })
+            .collect();
+        PersistBatch { tables }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lodestone_model::Scalar;
+
+    const NOW: i64 = 1_700_000_000_000_000_000;
+
+    fn table() -> TableRef {
+        TableRef { database: "db1".into(), table: "t1".into() }
+    }
+
+    fn record(device: &str, time_ns: i64, value: MeasureValue, version: u64) -> Record {
+        Record {
+            dimensions: vec![Dimension { name: "device".into(), value: device.into() }],
+            measure_name: "m".into(),
+            value,
+            time_ns,
+            version,
+        }
+    }
+
+    fn double(x: f64) -> MeasureValue {
+        MeasureValue::Single(Scalar::Double(x))
+    }
+
+    #[test]
+    fn upserts_and_retention() {
+        let mut hot = HotTier::new(2);
+        let props = TableProperties::default();
+        let known = TableSchema::default();
+        let mut write = |r: Record| hot.write(&table(), &props, &known, r, NOW, 0).map_err(|e| e.reason);
+        assert_eq!(write(record("a", NOW, double(1.0), 1)), Ok(WriteOutcome::Inserted));
+        assert_eq!(write(record("a", NOW, double(1.0), 1)), Ok(WriteOutcome::Unchanged));
+        assert_eq!(write(record("a", NOW, double(2.0), 1)), Err(RejectReason::VersionConflict));
+        assert_eq!(write(record("a", NOW, double(2.0), 2)), Ok(WriteOutcome::Replaced));
+        assert_eq!(write(record("a", NOW, MeasureValue::Single(Scalar::Bigint(1)), 3)), Err(RejectReason::MeasureTypeMismatch));
+        let six_hours = 6 * HOUR_NS;
+        assert_eq!(write(record("b", NOW - six_hours, double(1.0), 1)), Ok(WriteOutcome::Inserted));
+        assert_eq!(write(record("c", NOW - six_hours - 1, double(1.0), 1)), Err(RejectReason::TimeOutsideRetention));
+        assert_eq!(write(record("c", NOW, double(1.0), 1)), Err(RejectReason::StoreFull));
+        let batch = hot.drain();
+        assert_eq!(batch.row_count(), 2);
+        assert_eq!(hot.row_count(), 0);
+        let rows = &batch.tables[0].rows;
+        assert_eq!(rows[0].0.dimensions[0].value, "a");
+        assert_eq!(rows[0].2.version, 2);
+    }
+
+    #[test]
+    fn magnetic_writes_accept_late_records() {
+        let mut hot = HotTier::new(10);
+        let props = TableProperties { magnetic_store_writes: true, ..TableProperties::default() };
+        let late = record("a", NOW - 100 * HOUR_NS, double(1.0), 1);
+        assert_eq!(hot.write(&table(), &props, &TableSchema::default(), late, NOW, 0), Ok(WriteOutcome::Inserted));
+    }
+}
