@@ -1,1 +1,181 @@
-fn main() {}
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use axum::routing::get;
+use clap::Parser;
+use futures::future::join_all;
+use ingest_service::{Applied, Counters, DeadLetter, IngestConfig, Ingestor, Origin};
+use lodestone_model::ContentType;
+use lodestone_store::Store;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+/// Lodestone's ingest worker: consumes the ingest topic into the store.
+#[derive(Parser)]
+struct Args {
+    /// TOML configuration file; every key can be overridden with LODESTONE_INGEST__SECTION__KEY.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let config: IngestConfig = lodestone_model::config::load(args.config.as_deref(), "LODESTONE_INGEST")?;
+    let counters = Arc::new(Counters::default());
+    serve_http(&config.http.listen, counters.clone()).await?;
+
+    let store = Store::open_local(&config.store.path).with_context(|| format!("opening store {}", config.store.path.display()))?;
+    let ingestor = Ingestor::open(store, config.persist.hot_rows_max, config.tables.clone(), counters.clone()).await?;
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", &config.kafka.bootstrap_servers);
+    for (key, value) in &config.kafka.properties {
+        client.set(key, value);
+    }
+    let consumer: StreamConsumer = client
+        .clone()
+        .set("group.id", &config.kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .context("creating the Kafka consumer")?;
+    consumer.subscribe(&[&config.kafka.ingest_topic]).context("subscribing to the ingest topic")?;
+    let producer: FutureProducer = client
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create()
+        .context("creating the dead-letter producer")?;
+    tracing::info!(topic = %config.kafka.ingest_topic, group = %config.kafka.group_id, "consuming");
+    let worker = Worker { ingestor, consumer, producer, config, pending_letters: Vec::new(), next_offsets: BTreeMap::new() };
+    worker.run().await
+}
+
+/// The Kafka loop around an [`Ingestor`].
+struct Worker {
+    ingestor: Ingestor,
+    consumer: StreamConsumer,
+    producer: FutureProducer,
+    config: IngestConfig,
+    pending_letters: Vec<rdkafka::producer::DeliveryFuture>,
+    /// (topic, partition) → offset after the last message applied to the hot tier.
+    next_offsets: BTreeMap<(String, i32), i64>,
+}
+
+impl Worker {
+    async fn run(mut self) -> anyhow::Result<()> {
+        let mut tick = tokio::time::interval(Duration::from_millis(self.config.persist.interval_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        loop {
+            tokio::select! {
+                message = self.consumer.recv() => {
+                    let message = match message {
+                        Ok(message) => message.detach(),
+                        Err(error) => {
+                            tracing::warn!(%error, "kafka consumer error");
+                            continue;
+                        }
+                    };
+                    self.handle(&message).await?;
+                }
+                _ = tick.tick() => self.persist_and_commit().await?,
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+            }
+        }
+        tracing::info!("shutting down: persisting and committing");
+        self.persist_and_commit().await?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+
+    async fn handle(&mut self, message: &rdkafka::message::OwnedMessage) -> anyhow::Result<()> {
+        let content_type = message.headers().and_then(|headers| {
+            headers
+                .iter()
+                .find(|h| h.key.eq_ignore_ascii_case("content-type"))
+                .and_then(|h| h.value)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(ContentType::from_mime)
+        });
+        let origin = Origin { topic: message.topic().to_string(), partition: message.partition(), offset: message.offset() };
+        let payload = message.payload().unwrap_or_default();
+        let letters = loop {
+            match self.ingestor.apply(payload, content_type, &origin, now_ns()).await? {
+                Applied::Done(letters) => break letters,
+                Applied::PersistFirst => self.persist_and_commit().await?,
+            }
+        };
+        for letter in letters {
+            self.send_dead_letter(letter, &origin);
+        }
+        self.next_offsets.insert((origin.topic, origin.partition), origin.offset + 1);
+        Ok(())
+    }
+
+    fn send_dead_letter(&mut self, letter: DeadLetter, origin: &Origin) {
+        tracing::warn!(reason = %letter.reason, device_id = ?letter.device_id, offset = origin.offset, "rejected");
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "reason", value: Some(letter.reason.as_str()) })
+            .insert(Header { key: "detail", value: Some(letter.detail.as_str()) })
+            .insert(Header { key: "device_id", value: letter.device_id.as_deref() })
+            .insert(Header { key: "source", value: Some("ingest") });
+        let key = letter.device_id.clone().unwrap_or_default();
+        let record = FutureRecord::to(&self.config.kafka.dead_letter_topic).key(&key).payload(&letter.payload).headers(headers);
+        match self.producer.send_result(record) {
+            Ok(delivery) => self.pending_letters.push(delivery),
+            Err((error, _)) => tracing::error!(%error, "cannot queue a dead letter"),
+        }
+    }
+
+    /// Persists the hot tier, waits for every dead letter, then commits the offsets of every
+    /// message applied so far. Exits the process on a store error: Kafka replays from the last
+    /// committed offset, so nothing acknowledged is lost.
+    async fn persist_and_commit(&mut self) -> anyhow::Result<()> {
+        if self.next_offsets.is_empty() {
+            return Ok(());
+        }
+        let watermarks: BTreeMap<String, u64> =
+            self.next_offsets.iter().map(|((topic, partition), offset)| (format!("kafka/{topic}/{partition}"), *offset as u64)).collect();
+        let rows = self.ingestor.persist(&watermarks).await.context("persisting the hot tier")?;
+        for delivery in join_all(std::mem::take(&mut self.pending_letters)).await {
+            match delivery {
+                Ok(Ok(_)) => {}
+                Ok(Err((error, _))) => anyhow::bail!("a dead letter was not delivered: {error}"),
+                Err(_) => anyhow::bail!("a dead letter delivery was cancelled"),
+            }
+        }
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, partition), offset) in std::mem::take(&mut self.next_offsets) {
+            offsets.add_partition_offset(&topic, partition, Offset::Offset(offset))?;
+        }
+        self.consumer.commit(&offsets, CommitMode::Sync).context("committing offsets")?;
+        tracing::debug!(rows, "persisted and committed");
+        Ok(())
+    }
+}
+
+async fn serve_http(listen: &str, counters: Arc<Counters>) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    tracing::info!("listening on http://{}", listener.local_addr()?);
+    let app = axum::Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/metrics", get(move || async move { counters.render() }));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(())
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}

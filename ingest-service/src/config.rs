@@ -1,0 +1,98 @@
+//! Configuration of an ingest worker; every key can be overridden by `LODESTONE_INGEST__…`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    pub kafka: KafkaConfig,
+    pub store: StoreConfig,
+    pub persist: PersistConfig,
+    pub tables: TablesConfig,
+    pub http: HttpConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    pub bootstrap_servers: String,
+    pub group_id: String,
+    pub ingest_topic: String,
+    pub dead_letter_topic: String,
+    /// Extra librdkafka properties for the consumer and the dead-letter producer.
+    pub properties: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Folder of the store (catalog and Parquet files), shared with the query services.
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PersistConfig {
+    /// The hot tier is persisted (and offsets committed) at least this often.
+    pub interval_ms: u64,
+    /// Bound of the hot tier in rows; reaching it triggers a persist before more is consumed.
+    pub hot_rows_max: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TablesConfig {
+    /// Create a database and table on their first record (as InfluxDB does). When false, records
+    /// for unknown tables are rejected with `table_not_found`.
+    pub auto_create: bool,
+    /// Retention properties of implicitly created tables.
+    pub memory_store_retention_hours: u32,
+    pub magnetic_store_retention_days: u32,
+    pub magnetic_store_writes: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of `/health` and `/metrics`.
+    pub listen: String,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            group_id: "lodestone-ingest".into(),
+            ingest_topic: "lodestone.ingest".into(),
+            dead_letter_topic: "lodestone.dead-letter".into(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { path: PathBuf::from("data/store") }
+    }
+}
+
+impl Default for PersistConfig {
+    fn default() -> Self {
+        PersistConfig { interval_ms: 1_000, hot_rows_max: 1_000_000 }
+    }
+}
+
+impl Default for TablesConfig {
+    fn default() -> Self {
+        TablesConfig { auto_create: true, memory_store_retention_hours: 6, magnetic_store_retention_days: 73_000, magnetic_store_writes: false }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: "127.0.0.1:9281".into() }
+    }
+}

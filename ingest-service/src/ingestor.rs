@@ -1,0 +1,168 @@
+//! The Kafka-free core of an ingest worker: envelopes in, hot-tier rows and dead letters out.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use lodestone_model::{record_to_json, ContentType, Envelope, Limits, RejectReason, Rejection};
+use lodestone_store::{HotTier, Snapshot, Store, StoreError, TableProperties, TableRef};
+use serde_json::json;
+
+use crate::config::TablesConfig;
+use crate::metrics::Counters;
+
+/// Where a message came from, carried into its dead letters.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// One entry for the dead-letter topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub reason: RejectReason,
+    pub detail: String,
+    /// Device id, when known: the dead-letter message's key.
+    pub device_id: Option<String>,
+    /// The raw payload for an undecodable message, else a JSON description of the record.
+    pub payload: Vec<u8>,
+}
+
+/// What [`Ingestor::apply`] did with a message.
+#[derive(Debug)]
+pub enum Applied {
+    /// Written to the hot tier; these records (or the whole payload) were rejected.
+    Done(Vec<DeadLetter>),
+    /// Nothing was written: the hot tier has no room for the message. Persist, then apply again.
+    PersistFirst,
+}
+
+pub struct Ingestor {
+    store: Store,
+    hot: HotTier,
+    hot_rows_max: usize,
+    snapshot: Snapshot,
+    tables: TablesConfig,
+    limits: Limits,
+    counters: Arc<Counters>,
+}
+
+impl Ingestor {
+    pub async fn open(store: Store, hot_rows_max: usize, tables: TablesConfig, counters: Arc<Counters>) -> Result<Ingestor, StoreError> {
+        let snapshot = store.snapshot().await?;
+        Ok(Ingestor { store, hot: HotTier::new(hot_rows_max), hot_rows_max, snapshot, tables, limits: Limits::default(), counters })
+    }
+
+    pub fn hot_rows(&self) -> usize {
+        self.hot.row_count()
+    }
+
+    /// Decodes one message and writes its records into the hot tier. Returns before anything is
+    /// durable: the caller must not commit the message's offset before [`Ingestor::persist`].
+    pub async fn apply(&mut self, payload: &[u8], content_type: Option<ContentType>, origin: &Origin, now_ns: i64) -> Result<Applied, StoreError> {
+        let envelope = match Envelope::decode(payload, content_type, &self.limits, now_ns) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                let letter = DeadLetter { reason: error.reason(), detail: error.to_string(), device_id: None, payload: payload.to_vec() };
+                self.counters.reject(letter.reason);
+                return Ok(Applied::Done(vec![letter]));
+            }
+        };
+        if self.hot.row_count() > 0 && self.hot.row_count() + envelope.records.len() > self.hot_rows_max {
+            return Ok(Applied::PersistFirst);
+        }
+        Counters::add(&self.counters.records_received, (envelope.records.len() + envelope.rejected.len()) as u64);
+        let mut rejections: Vec<(Rejection, Option<serde_json::Value>)> = envelope.rejected.iter().map(|r| (r.clone(), None)).collect();
+        match self.destination(&envelope).await? {
+            Err(rejection) => {
+                for (index, record) in envelope.records.iter().enumerate() {
+                    rejections.push((Rejection { index, ..rejection.clone() }, Some(record_to_json(record))));
+                }
+            }
+            Ok((table, properties)) => {
+                let known = self.snapshot.table(&table).map(|t| t.schema.clone()).unwrap_or_default();
+                for (index, record) in envelope.records.iter().enumerate() {
+                    match self.hot.write(&table, &properties, &known, record.clone(), now_ns, index) {
+                        Ok(_) => Counters::add(&self.counters.records_written, 1),
+                        Err(rejection) => rejections.push((rejection, Some(record_to_json(record)))),
+                    }
+                }
+            }
+        }
+        let letters = rejections
+            .into_iter()
+            .map(|(rejection, record)| {
+                self.counters.reject(rejection.reason);
+                dead_letter(&envelope, origin, rejection, record)
+            })
+            .collect();
+        Ok(Applied::Done(letters))
+    }
+
+    /// The table an envelope goes to and its properties, creating it when allowed; or the
+    /// rejection every record of the envelope gets.
+    async fn destination(&mut self, envelope: &Envelope) -> Result<Result<(TableRef, TableProperties), Rejection>, StoreError> {
+        let invalid = |reason, detail: String| Ok(Err(Rejection { index: 0, reason, detail }));
+        let (Some(database), Some(table)) = (&envelope.database, &envelope.table) else {
+            return invalid(RejectReason::InvalidDestination, "an envelope on Kafka must name its database and table".into());
+        };
+        let table = TableRef { database: database.clone(), table: table.clone() };
+        if self.snapshot.table(&table).is_none() {
+            self.snapshot = self.store.snapshot().await?;
+        }
+        if self.snapshot.table(&table).is_none() {
+            if !self.tables.auto_create {
+                return invalid(RejectReason::TableNotFound, format!("table {table} does not exist"));
+            }
+            let properties = TableProperties {
+                memory_retention_hours: self.tables.memory_store_retention_hours,
+                magnetic_retention_days: self.tables.magnetic_store_retention_days,
+                magnetic_store_writes: self.tables.magnetic_store_writes,
+            };
+            match self.store.ensure_table(&table, properties).await {
+                Ok(snapshot) => self.snapshot = snapshot,
+                Err(StoreError::Invalid { detail, .. }) => return invalid(RejectReason::InvalidDestination, detail),
+                Err(error) => return Err(error),
+            }
+        }
+        let properties = self.snapshot.table(&table).map(|t| t.properties.clone()).unwrap_or_default();
+        Ok(Ok((table, properties)))
+    }
+
+    /// Persists everything in the hot tier and commits `watermarks` with it. Returns after the
+    /// catalog commit; the caller may commit its Kafka offsets up to the watermarks.
+    pub async fn persist(&mut self, watermarks: &BTreeMap<String, u64>) -> Result<usize, StoreError> {
+        let batch = self.hot.drain();
+        let rows = batch.row_count();
+        if rows > 0 || !watermarks.is_empty() {
+            self.snapshot = self.store.persist(&batch, watermarks).await?;
+            Counters::add(&self.counters.records_persisted, rows as u64);
+            Counters::add(&self.counters.persists, 1);
+        }
+        Ok(rows)
+    }
+}
+
+fn dead_letter(envelope: &Envelope, origin: &Origin, rejection: Rejection, record: Option<serde_json::Value>) -> DeadLetter {
+    let body = json!({
+        "reason": rejection.reason.as_str(),
+        "detail": rejection.detail,
+        "device_id": envelope.source.device_id,
+        "boot_id": envelope.source.boot_id,
+        "seq": envelope.first_seq + rejection.index as u64,
+        "database": envelope.database,
+        "table": envelope.table,
+        "source": "kafka",
+        "topic": origin.topic,
+        "partition": origin.partition,
+        "offset": origin.offset,
+        "record": record,
+    });
+    DeadLetter {
+        reason: rejection.reason,
+        detail: rejection.detail,
+        device_id: Some(envelope.source.device_id.clone()),
+        payload: serde_json::to_vec(&body).expect("JSON encoding cannot fail"),
+    }
+}

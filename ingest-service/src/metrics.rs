@@ -1,0 +1,47 @@
+//! Counters of what the worker received, wrote and rejected, rendered for Prometheus.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use lodestone_model::RejectReason;
+
+#[derive(Default)]
+pub struct Counters {
+    pub messages_received: AtomicU64,
+    pub records_received: AtomicU64,
+    pub records_written: AtomicU64,
+    pub records_persisted: AtomicU64,
+    pub persists: AtomicU64,
+    rejected: Mutex<BTreeMap<RejectReason, u64>>,
+}
+
+impl Counters {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn reject(&self, reason: RejectReason) {
+        *self.rejected.lock().expect("counters lock").entry(reason).or_default() += 1;
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let plain = [
+            ("lodestone_ingest_messages_received_total", &self.messages_received),
+            ("lodestone_ingest_records_received_total", &self.records_received),
+            ("lodestone_ingest_records_written_total", &self.records_written),
+            ("lodestone_ingest_records_persisted_total", &self.records_persisted),
+            ("lodestone_ingest_persists_total", &self.persists),
+        ];
+        for (name, counter) in plain {
+            let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", counter.load(Ordering::Relaxed));
+        }
+        let _ = writeln!(out, "# TYPE lodestone_ingest_records_rejected_total counter");
+        for (reason, count) in self.rejected.lock().expect("counters lock").iter() {
+            let _ = writeln!(out, "lodestone_ingest_records_rejected_total{{reason=\"{reason}\"}} {count}");
+        }
+        out
+    }
+}

@@ -1,0 +1,205 @@
+//! REST routes. Every error answers JSON `{"error": {"code": "...", "message": "..."}}` with a
+//! stable code.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use lodestone_store::{StoreError, TableProperties, TableRef};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::engine::{Engine, QueryError};
+
+pub fn router(engine: Arc<Engine>) -> Router {
+    Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/v1/query", post(query))
+        .route("/v1/databases", get(list_databases).post(create_database))
+        .route("/v1/databases/{database}", get(describe_database).delete(drop_database))
+        .route("/v1/databases/{database}/tables", get(list_tables).post(create_table))
+        .route("/v1/databases/{database}/tables/{table}", get(describe_table).patch(update_table).delete(drop_table))
+        .with_state(engine)
+}
+
+/// An error as the API answers it.
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(error: QueryError) -> ApiError {
+        let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        ApiError { status, code: error.code(), message: error.to_string() }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> ApiError {
+        let (status, code) = match &error {
+            StoreError::DatabaseNotFound(_) => (StatusCode::NOT_FOUND, "database_not_found"),
+            StoreError::TableNotFound { .. } => (StatusCode::NOT_FOUND, "table_not_found"),
+            StoreError::DatabaseExists(_) | StoreError::TableExists { .. } => (StatusCode::CONFLICT, "already_exists"),
+            StoreError::DatabaseNotEmpty(_) => (StatusCode::CONFLICT, "database_not_empty"),
+            StoreError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid_request"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
+        };
+        ApiError { status, code, message: error.to_string() }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueryRequest {
+    sql: String,
+    #[serde(default)]
+    max_rows: Option<usize>,
+}
+
+async fn query(State(engine): State<Arc<Engine>>, Json(request): Json<QueryRequest>) -> Result<Response, ApiError> {
+    let result = engine.run(&request.sql, request.max_rows).await?;
+    Ok(Json(result).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateDatabase {
+    name: String,
+}
+
+async fn list_databases(State(engine): State<Arc<Engine>>) -> Result<Response, ApiError> {
+    let snapshot = engine.store().snapshot().await?;
+    let databases: Vec<_> = snapshot
+        .databases
+        .iter()
+        .map(|(name, tables)| json!({"name": name, "table_count": tables.len()}))
+        .collect();
+    Ok(Json(json!({ "databases": databases })).into_response())
+}
+
+async fn create_database(State(engine): State<Arc<Engine>>, Json(request): Json<CreateDatabase>) -> Result<Response, ApiError> {
+    engine.store().create_database(&request.name).await?;
+    Ok((StatusCode::CREATED, Json(json!({"name": request.name}))).into_response())
+}
+
+async fn describe_database(State(engine): State<Arc<Engine>>, Path(database): Path<String>) -> Result<Response, ApiError> {
+    let snapshot = engine.store().snapshot().await?;
+    let tables = snapshot.databases.get(&database).ok_or(StoreError::DatabaseNotFound(database.clone()))?;
+    Ok(Json(json!({"name": database, "table_count": tables.len()})).into_response())
+}
+
+async fn drop_database(State(engine): State<Arc<Engine>>, Path(database): Path<String>) -> Result<Response, ApiError> {
+    engine.store().drop_database(&database).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// A table's retention properties in the API, by Timestream's names.
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct Retention {
+    #[serde(default = "default_memory_hours")]
+    memory_store_retention_hours: u32,
+    #[serde(default = "default_magnetic_days")]
+    magnetic_store_retention_days: u32,
+    #[serde(default)]
+    magnetic_store_writes: bool,
+}
+
+fn default_memory_hours() -> u32 {
+    TableProperties::default().memory_retention_hours
+}
+
+fn default_magnetic_days() -> u32 {
+    TableProperties::default().magnetic_retention_days
+}
+
+impl Retention {
+    fn properties(&self) -> TableProperties {
+        TableProperties {
+            memory_retention_hours: self.memory_store_retention_hours,
+            magnetic_retention_days: self.magnetic_store_retention_days,
+            magnetic_store_writes: self.magnetic_store_writes,
+        }
+    }
+
+    fn of(properties: &TableProperties) -> Retention {
+        Retention {
+            memory_store_retention_hours: properties.memory_retention_hours,
+            magnetic_store_retention_days: properties.magnetic_retention_days,
+            magnetic_store_writes: properties.magnetic_store_writes,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTable {
+    name: String,
+    #[serde(flatten)]
+    retention: Retention,
+}
+
+async fn list_tables(State(engine): State<Arc<Engine>>, Path(database): Path<String>) -> Result<Response, ApiError> {
+    let snapshot = engine.store().snapshot().await?;
+    let tables = snapshot.databases.get(&database).ok_or(StoreError::DatabaseNotFound(database.clone()))?;
+    let tables: Vec<_> = tables.iter().map(|(name, entry)| table_json(&database, name, entry)).collect();
+    Ok(Json(json!({ "tables": tables })).into_response())
+}
+
+fn table_json(database: &str, name: &str, entry: &lodestone_store::TableEntry) -> serde_json::Value {
+    let rows: u64 = entry.files.iter().map(|f| f.rows).sum();
+    let bytes: u64 = entry.files.iter().map(|f| f.bytes).sum();
+    json!({
+        "database": database,
+        "name": name,
+        "retention": Retention::of(&entry.properties),
+        "dimensions": entry.schema.dimensions,
+        "measures": entry.schema.measures,
+        "magnetic_store": {"files": entry.files.len(), "rows": rows, "bytes": bytes},
+    })
+}
+
+async fn create_table(
+    State(engine): State<Arc<Engine>>,
+    Path(database): Path<String>,
+    Json(request): Json<CreateTable>,
+) -> Result<Response, ApiError> {
+    let table = TableRef { database: database.clone(), table: request.name.clone() };
+    let snapshot = engine.store().create_table(&table, request.retention.properties()).await?;
+    let entry = snapshot.table(&table).expect("table just created");
+    Ok((StatusCode::CREATED, Json(table_json(&database, &request.name, entry))).into_response())
+}
+
+async fn describe_table(State(engine): State<Arc<Engine>>, Path((database, table)): Path<(String, String)>) -> Result<Response, ApiError> {
+    let snapshot = engine.store().snapshot().await?;
+    let table_ref = TableRef { database: database.clone(), table: table.clone() };
+    let entry = snapshot.table(&table_ref).ok_or(StoreError::TableNotFound { database: database.clone(), table: table.clone() })?;
+    Ok(Json(table_json(&database, &table, entry)).into_response())
+}
+
+async fn update_table(
+    State(engine): State<Arc<Engine>>,
+    Path((database, table)): Path<(String, String)>,
+    Json(retention): Json<Retention>,
+) -> Result<Response, ApiError> {
+    let table_ref = TableRef { database: database.clone(), table: table.clone() };
+    let snapshot = engine.store().update_table(&table_ref, retention.properties()).await?;
+    let entry = snapshot.table(&table_ref).expect("table just updated");
+    Ok(Json(table_json(&database, &table, entry)).into_response())
+}
+
+async fn drop_table(State(engine): State<Arc<Engine>>, Path((database, table)): Path<(String, String)>) -> Result<Response, ApiError> {
+    engine.store().drop_table(&TableRef { database, table }).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

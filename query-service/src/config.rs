@@ -1,0 +1,73 @@
+//! Configuration of the query service. Every key has the default shown in
+//! `configs/query-service.example.toml` and can be overridden by `LODESTONE_QUERY__…` variables.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryConfig {
+    pub http: HttpConfig,
+    pub store: StoreConfig,
+    pub limits: LimitsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address the REST API listens on.
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Folder of the store (catalog and Parquet files), shared with the ingest workers.
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// A query running longer is cancelled and answered with 408 `query_timeout`.
+    pub query_timeout_ms: u64,
+    /// Most rows one response returns; a larger result is answered with 413 `too_many_rows`.
+    pub rows_max: usize,
+    /// Memory one query may use for sorts, joins and aggregations; past it, 507 `memory_limit`.
+    pub query_memory_bytes_max: usize,
+    /// Queries running at once; one more is answered with 503 `too_many_queries`.
+    pub concurrent_queries_max: usize,
+    /// Largest SQL text accepted, in bytes.
+    pub sql_bytes_max: usize,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        QueryConfig { http: HttpConfig::default(), store: StoreConfig::default(), limits: LimitsConfig::default() }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: "127.0.0.1:8080".into() }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { path: PathBuf::from("data/store") }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            query_timeout_ms: 30_000,
+            rows_max: 100_000,
+            query_memory_bytes_max: 512 * 1024 * 1024,
+            concurrent_queries_max: 16,
+            sql_bytes_max: 256 * 1024,
+        }
+    }
+}

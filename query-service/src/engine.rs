@@ -1,0 +1,210 @@
+//! Runs one SQL query against the latest catalog snapshot, within the configured limits.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::json::writer::{JsonArray, WriterBuilder};
+use datafusion::catalog::{MemorySchemaProvider, SchemaProvider};
+use datafusion::error::DataFusionError;
+use datafusion::execution::memory_pool::GreedyMemoryPool;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use futures::StreamExt;
+use lodestone_store::{arrow_schema, Snapshot, Store, StoreError};
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use crate::config::LimitsConfig;
+use crate::table::{StoreTable, STORE_URL};
+
+/// Why a query got no answer. Each variant has a stable code and an HTTP status (see
+/// [`QueryError::code`] and [`QueryError::status`]).
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("{0}")]
+    InvalidSql(String),
+    #[error("only queries (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN) are allowed: {0}")]
+    StatementNotAllowed(String),
+    #[error("SQL text is {bytes} bytes, at most {max} allowed")]
+    SqlTooLarge { bytes: usize, max: usize },
+    #[error("query ran longer than {timeout_ms} ms and was cancelled")]
+    Timeout { timeout_ms: u64 },
+    #[error("query returns more than {max} rows; add a LIMIT or a narrower time range")]
+    TooManyRows { max: usize },
+    #[error("query needs more than {max_bytes} bytes of memory: {detail}")]
+    MemoryLimit { max_bytes: usize, detail: String },
+    #[error("{running} queries are already running; retry later")]
+    TooManyQueries { running: usize },
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl QueryError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            QueryError::InvalidSql(_) => "invalid_sql",
+            QueryError::StatementNotAllowed(_) => "statement_not_allowed",
+            QueryError::SqlTooLarge { .. } => "sql_too_large",
+            QueryError::Timeout { .. } => "query_timeout",
+            QueryError::TooManyRows { .. } => "too_many_rows",
+            QueryError::MemoryLimit { .. } => "memory_limit",
+            QueryError::TooManyQueries { .. } => "too_many_queries",
+            QueryError::Store(_) => "store_error",
+            QueryError::Internal(_) => "internal",
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            QueryError::InvalidSql(_) | QueryError::StatementNotAllowed(_) => 400,
+            QueryError::Timeout { .. } => 408,
+            QueryError::SqlTooLarge { .. } | QueryError::TooManyRows { .. } => 413,
+            QueryError::MemoryLimit { .. } => 422,
+            QueryError::TooManyQueries { .. } => 503,
+            QueryError::Store(_) | QueryError::Internal(_) => 500,
+        }
+    }
+
+    fn from_datafusion(error: DataFusionError, limits: &LimitsConfig) -> QueryError {
+        match error.find_root() {
+            DataFusionError::ResourcesExhausted(detail) => {
+                QueryError::MemoryLimit { max_bytes: limits.query_memory_bytes_max, detail: detail.clone() }
+            }
+            DataFusionError::SQL(..) | DataFusionError::Plan(_) | DataFusionError::SchemaError(..) | DataFusionError::NotImplemented(_) => {
+                QueryError::InvalidSql(error.find_root().to_string())
+            }
+            root if root.to_string().contains("not supported") || root.to_string().contains("Only statements") => {
+                QueryError::StatementNotAllowed(root.to_string())
+            }
+            _ => QueryError::Internal(error.to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Column {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub data_type: String,
+}
+
+/// A query's answer, in the JSON shape of `POST /v1/query`.
+#[derive(Debug, Serialize)]
+pub struct QueryResult {
+    pub query_id: String,
+    pub columns: Vec<Column>,
+    pub rows: Vec<Vec<serde_json::Value>>,
+    pub row_count: usize,
+    pub elapsed_ms: u64,
+}
+
+pub struct Engine {
+    store: Store,
+    limits: LimitsConfig,
+    running: Semaphore,
+}
+
+impl Engine {
+    pub fn new(store: Store, limits: LimitsConfig) -> Engine {
+        let running = Semaphore::new(limits.concurrent_queries_max);
+        Engine { store, limits, running }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Runs `sql` against the latest catalog snapshot. Returns at most `max_rows` rows (and never
+    /// more than the configured `rows_max`).
+    pub async fn run(&self, sql: &str, max_rows: Option<usize>) -> Result<QueryResult, QueryError> {
+        if sql.len() > self.limits.sql_bytes_max {
+            return Err(QueryError::SqlTooLarge { bytes: sql.len(), max: self.limits.sql_bytes_max });
+        }
+        let _permit = self
+            .running
+            .try_acquire()
+            .map_err(|_| QueryError::TooManyQueries { running: self.limits.concurrent_queries_max })?;
+        let started = Instant::now();
+        let rows_max = max_rows.unwrap_or(self.limits.rows_max).min(self.limits.rows_max);
+        let timeout = Duration::from_millis(self.limits.query_timeout_ms);
+        let batches = tokio::time::timeout(timeout, self.collect(sql, rows_max))
+            .await
+            .map_err(|_| QueryError::Timeout { timeout_ms: self.limits.query_timeout_ms })??;
+        let (columns, rows) = render(&batches)?;
+        Ok(QueryResult {
+            query_id: format!("{:016x}", rand::random::<u64>()),
+            row_count: rows.len(),
+            columns,
+            rows,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    async fn collect(&self, sql: &str, rows_max: usize) -> Result<Vec<RecordBatch>, QueryError> {
+        let snapshot = self.store.snapshot().await?;
+        let ctx = self.session(&snapshot).map_err(|e| QueryError::from_datafusion(e, &self.limits))?;
+        let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+        let frame = ctx.sql_with_options(sql, options).await.map_err(|e| QueryError::from_datafusion(e, &self.limits))?;
+        let mut stream = frame.execute_stream().await.map_err(|e| QueryError::from_datafusion(e, &self.limits))?;
+        let mut batches = Vec::new();
+        let mut rows = 0;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|e| QueryError::from_datafusion(e, &self.limits))?;
+            rows += batch.num_rows();
+            if rows > rows_max {
+                return Err(QueryError::TooManyRows { max: rows_max });
+            }
+            batches.push(batch);
+        }
+        Ok(batches)
+    }
+
+    /// A fresh DataFusion session that sees `snapshot`: one schema per database, one table per
+    /// Lodestone table, the store's object store registered under [`STORE_URL`].
+    fn session(&self, snapshot: &Snapshot) -> Result<SessionContext, DataFusionError> {
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(GreedyMemoryPool::new(self.limits.query_memory_bytes_max)))
+            .build_arc()?;
+        let config = SessionConfig::new().with_information_schema(true);
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        ctx.register_object_store(ObjectStoreUrl::parse(STORE_URL)?.as_ref(), self.store.object_store());
+        let catalog = ctx.catalog("datafusion").ok_or_else(|| DataFusionError::Internal("default catalog missing".into()))?;
+        for (database, tables) in &snapshot.databases {
+            let schema = Arc::new(MemorySchemaProvider::new());
+            for (name, entry) in tables {
+                let table = StoreTable::new(arrow_schema(&entry.schema), entry.files.clone());
+                schema.register_table(name.clone(), Arc::new(table))?;
+            }
+            catalog.register_schema(database, schema)?;
+        }
+        Ok(ctx)
+    }
+}
+
+/// Turns record batches into column descriptions and rows of JSON values.
+fn render(batches: &[RecordBatch]) -> Result<(Vec<Column>, Vec<Vec<serde_json::Value>>), QueryError> {
+    let Some(first) = batches.first() else { return Ok((Vec::new(), Vec::new())) };
+    let schema = first.schema();
+    let columns: Vec<Column> =
+        schema.fields().iter().map(|f| Column { name: f.name().clone(), data_type: f.data_type().to_string() }).collect();
+    let mut buffer = Vec::new();
+    let mut writer = WriterBuilder::new().with_explicit_nulls(true).build::<_, JsonArray>(&mut buffer);
+    let refs: Vec<&RecordBatch> = batches.iter().collect();
+    writer.write_batches(&refs).map_err(|e| QueryError::Internal(e.to_string()))?;
+    writer.finish().map_err(|e| QueryError::Internal(e.to_string()))?;
+    drop(writer);
+    let objects: Vec<serde_json::Map<String, serde_json::Value>> = if buffer.is_empty() {
+        Vec::new()
+    } else {
+        serde_json::from_slice(&buffer).map_err(|e| QueryError::Internal(e.to_string()))?
+    };
+    let rows = objects
+        .into_iter()
+        .map(|mut object| columns.iter().map(|c| object.remove(&c.name).unwrap_or(serde_json::Value::Null)).collect())
+        .collect();
+    Ok((columns, rows))
+}

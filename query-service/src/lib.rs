@@ -1,0 +1,22 @@
+//! The query service: SQL over the store's tables, answered over REST.
+//!
+//! Key types:
+//! - [`QueryConfig`]: the service's configuration (`configs/query-service.example.toml`).
+//! - [`engine::Engine`]: plans and runs one SQL query with Apache DataFusion against the latest
+//!   catalog snapshot, within the configured limits, and renders the result as JSON.
+//! - [`table::StoreTable`]: the DataFusion `TableProvider` of one Lodestone table: the cold tier's
+//!   Parquet files listed in the catalog, read through the store's object store.
+//! - [`api`]: the REST routes (`/v1/query`, `/v1/databases…`) and their JSON errors.
+//!
+//! Requests enter through [`api::router`]; data enters from the store's object store and leaves
+//! as JSON. The service holds no state between requests: any number of them can run.
+//!
+//! **Invariant:** the query service never writes data; it changes only the catalog's databases
+//! and tables.
+
+pub mod api;
+pub mod config;
+pub mod engine;
+pub mod table;
+
+pub use config::QueryConfig;
