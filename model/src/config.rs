@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read { path: String, source: std::io::Error },
     #[error("config file {path}: {detail}")]
     Invalid { path: String, detail: String },

@@ -1,1 +1,321 @@
-//! stub
+//! A harness for end-to-end tests: it starts the real binaries (tansu, broker-bridge,
+//! ingest-service, query-service, edge-agent) on free 127.0.0.1 ports in a fresh temporary
+//! folder, waits for each by polling with a deadline, and kills them all on `Drop`.
+//!
+//! Binaries are taken from the cargo target folder this test binary was built into (`make test`
+//! builds them first); tansu from `$TANSU_BIN` (set by the Makefile).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::ClientConfig;
+use serde_json::Value;
+
+pub const INGEST_TOPIC: &str = "lodestone.ingest";
+pub const DEAD_LETTER_TOPIC: &str = "lodestone.dead-letter";
+/// Partitions of the ingest topic in tests.
+pub const INGEST_PARTITIONS: i32 = 4;
+
+/// Polls `check` every 100 ms until it returns `Some` or `timeout` passes.
+pub async fn poll_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// The folder holding the workspace's binaries: the parent of this test binary's `deps/`.
+pub fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("LODESTONE_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>").to_path_buf()
+}
+
+pub fn tansu_bin() -> PathBuf {
+    PathBuf::from(std::env::var("TANSU_BIN").unwrap_or_else(|_| "/var/cache/lodestone/tansu-0.6.0/bin/tansu".into()))
+}
+
+/// A child process killed (SIGKILL) when dropped. Its output goes to `{dir}/{name}.log`.
+pub struct Process {
+    pub name: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Process {
+    pub fn spawn(name: &str, program: &Path, args: &[&str], env: &[(String, String)], dir: &Path) -> Process {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(program)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
+        Process { name: name.into(), child: Some(child), log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the exit; returns the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// The last lines of the process's log, for failure messages.
+    pub fn tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    fn assert_running(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("{} exited with {status}:\n{}", self.name, self.tail());
+            }
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Ports of one stack.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub kafka: u16,
+    pub mqtt: u16,
+    pub bridge_http: u16,
+    pub ingest_http: u16,
+    pub query_http: u16,
+    pub agent_http: u16,
+}
+
+/// The whole pipeline, started in a fresh temporary folder.
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub ports: Ports,
+    pub processes: Vec<Process>,
+    pub http: reqwest::Client,
+}
+
+pub struct StackOptions {
+    pub edge_agent: bool,
+    pub ingest_workers: usize,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        StackOptions { edge_agent: true, ingest_workers: 1 }
+    }
+}
+
+impl Stack {
+    pub async fn start(options: StackOptions) -> Stack {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ports = Ports {
+            kafka: free_port(),
+            mqtt: free_port(),
+            bridge_http: free_port(),
+            ingest_http: free_port(),
+            query_http: free_port(),
+            agent_http: free_port(),
+        };
+        let mut stack = Stack { dir, ports, processes: Vec::new(), http: reqwest::Client::new() };
+        stack.start_tansu().await;
+        stack.start_bridge().await;
+        for worker in 0..options.ingest_workers {
+            stack.start_ingest(worker).await;
+        }
+        stack.start_query().await;
+        if options.edge_agent {
+            stack.start_agent("edge-1").await;
+        }
+        stack
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.ports.kafka)
+    }
+
+    fn store_path(&self) -> String {
+        self.dir.path().join("store").display().to_string()
+    }
+
+    async fn start_tansu(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.ports.kafka);
+        let args = ["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"];
+        let process = Process::spawn("tansu", &tansu_bin(), &args, &[], self.dir.path());
+        self.processes.push(process);
+        let port = self.ports.kafka;
+        self.wait_tcp("tansu", port).await;
+        create_topics(&self.bootstrap(), &[(INGEST_TOPIC, INGEST_PARTITIONS), (DEAD_LETTER_TOPIC, 1)]).await;
+    }
+
+    async fn start_bridge(&mut self) {
+        let env = vec![
+            env("LODESTONE_BRIDGE__MQTT__LISTEN", format!("127.0.0.1:{}", self.ports.mqtt)),
+            env("LODESTONE_BRIDGE__HTTP__LISTEN", format!("127.0.0.1:{}", self.ports.bridge_http)),
+            env("LODESTONE_BRIDGE__KAFKA__BOOTSTRAP_SERVERS", self.bootstrap()),
+        ];
+        self.spawn_service("broker-bridge", "broker-bridge", env, self.ports.bridge_http).await;
+    }
+
+    pub async fn start_ingest(&mut self, worker: usize) {
+        let port = if worker == 0 { self.ports.ingest_http } else { free_port() };
+        let env = vec![
+            env("LODESTONE_INGEST__KAFKA__BOOTSTRAP_SERVERS", self.bootstrap()),
+            env("LODESTONE_INGEST__STORE__PATH", self.store_path()),
+            env("LODESTONE_INGEST__HTTP__LISTEN", format!("127.0.0.1:{port}")),
+        ];
+        self.spawn_service(&format!("ingest-{worker}"), "ingest-service", env, port).await;
+    }
+
+    async fn start_query(&mut self) {
+        let env = vec![
+            env("LODESTONE_QUERY__STORE__PATH", self.store_path()),
+            env("LODESTONE_QUERY__HTTP__LISTEN", format!("127.0.0.1:{}", self.ports.query_http)),
+        ];
+        self.spawn_service("query-service", "query-service", env, self.ports.query_http).await;
+    }
+
+    pub async fn start_agent(&mut self, device_id: &str) {
+        let env = vec![
+            env("LODESTONE_AGENT__DEVICE_ID", device_id.to_string()),
+            env("LODESTONE_AGENT__HTTP__LISTEN", format!("127.0.0.1:{}", self.ports.agent_http)),
+            env("LODESTONE_AGENT__MQTT__HOST", "127.0.0.1".to_string()),
+            env("LODESTONE_AGENT__MQTT__PORT", self.ports.mqtt.to_string()),
+            env("LODESTONE_AGENT__OUTBOX__PATH", self.dir.path().join(format!("outbox-{device_id}")).display().to_string()),
+        ];
+        self.spawn_service(&format!("agent-{device_id}"), "edge-agent", env, self.ports.agent_http).await;
+    }
+
+    async fn spawn_service(&mut self, name: &str, binary: &str, env: Vec<(String, String)>, http_port: u16) {
+        let process = Process::spawn(name, &bin_dir().join(binary), &[], &env, self.dir.path());
+        self.processes.push(process);
+        let url = format!("http://127.0.0.1:{http_port}/health");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(response) = self.http.get(&url).send().await {
+                if response.status().is_success() {
+                    return;
+                }
+            }
+            self.processes.last_mut().expect("just pushed").assert_running();
+            assert!(Instant::now() < deadline, "{name} not healthy within 60 s:\n{}", self.processes.last().unwrap().tail());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn wait_tcp(&mut self, name: &str, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            self.processes.last_mut().expect("just pushed").assert_running();
+            assert!(Instant::now() < deadline, "{name} not listening within 30 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn process(&mut self, name: &str) -> &mut Process {
+        self.processes.iter_mut().find(|p| p.name == name).unwrap_or_else(|| panic!("no process {name}"))
+    }
+
+    /// Runs SQL through the query service; panics on an HTTP error with its body.
+    pub async fn query(&self, sql: &str) -> Value {
+        let url = format!("http://127.0.0.1:{}/v1/query", self.ports.query_http);
+        let response = self.http.post(&url).json(&serde_json::json!({ "sql": sql })).send().await.expect("query request");
+        let status = response.status();
+        let body: Value = response.json().await.expect("query answer is JSON");
+        assert!(status.is_success(), "query {sql:?} failed with {status}: {body}");
+        body
+    }
+
+    /// Runs SQL and returns the rows, or `None` while the table does not exist yet.
+    pub async fn try_rows(&self, sql: &str) -> Option<Vec<Vec<Value>>> {
+        let url = format!("http://127.0.0.1:{}/v1/query", self.ports.query_http);
+        let response = self.http.post(&url).json(&serde_json::json!({ "sql": sql })).send().await.ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        let body: Value = response.json().await.ok()?;
+        serde_json::from_value(body["rows"].clone()).ok()
+    }
+
+    /// Polls `SELECT count(*)` until it equals `expected` (or the deadline passes).
+    pub async fn wait_for_count(&self, from: &str, expected: i64, timeout: Duration) {
+        let sql = format!("SELECT count(*) FROM {from}");
+        let mut last = None;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let count = self.try_rows(&sql).await.and_then(|rows| rows.first()?.first()?.as_i64());
+            if count == Some(expected) {
+                return;
+            }
+            if count != last {
+                eprintln!("{from}: {count:?} of {expected} rows");
+                last = count;
+            }
+            assert!(Instant::now() < deadline, "{from} has {count:?} rows, expected {expected}, after {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn env(key: &str, value: String) -> (String, String) {
+    (key.to_string(), value)
+}
+
+/// Creates topics (tansu does not create them on first use).
+pub async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("admin client");
+    let new: Vec<NewTopic> = topics.iter().map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1))).collect();
+    let results = admin.create_topics(new.iter(), &AdminOptions::new()).await.expect("create topics");
+    for result in results {
+        if let Err((topic, code)) = result {
+            assert_eq!(code, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists, "creating {topic}");
+        }
+    }
+}
