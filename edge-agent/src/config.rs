@@ -1,4 +1,4 @@
-//! The agent's configuration: one TOML file (see `agent.example.toml`), every key overridable by
+//! The agent's configuration: one TOML file (see `configs/edge-agent.example.toml`), every key overridable by
 //! an environment variable `LODESTONE_AGENT__{SECTION}__{KEY}`. Loaded by
 //! [`lodestone_model::config::load`]; [`AgentConfig::check`] refuses values that parse but make
 //! no sense. Every `Default` here equals the documented default.
@@ -228,7 +228,7 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_example_file_matches_them() {
         AgentConfig::default().check().unwrap();
-        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/agent.example.toml");
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/edge-agent.example.toml");
         let loaded: AgentConfig = lodestone_model::config::load(Some(example.as_ref()), "LODESTONE_AGENT_TEST_UNUSED").unwrap();
         assert_eq!(loaded, AgentConfig::default());
     }

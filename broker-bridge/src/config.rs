@@ -1,0 +1,281 @@
+//! The bridge's configuration (`configs/broker-bridge.example.toml` documents every key) and the embedded
+//! broker's settings derived from it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+use crate::Error;
+
+/// Environment variables `LODESTONE_BRIDGE__{SECTION}__{KEY}` override the file.
+pub const ENV_PREFIX: &str = "LODESTONE_BRIDGE";
+
+/// Smallest segment rumqttd accepts (it panics below 1 KiB).
+const SEGMENT_BYTES_MIN: usize = 1024;
+
+/// Per-device ack logs inside rumqttd: one 1 KiB segment plus one previous (about 30 acks). Acks
+/// are cumulative, so a device that reads only the newest loses nothing; the small bound keeps
+/// 20 000 subscribed devices within a few tens of MiB.
+const ACK_FILTER: &str = "lodestone/v1/ack/+";
+const ACK_SEGMENT_BYTES: usize = SEGMENT_BYTES_MIN;
+const ACK_SEGMENTS_MAX: usize = 2;
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BridgeConfig {
+    pub mqtt: MqttConfig,
+    pub kafka: KafkaConfig,
+    pub http: HttpConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// MQTT 3.1.1 listener. Port 0 picks a free port (logged as `mqtt listening on ADDR`).
+    pub listen: SocketAddr,
+    /// Optional MQTT 5 listener (carries the content-type and `traceparent` user property).
+    pub listen_v5: Option<SocketAddr>,
+    /// Largest envelope payload accepted; a larger one goes to the dead-letter topic
+    /// (`payload_too_large`) and the device stays connected.
+    pub payload_bytes_max: usize,
+    /// Largest MQTT packet rumqttd reads (payload + topic + properties). A bigger packet makes
+    /// rumqttd close the connection: it must exceed `payload_bytes_max` by at least 1 KiB.
+    pub packet_bytes_max: usize,
+    /// Concurrent device connections; rumqttd refuses more.
+    pub connections_max: usize,
+    /// Unacknowledged QoS 1/2 packets per connection (rumqttd `max_inflight_count`).
+    pub inflight_packets_max: usize,
+    /// How long a new TCP connection may take to send CONNECT before it is closed.
+    pub connect_timeout_ms: u16,
+    /// rumqttd keeps publishes in memory only, in segments per subscription. The bridge's log
+    /// holds at most `log_segment_bytes * (log_segments_max + 1)`; when the bridge falls further
+    /// behind (Kafka backpressure) the oldest segment is dropped and its devices resend (they are
+    /// never acked for what was dropped: see `acks`).
+    pub log_segment_bytes: usize,
+    pub log_segments_max: usize,
+    /// Per-device sequence watermarks kept to detect gaps. At the bound, devices with nothing in
+    /// flight are forgotten; their next envelope starts a new watermark.
+    pub devices_tracked_max: usize,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            listen_v5: None,
+            payload_bytes_max: 262_144,
+            packet_bytes_max: 524_288,
+            connections_max: 20_000,
+            inflight_packets_max: 100,
+            connect_timeout_ms: 10_000,
+            log_segment_bytes: 16 * 1024 * 1024,
+            log_segments_max: 4,
+            devices_tracked_max: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    pub bootstrap_servers: String,
+    pub ingest_topic: String,
+    pub dead_letter_topic: String,
+    /// Envelopes read from MQTT whose Kafka delivery is not yet known. At the bound the bridge
+    /// stops reading from the broker (backpressure).
+    pub inflight_envelopes_max: usize,
+    /// Payload bytes of those envelopes; same behaviour at the bound.
+    pub inflight_bytes_max: usize,
+    /// librdkafka `message.timeout.ms`: how long a message is retried while Kafka is unreachable
+    /// before its envelope counts as failed (not acked; the device resends).
+    pub message_timeout_ms: u64,
+    /// On shutdown, how long to wait for in-flight deliveries and the producer flush.
+    pub shutdown_timeout_ms: u64,
+    /// Extra librdkafka producer properties, applied last (they may override the above and the
+    /// bridge's own `enable.idempotence=true`, `acks=all`, `linger.ms=5`).
+    pub properties: BTreeMap<String, PropertyValue>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            ingest_topic: "lodestone.ingest".into(),
+            dead_letter_topic: "lodestone.dead-letter".into(),
+            inflight_envelopes_max: 10_000,
+            inflight_bytes_max: 256 * 1024 * 1024,
+            message_timeout_ms: 300_000,
+            shutdown_timeout_ms: 10_000,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// A librdkafka property value: written as a TOML string, integer, float or boolean (environment
+/// overrides such as `LODESTONE_BRIDGE__KAFKA__PROPERTIES__BATCH_SIZE=1000` arrive as integers).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum PropertyValue {
+    Text(String),
+    Integer(i64),
+    Float(f64),
+    Boolean(bool),
+}
+
+impl std::fmt::Display for PropertyValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PropertyValue::Text(v) => f.write_str(v),
+            PropertyValue::Integer(v) => write!(f, "{v}"),
+            PropertyValue::Float(v) => write!(f, "{v}"),
+            PropertyValue::Boolean(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// `/health` and `/metrics`. Port 0 picks a free port (logged as `listening on http://ADDR`).
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: SocketAddr::from(([127, 0, 0, 1], 9181)) }
+    }
+}
+
+impl BridgeConfig {
+    /// Checks the bounds that serde cannot: each error names the key.
+    pub fn validate(&self) -> Result<(), Error> {
+        let (m, k) = (&self.mqtt, &self.kafka);
+        let checks: [(bool, String); 11] = [
+            (m.payload_bytes_max >= 1, "mqtt.payload_bytes_max must be at least 1".into()),
+            (
+                m.packet_bytes_max >= m.payload_bytes_max.saturating_add(1024),
+                format!("mqtt.packet_bytes_max must be at least mqtt.payload_bytes_max + 1024 = {}", m.payload_bytes_max.saturating_add(1024)),
+            ),
+            (m.connections_max >= 1, "mqtt.connections_max must be at least 1".into()),
+            (m.inflight_packets_max >= 1, "mqtt.inflight_packets_max must be at least 1".into()),
+            (m.log_segment_bytes >= SEGMENT_BYTES_MIN, format!("mqtt.log_segment_bytes must be at least {SEGMENT_BYTES_MIN}")),
+            (m.log_segments_max >= 1, "mqtt.log_segments_max must be at least 1".into()),
+            (m.devices_tracked_max >= 1, "mqtt.devices_tracked_max must be at least 1".into()),
+            (!k.bootstrap_servers.trim().is_empty(), "kafka.bootstrap_servers must not be empty".into()),
+            (
+                !k.ingest_topic.is_empty() && !k.dead_letter_topic.is_empty() && k.ingest_topic != k.dead_letter_topic,
+                "kafka.ingest_topic and kafka.dead_letter_topic must be set and differ".into(),
+            ),
+            (
+                (1..=u32::MAX as usize).contains(&k.inflight_envelopes_max),
+                "kafka.inflight_envelopes_max must be between 1 and 4294967295".into(),
+            ),
+            (
+                (m.packet_bytes_max..=u32::MAX as usize).contains(&k.inflight_bytes_max),
+                format!("kafka.inflight_bytes_max must be between mqtt.packet_bytes_max ({}) and 4294967295", m.packet_bytes_max),
+            ),
+        ];
+        match checks.into_iter().find(|(ok, _)| !ok) {
+            Some((_, message)) => Err(Error::Config(message)),
+            None => Ok(()),
+        }
+    }
+
+    /// The embedded broker's settings. `listen` and `listen_v5` must already be concrete
+    /// (non-zero) ports.
+    pub fn rumqttd_config(&self, listen: SocketAddr, listen_v5: Option<SocketAddr>) -> rumqttd::Config {
+        let m = &self.mqtt;
+        let connections = rumqttd::ConnectionSettings {
+            connection_timeout_ms: m.connect_timeout_ms,
+            max_payload_size: m.packet_bytes_max,
+            max_inflight_count: m.inflight_packets_max,
+            auth: None,
+            external_auth: None,
+            // Without dynamic filters rumqttd disconnects a client that publishes to a topic no
+            // one subscribes to; the bridge subscribes to `#`, so every topic has a filter.
+            dynamic_filters: false,
+        };
+        let server = |name: &str, listen| rumqttd::ServerSettings {
+            name: name.into(),
+            listen,
+            tls: None,
+            next_connection_delay_ms: 1,
+            connections: connections.clone(),
+        };
+        let ack_segments = rumqttd::SegmentConfig { max_segment_size: ACK_SEGMENT_BYTES, max_segment_count: ACK_SEGMENTS_MAX };
+        rumqttd::Config {
+            id: 0,
+            router: rumqttd::RouterConfig {
+                // The bridge's own link and the readiness probe are connections too.
+                max_connections: m.connections_max + 2,
+                max_outgoing_packet_count: 200,
+                max_segment_size: m.log_segment_bytes,
+                max_segment_count: m.log_segments_max,
+                custom_segment: Some(HashMap::from([(ACK_FILTER.to_string(), ack_segments)])),
+                initialized_filters: None,
+                ..Default::default()
+            },
+            v4: Some(HashMap::from([("1".to_string(), server("mqtt-v4", listen))])),
+            v5: listen_v5.map(|addr| HashMap::from([("1".to_string(), server("mqtt-v5", addr))])),
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(edit: impl FnOnce(&mut BridgeConfig), expected: Result<(), &str>) {
+        let mut config = BridgeConfig::default();
+        edit(&mut config);
+        let got = config.validate().map_err(|e| e.to_string());
+        match expected {
+            Ok(()) => assert!(got.is_ok(), "{got:?}"),
+            Err(key) => assert!(got.as_ref().is_err_and(|e| e.contains(key)), "expected an error naming {key}, got {got:?}"),
+        }
+    }
+
+    #[test]
+    fn bounds() {
+        check(|_| {}, Ok(()));
+        check(|c| c.mqtt.packet_bytes_max = c.mqtt.payload_bytes_max + 1024, Ok(()));
+        check(|c| c.mqtt.packet_bytes_max = c.mqtt.payload_bytes_max + 1023, Err("mqtt.packet_bytes_max"));
+        check(|c| c.mqtt.log_segment_bytes = 1024, Ok(()));
+        check(|c| c.mqtt.log_segment_bytes = 1023, Err("mqtt.log_segment_bytes"));
+        check(|c| c.mqtt.log_segments_max = 0, Err("mqtt.log_segments_max"));
+        check(|c| c.kafka.inflight_envelopes_max = 0, Err("kafka.inflight_envelopes_max"));
+        check(|c| c.kafka.inflight_bytes_max = c.mqtt.packet_bytes_max, Ok(()));
+        check(|c| c.kafka.inflight_bytes_max = c.mqtt.packet_bytes_max - 1, Err("kafka.inflight_bytes_max"));
+        check(|c| c.kafka.dead_letter_topic = c.kafka.ingest_topic.clone(), Err("kafka.dead_letter_topic"));
+        check(|c| c.kafka.bootstrap_servers = " ".into(), Err("kafka.bootstrap_servers"));
+    }
+
+    #[test]
+    fn example_file_is_the_defaults() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/broker-bridge.example.toml");
+        let loaded: BridgeConfig = lodestone_model::config::load(Some(path.as_ref()), "LODESTONE_BRIDGE_TEST_EXAMPLE").unwrap();
+        assert_eq!(loaded, BridgeConfig::default());
+    }
+
+    #[test]
+    fn environment_overrides_and_properties() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), "[kafka.properties]\n\"compression.type\" = \"zstd\"\n").unwrap();
+        std::env::set_var("LODESTONE_BRIDGE_TEST_ENV__MQTT__LISTEN", "127.0.0.1:1884");
+        std::env::set_var("LODESTONE_BRIDGE_TEST_ENV__KAFKA__PROPERTIES__BATCH_SIZE", "1000");
+        let loaded: BridgeConfig = lodestone_model::config::load(Some(file.path()), "LODESTONE_BRIDGE_TEST_ENV").unwrap();
+        assert_eq!(loaded.mqtt.listen, "127.0.0.1:1884".parse().unwrap());
+        let properties: Vec<(String, String)> = loaded.kafka.properties.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
+        assert_eq!(properties, vec![("batch_size".into(), "1000".into()), ("compression.type".into(), "zstd".into())]);
+    }
+
+    #[test]
+    fn unknown_key_is_refused() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), "[mqtt]\npayload_byte_max = 5\n").unwrap();
+        let err = lodestone_model::config::load::<BridgeConfig>(Some(file.path()), "LODESTONE_BRIDGE_TEST_UNKNOWN").unwrap_err();
+        assert!(err.to_string().contains("payload_byte_max"), "{err}");
+    }
+}

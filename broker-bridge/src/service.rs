@@ -1,0 +1,415 @@
+//! The running bridge: tasks that move bytes between the broker link, the routing decision, the
+//! Kafka producer and the ack ledger.
+//!
+//! - The **reader** task takes publishes from the link in broker order, routes them, admits
+//!   their sequence ranges into the [`AckLedger`] and queues their messages in librdkafka. Each
+//!   envelope holds one permit of `kafka.inflight_envelopes_max` and its payload's bytes of
+//!   `kafka.inflight_bytes_max` until Kafka has answered for all its messages. **At either bound
+//!   the reader stops reading from the link**: rumqttd then keeps publishes in its in-memory log
+//!   (`mqtt.log_segment_bytes * log_segments_max`) and drops the oldest beyond that; devices are
+//!   not acked for dropped data and resend it.
+//! - A small task per envelope awaits Kafka's delivery reports and tells the acker.
+//! - The **acker** thread settles envelopes in the ledger and publishes the released acks through
+//!   the link (a plain thread: rumqttd's link sends block when the router is busy).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lodestone_model::topic::ack_topic;
+use lodestone_model::Limits;
+use rdkafka::producer::{FutureProducer, Producer};
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::{Forward, Notification};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, warn};
+
+use crate::acks::{coalesce, AckLedger, Ticket};
+use crate::config::BridgeConfig;
+use crate::kafka::{self, Topics};
+use crate::metrics::{discard, Metrics};
+use crate::route::{Inbound, Outcome, Router};
+use crate::{broker, http, Error};
+
+/// State shared with the HTTP endpoints.
+#[derive(Debug)]
+pub struct Shared {
+    pub metrics: Metrics,
+    ready: AtomicBool,
+    stopping: AtomicBool,
+    envelopes: Arc<Semaphore>,
+    envelopes_max: usize,
+}
+
+impl Shared {
+    pub fn health(&self) -> Result<(), &'static str> {
+        if self.stopping.load(Ordering::Relaxed) {
+            Err("stopping")
+        } else if !self.ready.load(Ordering::Relaxed) {
+            Err("starting")
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn inflight_envelopes(&self) -> usize {
+        self.envelopes_max.saturating_sub(self.envelopes.available_permits())
+    }
+}
+
+enum AckerMessage {
+    Settled { ticket: Ticket, delivered: bool },
+    /// Answered once every message sent before it is handled.
+    Flush(oneshot::Sender<()>),
+}
+
+/// A started bridge. Dropping it leaves the broker running; call [`Bridge::shutdown`] or
+/// [`Bridge::run_until`].
+pub struct Bridge {
+    mqtt_addr: SocketAddr,
+    mqtt_v5_addr: Option<SocketAddr>,
+    http_addr: SocketAddr,
+    shared: Arc<Shared>,
+    producer: FutureProducer,
+    stop: watch::Sender<bool>,
+    reader: JoinHandle<Result<(), Error>>,
+    broker_stopped: oneshot::Receiver<String>,
+    acker: mpsc::Sender<AckerMessage>,
+    shutdown_timeout: Duration,
+}
+
+impl Bridge {
+    /// Validates `config`, binds HTTP (503 until ready), starts the broker with the bridge
+    /// subscribed, and returns once the MQTT listeners accept devices (`/health` is then 200).
+    pub async fn start(config: BridgeConfig) -> Result<Bridge, Error> {
+        config.validate()?;
+        let producer = kafka::producer(&config.kafka)?;
+        let envelopes_max = config.kafka.inflight_envelopes_max;
+        let shared = Arc::new(Shared {
+            metrics: Metrics::default(),
+            ready: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            envelopes: Arc::new(Semaphore::new(envelopes_max)),
+            envelopes_max,
+        });
+
+        let http_addr = serve_http(config.http.listen, shared.clone()).await?;
+        info!("listening on http://{http_addr}");
+
+        let broker = broker::start(&config).await?;
+        info!("mqtt listening on {}", broker.listen);
+        if let Some(addr) = broker.listen_v5 {
+            info!("mqtt v5 listening on {addr}");
+        }
+
+        let ledger = Arc::new(Mutex::new(AckLedger::new(config.mqtt.devices_tracked_max)));
+        let (acker, acker_rx) = mpsc::channel(envelopes_max + 1);
+        spawn_acker(broker.link_tx, ledger.clone(), shared.clone(), acker_rx)?;
+
+        let (stop, stop_rx) = watch::channel(false);
+        let reader = Reader {
+            link_rx: broker.link_rx,
+            router: Router { limits: Limits::default(), payload_bytes_max: config.mqtt.payload_bytes_max },
+            ledger,
+            producer: producer.clone(),
+            topics: Topics { ingest: config.kafka.ingest_topic.clone(), dead_letter: config.kafka.dead_letter_topic.clone() },
+            shared: shared.clone(),
+            bytes: Arc::new(Semaphore::new(config.kafka.inflight_bytes_max)),
+            bytes_max: config.kafka.inflight_bytes_max,
+            acker: acker.clone(),
+        };
+        let reader = tokio::spawn(reader.run(stop_rx));
+        shared.ready.store(true, Ordering::Relaxed);
+        Ok(Bridge {
+            mqtt_addr: broker.listen,
+            mqtt_v5_addr: broker.listen_v5,
+            http_addr,
+            shared,
+            producer,
+            stop,
+            reader,
+            broker_stopped: broker.stopped,
+            acker,
+            shutdown_timeout: Duration::from_millis(config.kafka.shutdown_timeout_ms),
+        })
+    }
+
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        self.mqtt_addr
+    }
+
+    pub fn mqtt_v5_addr(&self) -> Option<SocketAddr> {
+        self.mqtt_v5_addr
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn metrics(&self) -> String {
+        self.shared.metrics.set_inflight_envelopes(self.shared.inflight_envelopes());
+        self.shared.metrics.render()
+    }
+
+    /// Runs until `signal` resolves, then shuts down (see [`Bridge::shutdown`]). Returns an error
+    /// if the broker or the link fails first.
+    pub async fn run_until(mut self, signal: impl Future<Output = ()>) -> Result<(), Error> {
+        enum Ended {
+            Signal,
+            Reader(Result<(), Error>),
+            Broker(String),
+        }
+        let ended = tokio::select! {
+            () = signal => Ended::Signal,
+            result = &mut self.reader => Ended::Reader(result.unwrap_or_else(|e| Err(Error::BrokerStopped(format!("reader task: {e}"))))),
+            why = &mut self.broker_stopped => Ended::Broker(why.unwrap_or_else(|_| "broker thread ended".into())),
+        };
+        match ended {
+            Ended::Signal => {
+                info!("shutting down");
+                self.shutdown().await
+            }
+            Ended::Reader(result) => {
+                let error = result.err().unwrap_or_else(|| Error::BrokerStopped("the link reader stopped".into()));
+                self.drain().await;
+                Err(error)
+            }
+            Ended::Broker(why) => {
+                let _ = self.stop_reading().await; // the broker failure is the error to report
+                self.drain().await;
+                Err(Error::BrokerStopped(why))
+            }
+        }
+    }
+
+    /// Stops reading from the broker (`/health` turns 503), waits up to
+    /// `kafka.shutdown_timeout_ms` for in-flight envelopes, publishes their acks and flushes the
+    /// producer. Returns when whatever Kafka acknowledged in that time has been acked to devices;
+    /// the rest is unacked and devices resend it to the next bridge.
+    pub async fn shutdown(mut self) -> Result<(), Error> {
+        let result = self.stop_reading().await;
+        self.drain().await;
+        result
+    }
+
+    async fn stop_reading(&mut self) -> Result<(), Error> {
+        self.shared.stopping.store(true, Ordering::Relaxed);
+        let _ = self.stop.send(true);
+        match (&mut self.reader).await {
+            Ok(result) => result,
+            Err(e) if e.is_cancelled() => Ok(()),
+            Err(e) => Err(Error::BrokerStopped(format!("reader task: {e}"))),
+        }
+    }
+
+    async fn drain(self) {
+        self.shared.stopping.store(true, Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
+        let all = self.shared.envelopes_max as u32;
+        if tokio::time::timeout_at(deadline, self.shared.envelopes.acquire_many(all)).await.is_err() {
+            warn!(inflight_envelopes = self.shared.inflight_envelopes(), "shutdown timeout: envelopes left unacked");
+        }
+        let (flushed_tx, flushed) = oneshot::channel();
+        if self.acker.send(AckerMessage::Flush(flushed_tx)).await.is_ok() {
+            let _ = tokio::time::timeout_at(deadline, flushed).await;
+        }
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(100));
+        let producer = self.producer.clone();
+        let flushed = tokio::task::spawn_blocking(move || producer.flush(remaining)).await;
+        if let Ok(Err(e)) = flushed {
+            warn!(error = %e, "producer flush incomplete");
+        }
+        info!("stopped");
+    }
+}
+
+async fn serve_http(addr: SocketAddr, shared: Arc<Shared>) -> Result<SocketAddr, Error> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::HttpBind { addr, source })?;
+    let bound = listener.local_addr().map_err(|source| Error::HttpBind { addr, source })?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, http::router(shared)).await {
+            error!(error = %e, "HTTP server stopped");
+        }
+    });
+    Ok(bound)
+}
+
+/// Settled envelopes handled per ack burst: their acks are coalesced into one per device.
+const ACKER_BATCH_MAX: usize = 1024;
+
+fn spawn_acker(
+    mut link_tx: LinkTx,
+    ledger: Arc<Mutex<AckLedger>>,
+    shared: Arc<Shared>,
+    mut messages: mpsc::Receiver<AckerMessage>,
+) -> Result<(), Error> {
+    std::thread::Builder::new()
+        .name("bridge-acker".into())
+        .spawn(move || {
+            let mut flushes = Vec::new();
+            while let Some(first) = messages.blocking_recv() {
+                let mut acks = Vec::new();
+                let mut next = Some(first);
+                let mut handled = 0;
+                while let Some(message) = next.take() {
+                    match message {
+                        AckerMessage::Settled { ticket, delivered } => {
+                            let mut ledger = ledger.lock().expect("ack ledger lock");
+                            acks.extend(if delivered { ledger.delivered(ticket) } else { ledger.failed(ticket) });
+                        }
+                        AckerMessage::Flush(done) => flushes.push(done),
+                    }
+                    handled += 1;
+                    if handled < ACKER_BATCH_MAX {
+                        next = messages.try_recv().ok();
+                    }
+                }
+                for device_ack in coalesce(acks) {
+                    match link_tx.publish(ack_topic(&device_ack.device_id), device_ack.ack.to_json()) {
+                        Ok(_) => shared.metrics.acks_sent(1),
+                        Err(e) => {
+                            error!(device_id = %device_ack.device_id, error = %e, "cannot publish ack");
+                            shared.metrics.discarded(discard::ACK_PUBLISH_FAILED);
+                        }
+                    }
+                }
+                for done in flushes.drain(..) {
+                    let _ = done.send(());
+                }
+            }
+        })
+        .map(drop)
+        .map_err(|e| Error::BrokerStopped(format!("cannot spawn the acker thread: {e}")))
+}
+
+struct Reader {
+    link_rx: LinkRx,
+    router: Router,
+    ledger: Arc<Mutex<AckLedger>>,
+    producer: FutureProducer,
+    topics: Topics,
+    shared: Arc<Shared>,
+    bytes: Arc<Semaphore>,
+    bytes_max: usize,
+    acker: mpsc::Sender<AckerMessage>,
+}
+
+/// What an envelope holds while Kafka has not answered for it.
+struct Permits {
+    _envelope: OwnedSemaphorePermit,
+    _bytes: OwnedSemaphorePermit,
+}
+
+impl Reader {
+    /// Reads until `stop` turns true. Returns an error if the link fails.
+    async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<(), Error> {
+        loop {
+            let notification = tokio::select! {
+                next = self.link_rx.next() => next.map_err(Error::Link)?,
+                _ = stop.wait_for(|stop| *stop) => return Ok(()),
+            };
+            match notification {
+                Some(Notification::Forward(forward)) => {
+                    // At the bound the reader waits here, holding this one publish, and rumqttd
+                    // pauses the link once its buffer fills.
+                    let envelope = tokio::select! {
+                        permit = self.shared.envelopes.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+                        _ = stop.wait_for(|stop| *stop) => return Ok(()),
+                    };
+                    self.handle(forward, envelope).await
+                }
+                // rumqttd pauses a link whose buffer filled up until it says it is ready again.
+                Some(Notification::Unschedule) => self.link_rx.wake().await.map_err(Error::Link)?,
+                Some(Notification::Disconnect(..)) => {
+                    return Err(Error::BrokerStopped("the broker disconnected the bridge link".into()));
+                }
+                Some(_) | None => {}
+            }
+        }
+    }
+
+    async fn handle(&mut self, forward: Forward, envelope: OwnedSemaphorePermit) {
+        let publish = &forward.publish;
+        let topic = String::from_utf8_lossy(&publish.topic);
+        let properties = forward.properties.as_ref();
+        let inbound = Inbound {
+            topic: &topic,
+            payload: &publish.payload,
+            content_type: properties.and_then(|p| p.content_type.as_deref()),
+            traceparent: properties
+                .and_then(|p| p.user_properties.iter().find(|(key, _)| key == "traceparent"))
+                .map(|(_, value)| value.as_str()),
+        };
+        let routed = self.router.route(&inbound, now_ns());
+        match &routed.outcome {
+            Outcome::Ignored => return,
+            Outcome::Envelope { device_id, accepted, rejected } => {
+                self.shared.metrics.received();
+                self.shared.metrics.records_accepted(*accepted);
+                for reason in rejected {
+                    debug!(device_id = %device_id, reason = %reason, "rejected record");
+                    self.shared.metrics.rejected(reason.as_str());
+                }
+            }
+            Outcome::PayloadRejected { device_id, reason, detail } => {
+                self.shared.metrics.received();
+                warn!(device_id = device_id.as_deref().unwrap_or(""), topic = %topic, reason = %reason, detail = %detail, "rejected payload");
+                self.shared.metrics.rejected(reason.as_str());
+            }
+        }
+        let bytes = publish.payload.len().clamp(1, self.bytes_max) as u32;
+        let bytes = self.bytes.clone().acquire_many_owned(bytes).await.expect("semaphore is never closed");
+        let permits = Permits { _envelope: envelope, _bytes: bytes };
+
+        let ticket = routed.ack.as_ref().map(|range| self.ledger.lock().expect("ack ledger lock").admit(range));
+        if let (Some(range), Some(ticket)) = (&routed.ack, &ticket) {
+            if ticket.gap {
+                self.shared.metrics.sequence_gap();
+                warn!(
+                    device_id = %range.device_id, boot_id = %range.boot_id, first_seq = range.first_seq,
+                    "sequence gap: envelope produced but not acked until the device resends what is missing"
+                );
+            }
+        }
+        let mut deliveries = Vec::with_capacity(routed.messages.len());
+        let mut all_queued = true;
+        for message in &routed.messages {
+            match kafka::enqueue(&self.producer, &self.topics, message).await {
+                Ok(delivery) => deliveries.push((message.destination, delivery)),
+                Err(e) => {
+                    error!(error = %e, topic = self.topics.name(message.destination), "Kafka refused a message");
+                    self.shared.metrics.discarded(discard::KAFKA_DELIVERY_FAILED);
+                    all_queued = false;
+                }
+            }
+        }
+        let shared = self.shared.clone();
+        let acker = self.acker.clone();
+        tokio::spawn(async move {
+            let mut delivered = all_queued;
+            for (destination, delivery) in deliveries {
+                match delivery.await {
+                    Ok(Ok(_)) => shared.metrics.sent(destination),
+                    Ok(Err((e, _))) => {
+                        warn!(error = %e, destination = destination.label(), "Kafka delivery failed");
+                        shared.metrics.discarded(discard::KAFKA_DELIVERY_FAILED);
+                        delivered = false;
+                    }
+                    Err(_canceled) => delivered = false,
+                }
+            }
+            if let Some(ticket) = ticket {
+                let _ = acker.send(AckerMessage::Settled { ticket, delivered }).await;
+            }
+            drop(permits);
+        });
+    }
+}
+
+fn now_ns() -> i64 {
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since_epoch.as_nanos()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,270 @@
+//! The bridge in-process against rdkafka's mock Kafka cluster and a real MQTT client: publishes in,
+//! Kafka messages and end-to-end acks out.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use broker_bridge::{Bridge, BridgeConfig};
+use lodestone_model::topic::{ack_topic, data_topic, Ack};
+use lodestone_model::{ContentType, Dimension, Envelope, Limits, MeasureValue, Record, Scalar, Source};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+const WAIT: Duration = Duration::from_secs(20);
+const INGEST: &str = "test.ingest";
+const DEAD_LETTER: &str = "test.dead-letter";
+
+struct Harness {
+    kafka: MockCluster<'static, DefaultProducerContext>,
+    bridge: Bridge,
+}
+
+async fn start() -> Harness {
+    start_with(|_| {}).await
+}
+
+async fn start_with(edit: impl FnOnce(&mut BridgeConfig)) -> Harness {
+    let kafka = MockCluster::new(1).unwrap();
+    kafka.create_topic(INGEST, 1, 1).unwrap();
+    kafka.create_topic(DEAD_LETTER, 1, 1).unwrap();
+    let mut config = BridgeConfig::default();
+    config.mqtt.listen = "127.0.0.1:0".parse().unwrap();
+    config.mqtt.payload_bytes_max = 4096;
+    config.mqtt.packet_bytes_max = 8192;
+    config.http.listen = "127.0.0.1:0".parse().unwrap();
+    config.kafka.bootstrap_servers = kafka.bootstrap_servers();
+    config.kafka.ingest_topic = INGEST.into();
+    config.kafka.dead_letter_topic = DEAD_LETTER.into();
+    config.kafka.shutdown_timeout_ms = 2_000;
+    edit(&mut config);
+    let bridge = Bridge::start(config).await.unwrap();
+    Harness { kafka, bridge }
+}
+
+/// A device connection: its client and the publishes it receives (`None` once disconnected).
+struct Device {
+    client: AsyncClient,
+    inbox: mpsc::UnboundedReceiver<Option<(String, Vec<u8>)>>,
+}
+
+async fn connect(harness: &Harness, device_id: &str) -> Device {
+    let addr = harness.bridge.mqtt_addr();
+    let mut options = MqttOptions::new(device_id, addr.ip().to_string(), addr.port());
+    options.set_max_packet_size(64 * 1024, 64 * 1024);
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = AsyncClient::new(options, 100);
+    let (tx, inbox) = mpsc::unbounded_channel();
+    let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+    let mut subscribed_tx = Some(subscribed_tx);
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let _ = tx.send(Some((p.topic.clone(), p.payload.to_vec())));
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    subscribed_tx.take().map(|s| s.send(()));
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = tx.send(None);
+                    return;
+                }
+            }
+        }
+    });
+    client.subscribe(ack_topic(device_id), QoS::AtLeastOnce).await.unwrap();
+    timeout(WAIT, subscribed).await.expect("no SUBACK").unwrap();
+    Device { client, inbox }
+}
+
+impl Device {
+    async fn publish(&self, topic: &str, payload: Vec<u8>) {
+        self.client.publish(topic, QoS::AtLeastOnce, false, payload).await.unwrap();
+    }
+
+    /// Waits for the next ack; fails if the connection dropped.
+    async fn next_ack(&mut self) -> Ack {
+        let received = timeout(WAIT, self.inbox.recv()).await.expect("no ack in time").expect("inbox closed");
+        let (topic, payload) = received.expect("the device was disconnected");
+        assert!(topic.starts_with("lodestone/v1/ack/"), "{topic}");
+        Ack::from_json(&payload).expect("ack JSON")
+    }
+}
+
+fn envelope(device_id: &str, boot_id: &str, first_seq: u64, values: &[f64]) -> Envelope {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
+    Envelope {
+        source: Source { device_id: device_id.into(), boot_id: boot_id.into() },
+        first_seq,
+        records: values
+            .iter()
+            .map(|v| Record {
+                dimensions: vec![Dimension { name: "room".into(), value: "a".into() }],
+                measure_name: "temp".into(),
+                value: MeasureValue::Single(Scalar::Double(*v)),
+                time_ns: now,
+                version: 1,
+            })
+            .collect(),
+        ..Envelope::default()
+    }
+}
+
+struct KafkaRecord {
+    key: Option<String>,
+    headers: HashMap<String, String>,
+    payload: Vec<u8>,
+}
+
+/// Reads `count` messages from the start of `topic`.
+async fn read_topic(harness: &Harness, topic: &str, count: usize) -> Vec<KafkaRecord> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", harness.kafka.bootstrap_servers())
+        .set("group.id", format!("test-{topic}"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut partitions = TopicPartitionList::new();
+    partitions.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
+    consumer.assign(&partitions).unwrap();
+    let mut records = Vec::new();
+    while records.len() < count {
+        let message = timeout(WAIT, consumer.recv()).await.expect("no Kafka message in time").unwrap();
+        let headers = message
+            .headers()
+            .map(|h| h.iter().map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
+            .unwrap_or_default();
+        records.push(KafkaRecord {
+            key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            headers,
+            payload: message.payload().unwrap_or_default().to_vec(),
+        });
+    }
+    records
+}
+
+async fn http_get(harness: &Harness, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(harness.bridge.http_addr()).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: bridge\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelope_to_kafka_then_ack() {
+    let harness = start().await;
+    assert_eq!(http_get(&harness, "/health").await, (200, "ok".to_string()));
+    let mut device = connect(&harness, "dev-1").await;
+    let topic = data_topic("fleet", "trucks", "dev-1");
+
+    device.publish(&topic, envelope("dev-1", "boot-a", 1, &[20.5, 21.0]).to_cbor()).await;
+    assert_eq!(device.next_ack().await, Ack { boot_id: "boot-a".into(), through_seq: 2 });
+    // JSON from a simple device that leaves source.device_id to the topic.
+    device.publish(&topic, envelope("", "boot-a", 3, &[22.0]).to_json()).await;
+    assert_eq!(device.next_ack().await, Ack { boot_id: "boot-a".into(), through_seq: 3 });
+
+    let ingested = read_topic(&harness, INGEST, 2).await;
+    assert_eq!(ingested[0].key.as_deref(), Some("dev-1"));
+    assert_eq!(ingested[0].headers["content-type"], "application/cbor");
+    assert_eq!(ingested[0].headers["device_id"], "dev-1");
+    let sent = Envelope::decode(&ingested[1].payload, Some(ContentType::Cbor), &Limits::default(), i64::MAX / 2).unwrap();
+    assert_eq!((sent.database.as_deref(), sent.table.as_deref()), (Some("fleet"), Some("trucks")));
+    assert_eq!((sent.source.device_id.as_str(), sent.first_seq, sent.records.len()), ("dev-1", 3, 1));
+
+    let metrics = http_get(&harness, "/metrics").await.1;
+    assert!(metrics.contains("lodestone_bridge_received_total 2"), "{metrics}");
+    assert!(metrics.contains("lodestone_bridge_sent_total{topic=\"ingest\"} 2"), "{metrics}");
+    harness.bridge.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_payloads_go_to_dead_letter_and_the_device_stays_connected() {
+    let harness = start().await;
+    let mut device = connect(&harness, "dev-2").await;
+    let topic = data_topic("fleet", "trucks", "dev-2");
+
+    device.publish(&topic, b"{not json".to_vec()).await;
+    device.publish(&topic, vec![b' '; 4097]).await; // one past payload_bytes_max
+    device.publish(&data_topic("fleet", "trucks", "someone-else"), envelope("dev-2", "b", 1, &[1.0]).to_cbor()).await;
+    device.publish("not/a/lodestone/topic", b"x".to_vec()).await;
+    let late = br#"{"v":1,"source":{"device_id":"dev-2","boot_id":"b"},"first_seq":1,"records":[
+        {"measure_name":"temp","value":1.0,"time":4102444800,"time_unit":"s"}]}"#;
+    device.publish(&topic, late.to_vec()).await;
+    // Only the envelope is acked (its one record is dead-lettered); the connection survived.
+    assert_eq!(device.next_ack().await, Ack { boot_id: "b".into(), through_seq: 1 });
+
+    let dead = read_topic(&harness, DEAD_LETTER, 5).await;
+    let reasons: Vec<&str> = dead.iter().map(|r| r.headers["reason"].as_str()).collect();
+    assert_eq!(reasons, ["malformed_payload", "payload_too_large", "invalid_destination", "invalid_destination", "time_too_far_in_future"]);
+    assert_eq!(dead[0].payload, b"{not json");
+    assert_eq!(dead[0].headers["topic"], topic);
+    assert_eq!(dead[0].headers["device_id"], "dev-2");
+    assert_eq!(dead[1].payload.len(), 4097);
+    let entry: serde_json::Value = serde_json::from_slice(&dead[4].payload).unwrap();
+    assert_eq!((entry["seq"].as_u64(), entry["boot_id"].as_str(), entry["source"].as_str()), (Some(1), Some("b"), Some("mqtt")));
+
+    let metrics = http_get(&harness, "/metrics").await.1;
+    assert!(metrics.contains("lodestone_bridge_rejected_total{reason=\"invalid_destination\"} 2"), "{metrics}");
+    harness.bridge.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_wait_while_kafka_is_down() {
+    let harness = start().await;
+    let mut device = connect(&harness, "dev-3").await;
+    let topic = data_topic("fleet", "trucks", "dev-3");
+    device.publish(&topic, envelope("dev-3", "c", 1, &[1.0]).to_cbor()).await;
+    assert_eq!(device.next_ack().await.through_seq, 1);
+
+    harness.kafka.broker_down(-1).unwrap();
+    device.publish(&topic, envelope("dev-3", "c", 2, &[2.0]).to_cbor()).await;
+    device.publish(&topic, envelope("dev-3", "c", 3, &[3.0]).to_cbor()).await;
+    assert!(timeout(Duration::from_secs(2), device.inbox.recv()).await.is_err(), "acked while Kafka was down");
+
+    harness.kafka.broker_up(-1).unwrap();
+    let mut through = 0;
+    while through < 3 {
+        let ack = device.next_ack().await;
+        assert!(ack.through_seq > through, "acks went backwards: {ack:?} after {through}");
+        through = ack.through_seq;
+    }
+    harness.bridge.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_content_type_and_traceparent_ride_along() {
+    use rumqttc::v5::mqttbytes::v5::PublishProperties;
+    use rumqttc::v5::{mqttbytes::QoS as QoS5, AsyncClient as AsyncClient5, MqttOptions as MqttOptions5};
+
+    let harness = start_with(|c| c.mqtt.listen_v5 = Some("127.0.0.1:0".parse().unwrap())).await;
+    let addr = harness.bridge.mqtt_v5_addr().expect("v5 listener");
+    let (client, mut eventloop) = AsyncClient5::new(MqttOptions5::new("dev-5", addr.ip().to_string(), addr.port()), 10);
+    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let properties = PublishProperties {
+        content_type: Some("application/json".into()),
+        user_properties: vec![("traceparent".into(), traceparent.into())],
+        ..Default::default()
+    };
+    let payload = envelope("", "boot-5", 1, &[5.0]).to_json();
+    client.publish_with_properties(data_topic("fleet", "trucks", "dev-5"), QoS5::AtLeastOnce, false, payload, properties).await.unwrap();
+
+    let ingested = read_topic(&harness, INGEST, 1).await;
+    assert_eq!(ingested[0].headers["traceparent"], traceparent);
+    assert_eq!(ingested[0].headers["device_id"], "dev-5");
+    let sent = Envelope::decode(&ingested[0].payload, Some(ContentType::Cbor), &Limits::default(), i64::MAX / 2).unwrap();
+    assert_eq!(sent.traceparent.as_deref(), Some(traceparent));
+    harness.bridge.shutdown().await.unwrap();
+}
