@@ -96,3 +96,15 @@ impl Default for HttpConfig {
         HttpConfig { listen: "127.0.0.1:9281".into() }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_holds_exactly_the_defaults() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/ingest-service.example.toml");
+        let loaded: IngestConfig = lodestone_model::config::load(Some(std::path::Path::new(path)), "LODESTONE_INGEST_EXAMPLE_TEST").unwrap();
+        assert_eq!(loaded, IngestConfig::default());
+    }
+}

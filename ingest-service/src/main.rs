@@ -57,7 +57,7 @@ async fn main() -> anyhow::Result<()> {
         .create()
         .context("creating the dead-letter producer")?;
     tracing::info!(topic = %config.kafka.ingest_topic, group = %config.kafka.group_id, "consuming");
-    let worker = Worker { ingestor, consumer, producer, config, pending_letters: Vec::new(), next_offsets: BTreeMap::new() };
+    let worker = Worker { ingestor, consumer, producer, config, counters, pending_letters: Vec::new(), next_offsets: BTreeMap::new() };
     worker.run().await
 }
 
@@ -67,6 +67,7 @@ struct Worker {
     consumer: StreamConsumer,
     producer: FutureProducer,
     config: IngestConfig,
+    counters: Arc<Counters>,
     pending_letters: Vec<rdkafka::producer::DeliveryFuture>,
     /// (topic, partition) → offset after the last message applied to the hot tier.
     next_offsets: BTreeMap<(String, i32), i64>,
@@ -111,6 +112,7 @@ impl Worker {
         });
         let origin = Origin { topic: message.topic().to_string(), partition: message.partition(), offset: message.offset() };
         let payload = message.payload().unwrap_or_default();
+        Counters::add(&self.counters.messages_received, 1);
         let letters = loop {
             match self.ingestor.apply(payload, content_type, &origin, now_ns()).await? {
                 Applied::Done(letters) => break letters,

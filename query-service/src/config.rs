@@ -71,3 +71,24 @@ impl Default for LimitsConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_holds_exactly_the_defaults() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/query-service.example.toml");
+        let loaded: QueryConfig = lodestone_model::config::load(Some(std::path::Path::new(path)), "LODESTONE_QUERY_EXAMPLE_TEST").unwrap();
+        assert_eq!(loaded, QueryConfig::default());
+    }
+
+    #[test]
+    fn a_mistyped_key_is_refused_with_its_line() {
+        let file = std::env::temp_dir().join(format!("query-config-{}.toml", std::process::id()));
+        std::fs::write(&file, "[limits]\nrow_max = 5\n").unwrap();
+        let error = lodestone_model::config::load::<QueryConfig>(Some(&file), "LODESTONE_QUERY_TYPO_TEST").unwrap_err().to_string();
+        std::fs::remove_file(&file).unwrap();
+        assert!(error.contains("line 2") && error.contains("row_max"), "{error}");
+    }
+}

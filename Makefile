@@ -1,0 +1,24 @@
+# Lodestone's entry points. `make up` runs the whole pipeline locally; `make test` runs every test.
+# Build outputs and the tansu binary are cached outside the clone, in $(LODESTONE_CACHE).
+
+LODESTONE_CACHE ?= /var/cache/lodestone
+export LODESTONE_CACHE
+export CARGO_TARGET_DIR ?= $(LODESTONE_CACHE)/target
+export TANSU_BIN ?= $(LODESTONE_CACHE)/tansu-0.6.0/bin/tansu
+
+.PHONY: up test setup build
+
+setup:
+	@scripts/setup.sh
+
+build: setup
+	cargo build --workspace --bins
+
+## Brings up tansu, broker-bridge, ingest-service, query-service, an edge agent and a simulated
+## fleet; prints where to query. Ctrl-C stops everything.
+up: build
+	@scripts/up.sh
+
+## Runs the whole test suite: unit tests of every crate and the end-to-end tests in tests/.
+test: build
+	cargo test --workspace -- --test-threads=2

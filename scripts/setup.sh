@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what building and testing Lodestone needs on a fresh Debian machine: a few Debian
+# packages (C toolchain pieces for the bundled librdkafka, mosquitto-clients for the tests) and the
+# tansu broker (cached outside the clone). Safe to run again: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(build-essential pkg-config zlib1g-dev libssl-dev mosquitto-clients curl)
+missing=()
+for package in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing Debian packages: ${missing[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+scripts/ensure-tansu.sh >/dev/null

@@ -1,0 +1,234 @@
+//! The edge-agent path: sensors that post their readings as JSON to an agent's
+//! `POST /v1/write?database=DB&table=TBL` (body `{"records": [...]}`). One tokio task per sensor
+//! posts its batches in order, each after the previous one was answered; the agent, not the
+//! simulator, owns sequence numbers and acks from there on.
+//!
+//! A 2xx answer confirms a batch (the agent has it in its outbox). 408, 429 and 5xx answers and
+//! transport errors are retried with backoff until the run's timeout; any other answer means the
+//! request itself is wrong, and stops the run with the agent's reason.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::{header, StatusCode};
+use tokio::time::Instant;
+
+use crate::error::SimError;
+use crate::rate::{RateLimiter, RATE_PER_S_MAX};
+use crate::series::{validate_destination, FleetSpec, Series, Tally};
+use crate::summary::{Progress, SeriesOutcome, Summary};
+use crate::wire::{encode_agent_write, Encoded};
+
+/// Bound on one write request, connection included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How much of a refusing agent's answer goes into the error.
+const REFUSAL_BODY_BYTES_MAX: usize = 1024;
+const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// One `lodestone-sim agent` run.
+#[derive(Debug, Clone)]
+pub struct AgentRun {
+    /// The agent's base URL, e.g. `http://127.0.0.1:8181`.
+    pub url: String,
+    pub fleet: FleetSpec,
+    pub database: String,
+    pub table: String,
+    pub rate_per_s: u64,
+    /// The whole run's bound; unanswered readings count as `unacked`.
+    pub timeout: Duration,
+}
+
+impl AgentRun {
+    /// Checks every bound, with the clock at `now_ns`.
+    pub fn validate(&self, now_ns: i64) -> Result<(), SimError> {
+        self.fleet.validate(now_ns)?;
+        validate_destination(&self.database, &self.table)?;
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return Err(SimError::InvalidArgument { flag: "url", detail: format!("{:?} is not an http:// URL", self.url) });
+        }
+        if self.rate_per_s > RATE_PER_S_MAX {
+            return Err(SimError::InvalidArgument {
+                flag: "rate",
+                detail: format!("must be at most {RATE_PER_S_MAX} readings per second"),
+            });
+        }
+        Ok(())
+    }
+
+    /// The write endpoint, with the destination in the query string.
+    pub fn write_url(&self) -> String {
+        format!("{}/v1/write?database={}&table={}", self.url.trim_end_matches('/'), self.database, self.table)
+    }
+}
+
+/// Posts every sensor's batches and returns once each was answered with a 2xx, or at
+/// `run.timeout` (then `unacked > 0`).
+pub async fn run_agent(run: AgentRun) -> Result<Summary, SimError> {
+    let http = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().map_err(SimError::HttpClient)?;
+    let start = Instant::now();
+    let deadline = start + run.timeout;
+    let progress = Arc::new(Progress::new(run.fleet.planned_total(), false));
+    let reporter = progress.report_every(PROGRESS_EVERY);
+    let limiter = RateLimiter::start(run.rate_per_s, run.fleet.batch_records_max);
+    let url = Arc::new(run.write_url());
+    let sensors: Vec<_> = run
+        .fleet
+        .all_series()
+        .map(|series| {
+            let sensor = Sensor { series, sent: Tally::default(), acked_through: 0 };
+            tokio::spawn(sensor.run(http.clone(), Arc::clone(&url), limiter.clone(), Arc::clone(&progress), deadline))
+        })
+        .collect();
+    let mut outcomes = Vec::with_capacity(sensors.len());
+    for sensor in sensors {
+        outcomes.push(sensor.await??);
+    }
+    reporter.abort();
+    tracing::info!("{}", progress.line());
+    Ok(Summary::new(outcomes, start.elapsed()))
+}
+
+/// One simulated sensor behind the agent.
+struct Sensor {
+    series: Series,
+    sent: Tally,
+    acked_through: u64,
+}
+
+impl Sensor {
+    async fn run(
+        mut self,
+        http: reqwest::Client,
+        url: Arc<String>,
+        limiter: RateLimiter,
+        progress: Arc<Progress>,
+        deadline: Instant,
+    ) -> Result<SeriesOutcome, SimError> {
+        let posted = tokio::time::timeout_at(deadline, self.post_all(&http, &url, &limiter, &progress)).await;
+        if let Ok(Err(error)) = posted {
+            return Err(error);
+        }
+        let unacked = self.series.last_seq() - self.acked_through;
+        Ok(SeriesOutcome { id: self.series.id().to_owned(), sent: self.sent, unacked })
+    }
+
+    async fn post_all(&mut self, http: &reqwest::Client, url: &str, limiter: &RateLimiter, progress: &Progress) -> Result<(), SimError> {
+        while self.series.has_next() {
+            limiter.take(self.series.next_batch_len()).await;
+            let batch = self.series.next_batch().expect("the series has readings");
+            let encoded = encode_agent_write(batch);
+            self.sent.add(encoded.tally);
+            Progress::add(&progress.sent, encoded.tally.count);
+            self.post_until_answered(http, url, &encoded, progress).await?;
+            self.acked_through = encoded.last_seq;
+            Progress::add(&progress.acked, encoded.tally.count);
+        }
+        Ok(())
+    }
+
+    /// Returns once the agent answered the write with a 2xx: it holds the readings.
+    async fn post_until_answered(&self, http: &reqwest::Client, url: &str, write: &Encoded, progress: &Progress) -> Result<(), SimError> {
+        let mut backoff = RETRY_BACKOFF_MIN;
+        loop {
+            let sent = http
+                .post(url)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(write.bytes.clone())
+                .send()
+                .await;
+            match sent {
+                Ok(response) if response.status().is_success() => return Ok(()),
+                Ok(response) if is_retryable(response.status()) => {
+                    progress.note_error(self.series.id(), &format!("POST {url}: HTTP {}", response.status()));
+                }
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let mut body = response.text().await.unwrap_or_default();
+                    truncate_at_char(&mut body, REFUSAL_BODY_BYTES_MAX);
+                    return Err(SimError::AgentRejected { sensor_id: self.series.id().to_owned(), first_seq: write.first_seq, status, body });
+                }
+                Err(error) => progress.note_error(self.series.id(), &format!("POST {url}: {error}")),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+        }
+    }
+}
+
+/// Whether a write answered with `status` may succeed if sent again: timeouts, backpressure
+/// and server errors.
+fn is_retryable(status: StatusCode) -> bool {
+    status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+}
+
+fn truncate_at_char(text: &mut String, bytes_max: usize) {
+    if text.len() > bytes_max {
+        let mut end = bytes_max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::series::SeriesKind;
+
+    #[test]
+    fn retryable_statuses() {
+        for (status, retry) in [(200, false), (400, false), (404, false), (408, true), (413, false), (429, true), (500, true), (503, true)] {
+            assert_eq!(is_retryable(StatusCode::from_u16(status).unwrap()), retry, "{status}");
+        }
+    }
+
+    #[test]
+    fn truncation_keeps_whole_characters() {
+        let check = |text: &str, max: usize, expected: &str| {
+            let mut text = text.to_owned();
+            truncate_at_char(&mut text, max);
+            assert_eq!(text, expected);
+        };
+        check("short", 10, "short");
+        check("exactly10!", 10, "exactly10!");
+        check("abcdef", 3, "abc");
+        check("aé", 2, "a"); // 'é' is two bytes
+    }
+
+    fn run(url: &str) -> AgentRun {
+        AgentRun {
+            url: url.into(),
+            fleet: FleetSpec {
+                seed: 1,
+                kind: SeriesKind::Sensor,
+                id_prefix: "sensor-".into(),
+                series_count: 10,
+                readings_per_series: 100,
+                batch_records_max: 50,
+                start_ns: 1_600_000_000_000_000_000,
+                interval_ms: 1000,
+            },
+            database: "sim".into(),
+            table: "readings".into(),
+            rate_per_s: 0,
+            timeout: Duration::from_secs(300),
+        }
+    }
+
+    #[test]
+    fn write_urls() {
+        let check = |url: &str, expected: &str| assert_eq!(run(url).write_url(), expected);
+        check("http://127.0.0.1:8181", "http://127.0.0.1:8181/v1/write?database=sim&table=readings");
+        check("http://127.0.0.1:8181/", "http://127.0.0.1:8181/v1/write?database=sim&table=readings");
+    }
+
+    #[test]
+    fn validation() {
+        assert!(run("http://127.0.0.1:8181").validate(1_700_000_000_000_000_000).is_ok());
+        let err = run("127.0.0.1:8181").validate(1_700_000_000_000_000_000).unwrap_err();
+        assert!(matches!(err, SimError::InvalidArgument { flag: "url", .. }), "{err}");
+    }
+}

@@ -1,0 +1,190 @@
+//! The whole pipeline through the real components: edge agent (LMDB) → MQTT → broker-bridge
+//! (rumqttd) → tansu → ingest-service → Parquet store → query-service (DataFusion) over HTTP.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lodestone_model::{Dimension, Envelope, MeasureValue, Record, Scalar, Source};
+use lodestone_tests::{bin_dir, poll_until, Stack, StackOptions, DEAD_LETTER_TOPIC, INGEST_TOPIC};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use serde_json::{json, Value};
+
+const LANDING: Duration = Duration::from_secs(60);
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// Publishes with Debian's mosquitto_pub, as any device without Lodestone code would.
+fn mosquitto_pub(port: u16, topic: &str, payload: &[u8]) {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), payload).unwrap();
+    let status = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-i", "test-publisher", "-t", topic, "-f"])
+        .arg(file.path())
+        .status()
+        .expect("mosquitto_pub (Debian package mosquitto-clients) is installed");
+    assert!(status.success(), "mosquitto_pub failed");
+}
+
+async fn produce(bootstrap: &str, key: &str, payload: &[u8], content_type: Option<&str>) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .create()
+        .unwrap();
+    let mut record = FutureRecord::to(INGEST_TOPIC).key(key).payload(payload);
+    if let Some(content_type) = content_type {
+        record = record.headers(OwnedHeaders::new().insert(Header { key: "content-type", value: Some(content_type) }));
+    }
+    producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| e).expect("produced");
+}
+
+/// Reads the dead-letter topic until `count` messages arrived; returns (reason header, payload).
+async fn dead_letters(bootstrap: &str, count: usize) -> Vec<(String, Vec<u8>)> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "dead-letter-reader")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[DEAD_LETTER_TOPIC]).unwrap();
+    let mut letters = Vec::new();
+    let deadline = tokio::time::Instant::now() + LANDING;
+    while letters.len() < count {
+        let message = tokio::time::timeout_at(deadline, consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {count} dead letters arrived: {letters:?}", letters.len()))
+            .unwrap();
+        let reason = message
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "reason").and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned()))
+            .unwrap_or_default();
+        letters.push((reason, message.payload().unwrap_or_default().to_vec()));
+    }
+    letters
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_posted_to_an_edge_agent_comes_back_from_sql() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let time_ms = now_ms();
+    let body = json!({"records": [{
+        "dimensions": {"room": "boiler", "sensor": "s1"},
+        "measure_name": "temperature",
+        "value": 21.5,
+        "time": time_ms,
+        "time_unit": "ms",
+    }]});
+    let url = format!("http://127.0.0.1:{}/v1/write?database=plant&table=sensors", stack.ports.agent_http);
+    let response = stack.http.post(&url).json(&body).send().await.unwrap();
+    assert!(response.status().is_success(), "{}", response.text().await.unwrap());
+
+    let sql = r#"SELECT room, sensor, measure_name, "measure_value::double", CAST(time AS BIGINT) FROM plant.sensors"#;
+    let rows = poll_until("the reading to be queryable", LANDING, || async { stack.try_rows(sql).await.filter(|r| !r.is_empty()) }).await;
+    assert_eq!(rows, vec![vec![json!("boiler"), json!("s1"), json!("temperature"), json!(21.5), json!(time_ms * 1_000_000)]]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_mqtt_json_and_a_kafka_producer_both_land() {
+    let stack = Stack::start(StackOptions { edge_agent: false, ..Default::default() }).await;
+    let time_ms = now_ms();
+    let from_mqtt = json!({"v": 1, "source": {"device_id": "dev-json"}, "records": [
+        {"dimensions": {"line": "a"}, "measure_name": "pressure", "value": 1.25, "time": time_ms, "time_unit": "ms"},
+        {"dimensions": {"line": "a"}, "measure_name": "running", "value": true, "time": time_ms, "time_unit": "ms"},
+    ]});
+    mosquitto_pub(stack.ports.mqtt, "lodestone/v1/plant/lines/dev-json", from_mqtt.to_string().as_bytes());
+
+    let from_kafka = Envelope {
+        database: Some("plant".into()),
+        table: Some("lines".into()),
+        source: Source { device_id: "app-1".into(), boot_id: "b1".into() },
+        first_seq: 1,
+        records: vec![Record {
+            dimensions: vec![Dimension { name: "line".into(), value: "b".into() }],
+            measure_name: "pressure".into(),
+            value: MeasureValue::Single(Scalar::Double(2.5)),
+            time_ns: time_ms * 1_000_000,
+            version: 1,
+        }],
+        ..Default::default()
+    };
+    produce(&stack.bootstrap(), "app-1", &from_kafka.to_cbor(), Some("application/cbor")).await;
+
+    stack.wait_for_count("plant.lines", 3, LANDING).await;
+    let rows = stack
+        .query(r#"SELECT line, measure_name, "measure_value::double", "measure_value::boolean" FROM plant.lines ORDER BY line, measure_name"#)
+        .await;
+    assert_eq!(
+        rows["rows"],
+        json!([["a", "pressure", 1.25, null], ["a", "running", null, true], ["b", "pressure", 2.5, null]])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_payloads_go_to_the_dead_letter_topic_and_valid_ones_still_land() {
+    let stack = Stack::start(StackOptions { edge_agent: false, ..Default::default() }).await;
+    let time_ms = now_ms();
+    let valid = |device: &str, value: f64| {
+        json!({"v": 1, "source": {"device_id": device}, "database": "plant", "table": "valves", "records": [
+            {"dimensions": {"valve": device}, "measure_name": "open", "value": value, "time": time_ms, "time_unit": "ms"}
+        ]})
+        .to_string()
+    };
+    let topic = "lodestone/v1/plant/valves/dev-m";
+    mosquitto_pub(stack.ports.mqtt, topic, valid("dev-m", 1.0).as_bytes());
+    mosquitto_pub(stack.ports.mqtt, topic, b"{\"v\": 1, \"this is not\": an envelope");
+    mosquitto_pub(stack.ports.mqtt, topic, valid("dev-m", 1.0).replace(&time_ms.to_string(), &(time_ms + 1).to_string()).as_bytes());
+
+    produce(&stack.bootstrap(), "dev-k", valid("dev-k", 2.0).as_bytes(), None).await;
+    produce(&stack.bootstrap(), "dev-k", b"\xa1\x61v\xff garbage", Some("application/cbor")).await;
+    produce(&stack.bootstrap(), "dev-k2", valid("dev-k2", 3.0).as_bytes(), Some("application/json")).await;
+
+    stack.wait_for_count("plant.valves", 4, LANDING).await;
+    let letters = dead_letters(&stack.bootstrap(), 2).await;
+    let reasons: Vec<&str> = letters.iter().map(|(reason, _)| reason.as_str()).collect();
+    assert_eq!(reasons, ["malformed_payload", "malformed_payload"], "{letters:?}");
+    let sums = stack.query(r#"SELECT valve, sum("measure_value::double") FROM plant.valves GROUP BY valve ORDER BY valve"#).await;
+    assert_eq!(sums["rows"], json!([["dev-k", 2.0], ["dev-k2", 3.0], ["dev-m", 2.0]]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulated_fleet_of_100_devices_lands_every_reading() {
+    let stack = Stack::start(StackOptions { edge_agent: false, ..Default::default() }).await;
+    let output = tokio::process::Command::new(bin_dir().join("lodestone-sim"))
+        .args(["mqtt", "--host", "127.0.0.1", "--port", &stack.ports.mqtt.to_string()])
+        .args(["--devices", "100", "--readings-per-device", "1000", "--batch", "100", "--database", "sim", "--table", "fleet"])
+        .args(["--timeout-s", "600"])
+        .output()
+        .await
+        .expect("lodestone-sim runs");
+    assert!(output.status.success(), "simulator failed: {}", String::from_utf8_lossy(&output.stderr));
+    let summary: Value = serde_json::from_slice(output.stdout.trim_ascii()).expect("one JSON summary line");
+    assert_eq!(summary["total"], 100_000);
+    eprintln!("simulator: {} readings/s published and acknowledged", summary["readings_per_sec"]);
+
+    let started = std::time::Instant::now();
+    stack.wait_for_count("sim.fleet", 100_000, Duration::from_secs(300)).await;
+    eprintln!("all 100000 readings queryable {:?} after the last acknowledgement", started.elapsed());
+    let rows = stack.query(r#"SELECT device_id, count(*), sum("measure_value::double") FROM sim.fleet GROUP BY device_id"#).await;
+    let stored: BTreeMap<String, (i64, f64)> = rows["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| (row[0].as_str().unwrap().to_string(), (row[1].as_i64().unwrap(), row[2].as_f64().unwrap())))
+        .collect();
+    let sent: BTreeMap<String, (i64, f64)> = summary["devices"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(device, totals)| (device.clone(), (totals["count"].as_i64().unwrap(), totals["sum"].as_f64().unwrap())))
+        .collect();
+    assert_eq!(sent.len(), 100);
+    assert_eq!(stored, sent);
+}
