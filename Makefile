@@ -21,4 +21,4 @@ up: build
 
 ## Runs the whole test suite: unit tests of every crate and the end-to-end tests in tests/.
 test: build
-	cargo test --workspace -- --test-threads=2
+	cargo test --workspace --no-fail-fast -- --test-threads=2

@@ -38,6 +38,8 @@ pub struct Agent {
     simulated: Option<JoinHandle<()>>,
     /// Closes when the writer thread has committed its last request and ended.
     writer_done: tokio::sync::watch::Receiver<u64>,
+    /// Fires when the last handle of the LMDB environment is gone and it is closed.
+    outbox_closed: heed::EnvClosingEvent,
     shutdown_timeout: Duration,
 }
 
@@ -54,6 +56,7 @@ impl Agent {
         let source = Source { device_id: config.device_id.clone(), boot_id: boot_id.clone() };
         let outbox = Outbox::open(&config.outbox.path, config.outbox.bytes_max, source.clone())?;
         let status = outbox.status()?;
+        let outbox_closed = outbox.closing_event();
         tracing::info!(
             device_id = %config.device_id, %boot_id, outbox = %config.outbox.path.display(),
             entries = status.entries, next_seq = status.next_seq, acked_through = status.acked_through,
@@ -102,6 +105,7 @@ impl Agent {
             forwarder,
             simulated,
             writer_done: committed,
+            outbox_closed,
             shutdown_timeout: Duration::from_millis(config.shutdown_timeout_ms),
         })
     }
@@ -135,6 +139,14 @@ impl Agent {
         let writer_ended = tokio::time::timeout_at(deadline, async { while writer_done.changed().await.is_ok() {} }).await;
         if writer_ended.is_err() {
             tracing::warn!("the outbox writer is still busy at the shutdown deadline; every acknowledged write is already committed");
+        }
+        // The environment closes when its last handle drops, which may be a moment after the
+        // writer's watch closed; wait for it so that the outbox can be reopened in this process.
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let closed = self.outbox_closed;
+        let closed_in_time = tokio::task::spawn_blocking(move || closed.wait_timeout(remaining)).await.unwrap_or(false);
+        if !closed_in_time {
+            tracing::warn!("the outbox environment was still open at the shutdown deadline");
         }
         tracing::info!("stopped");
     }

@@ -128,6 +128,11 @@ pub struct Outbox {
 }
 
 impl Outbox {
+    /// An event that fires once every handle of this outbox is dropped and LMDB has closed it.
+    pub fn closing_event(&self) -> heed::EnvClosingEvent {
+        self.env.clone().prepare_for_closing()
+    }
+
     /// Opens the outbox at `path` (creating the directory and the databases when missing) with an
     /// LMDB map of `bytes_max` bytes (rounded up to 64 KiB). `source` goes into every stored
     /// envelope.
