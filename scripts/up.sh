@@ -16,16 +16,21 @@ stop() {
   trap - INT TERM EXIT
   echo
   echo "stopping…"
-  # Stop in flow order so each stage drains into the next one while it still runs.
-  for (( i=${#pids[@]}-1; i>=0; i-- )); do kill -TERM "${pids[$i]}" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  # Stop in reverse start order, each before the next, so every stage drains into the next one
+  # while that one still runs (the ingest workers persist and commit before tansu stops).
+  for (( i=${#pids[@]}-1; i>=0; i-- )); do
+    kill -TERM "${pids[$i]}" 2>/dev/null || continue
+    for _ in $(seq 1 150); do kill -0 "${pids[$i]}" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "${pids[$i]}" 2>/dev/null && echo "process ${pids[$i]} did not stop within 15 s; killed" || true
+  done
   echo "stopped; data is kept in .stack/ (delete it to start afresh)"
 }
 trap stop INT TERM EXIT
 
 start() { # name, command…
   local name=$1; shift
-  "$@" >".stack/logs/$name.log" 2>&1 &
+  # In its own session, so that Ctrl-C reaches only this script, which stops them in order.
+  setsid "$@" >".stack/logs/$name.log" 2>&1 &
   pids+=($!)
 }
 
@@ -55,9 +60,18 @@ wait_for query-service http://127.0.0.1:8080/health
 wait_for broker-bridge http://127.0.0.1:9181/health
 start edge-agent "$bin/edge-agent" --config configs/local-stack/edge-agent.toml
 wait_for edge-agent http://127.0.0.1:8181/health
-start fleet "$bin/lodestone-sim" mqtt --host 127.0.0.1 --port 1883 --devices "$devices" \
-  --readings-per-device 100000000 --rate "$rate" --interval-ms $(( 1000 * devices / rate )) \
-  --start-ns "$(date +%s%N)" --database fleet --table trucks --timeout-s 31536000
+# The fleet runs in rounds of about ten minutes, each starting at the current time, so that the
+# readings' times follow the clock (a round may not reach more than 15 minutes into the future).
+interval_ms=$(( 1000 * devices / rate ))
+per_round=$(( 600000 / interval_ms ))
+start fleet bash -c '
+  trap "kill \$round 2>/dev/null; exit 0" INT TERM
+  while true; do
+    "$0" mqtt --host 127.0.0.1 --port 1883 --devices "$1" --readings-per-device "$2" --rate "$3" \
+      --interval-ms "$4" --start-ns "$(date +%s%N)" --database fleet --table trucks --timeout-s 900 &
+    round=$!
+    wait $round
+  done' "$bin/lodestone-sim" "$devices" "$per_round" "$rate" "$interval_ms"
 
 cat <<TXT
 

@@ -40,6 +40,8 @@ pub struct PersistConfig {
     pub interval_ms: u64,
     /// Bound of the hot tier in rows; reaching it triggers a persist before more is consumed.
     pub hot_rows_max: usize,
+    /// Bound on the final persist and offset commit at shutdown (SIGINT/SIGTERM).
+    pub shutdown_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -81,7 +83,7 @@ impl Default for StoreConfig {
 
 impl Default for PersistConfig {
     fn default() -> Self {
-        PersistConfig { interval_ms: 1_000, hot_rows_max: 1_000_000 }
+        PersistConfig { interval_ms: 1_000, hot_rows_max: 1_000_000, shutdown_timeout_ms: 10_000 }
     }
 }
 

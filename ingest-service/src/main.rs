@@ -28,6 +28,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     let config: IngestConfig = lodestone_model::config::load(args.config.as_deref(), "LODESTONE_INGEST")?;
@@ -41,13 +42,14 @@ async fn main() -> anyhow::Result<()> {
     for (key, value) in &config.kafka.properties {
         client.set(key, value);
     }
-    let consumer: StreamConsumer = client
+    let consumer: Arc<StreamConsumer> = client
         .clone()
         .set("group.id", &config.kafka.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .create()
+        .map(Arc::new)
         .context("creating the Kafka consumer")?;
     consumer.subscribe(&[&config.kafka.ingest_topic]).context("subscribing to the ingest topic")?;
     let producer: FutureProducer = client
@@ -58,13 +60,16 @@ async fn main() -> anyhow::Result<()> {
         .context("creating the dead-letter producer")?;
     tracing::info!(topic = %config.kafka.ingest_topic, group = %config.kafka.group_id, "consuming");
     let worker = Worker { ingestor, consumer, producer, config, counters, pending_letters: Vec::new(), next_offsets: BTreeMap::new() };
-    worker.run().await
+    worker.run().await?;
+    // Everything acknowledged is persisted and committed (or will be replayed); leave without
+    // waiting for librdkafka's own close, which can block while a broker is unreachable.
+    std::process::exit(0)
 }
 
 /// The Kafka loop around an [`Ingestor`].
 struct Worker {
     ingestor: Ingestor,
-    consumer: StreamConsumer,
+    consumer: Arc<StreamConsumer>,
     producer: FutureProducer,
     config: IngestConfig,
     counters: Arc<Counters>,
@@ -96,7 +101,12 @@ impl Worker {
             }
         }
         tracing::info!("shutting down: persisting and committing");
-        self.persist_and_commit().await?;
+        let drained = tokio::time::timeout(Duration::from_millis(self.config.persist.shutdown_timeout_ms), self.persist_and_commit()).await;
+        match drained {
+            Ok(result) => result?,
+            // Whatever was not committed is replayed from Kafka by the next owner of the partitions.
+            Err(_) => tracing::warn!("persist and commit did not finish within shutdown_timeout_ms; exiting without committing"),
+        }
         tracing::info!("stopped");
         Ok(())
     }
@@ -162,7 +172,13 @@ impl Worker {
         for ((topic, partition), offset) in std::mem::take(&mut self.next_offsets) {
             offsets.add_partition_offset(&topic, partition, Offset::Offset(offset))?;
         }
-        self.consumer.commit(&offsets, CommitMode::Sync).context("committing offsets")?;
+        // librdkafka's synchronous commit blocks its thread; keep it off the async workers so that
+        // the shutdown bound can still fire while a broker does not answer.
+        let consumer = self.consumer.clone();
+        tokio::task::spawn_blocking(move || consumer.commit(&offsets, CommitMode::Sync))
+            .await
+            .context("the offset commit task failed")?
+            .context("committing offsets")?;
         tracing::debug!(rows, "persisted and committed");
         Ok(())
     }
