@@ -96,6 +96,9 @@ pub struct Snapshot {
     pub databases: BTreeMap<String, BTreeMap<String, TableEntry>>,
     /// Opaque progress markers that writers commit with their files (e.g. "next input position").
     pub watermarks: BTreeMap<String, u64>,
+    /// Files no longer referenced, with the time they were dropped; deleted after a grace period.
+    #[serde(default)]
+    pub garbage: Vec<(String, i64)>,
 }
 
 impl Snapshot {

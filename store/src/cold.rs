@@ -40,7 +40,7 @@ pub async fn write_partition_file(
     let mut files = Vec::with_capacity(by_day.len());
     for (day, indexes) in by_day {
         let batch = build_batch(schema, indexes.iter().map(|&i| &rows[i]))?;
-        let path = format!("{}/{}/day={}/{:032x}.parquet", table.database, table.table, day_label(day), rand::random::<u128>());
+        let path = file_path(table, day);
         let bytes = encode_parquet(&batch).map_err(|detail| StoreError::Parquet { path: path.clone(), detail })?;
         let size = bytes.len() as u64;
         objects.put(&Path::from(path.clone()), PutPayload::from(bytes)).await?;
@@ -55,6 +55,11 @@ pub async fn write_partition_file(
         });
     }
     Ok(files)
+}
+
+/// A fresh, unique object path in the partition of `table` and `day`.
+pub fn file_path(table: &TableRef, day: i64) -> String {
+    format!("{}/{}/day={}/{:032x}.parquet", table.database, table.table, day_label(day), rand::random::<u128>())
 }
 
 /// `YYYY-MM-DD` of a day number (days since 1970-01-01), by the civil-from-days algorithm.
@@ -182,7 +187,7 @@ fn writer_properties(batch: &RecordBatch) -> WriterProperties {
     builder.build()
 }
 
-fn encode_parquet(batch: &RecordBatch) -> Result<Vec<u8>, String> {
+pub fn encode_parquet(batch: &RecordBatch) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     let mut writer = ArrowWriter::try_new(&mut out, batch.schema(), Some(writer_properties(batch))).map_err(|e| e.to_string())?;
     writer.write(batch).map_err(|e| e.to_string())?;

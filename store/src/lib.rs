@@ -11,6 +11,9 @@
 //!   [`TableProperties`] and [`TableSchema`], every file with its time range, and opaque
 //!   watermarks that a writer commits together with its files.
 //! - [`arrow_schema`]: the Arrow shape of a table, the one Timestream users query.
+//! - [`Store::compact`] and [`Store::apply_retention`]: background work on the cold tier —
+//!   merging small files into sorted, deduplicated partition files, and dropping partitions past
+//!   the magnetic retention. Both are safe to interrupt and to run from several processes.
 //!
 //! Data enters as [`lodestone_model::Record`]s through the hot tier and leaves as Parquet files
 //! (read by the query service through [`Store::object_store`]) and Arrow record batches.
@@ -20,11 +23,13 @@
 
 mod catalog;
 mod cold;
+mod compact;
 mod error;
 mod hot;
 mod schema;
 mod upsert;
 
+pub use compact::{merge_dedup, CompactionPolicy, MaintenanceReport};
 pub use catalog::{FileMeta, Snapshot, Store, TableEntry, TableProperties, TableRef};
 pub use error::StoreError;
 pub use hot::{HotTier, PersistBatch, TableRows, WriteOutcome};
