@@ -12,7 +12,35 @@ pub struct IngestConfig {
     pub store: StoreConfig,
     pub persist: PersistConfig,
     pub tables: TablesConfig,
+    pub maintenance: MaintenanceConfig,
     pub http: HttpConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaintenanceConfig {
+    /// Run compaction and retention in this worker (safe with any number of workers).
+    pub enabled: bool,
+    /// Pause between two rounds.
+    pub interval_ms: u64,
+    /// A table-day partition is compacted once it has this many files.
+    pub compact_files_min: usize,
+    /// Most bytes of input one partition's compaction reads into memory.
+    pub compact_input_bytes_max: u64,
+    /// Replaced and expired files are deleted this long after they left the catalog.
+    pub garbage_grace_ms: u64,
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        MaintenanceConfig {
+            enabled: true,
+            interval_ms: 10_000,
+            compact_files_min: 8,
+            compact_input_bytes_max: 256 * 1024 * 1024,
+            garbage_grace_ms: 300_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -9,7 +9,7 @@ use clap::Parser;
 use futures::future::join_all;
 use ingest_service::{Applied, Counters, DeadLetter, IngestConfig, Ingestor, Origin};
 use lodestone_model::ContentType;
-use lodestone_store::Store;
+use lodestone_store::{CompactionPolicy, Store};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -36,6 +36,9 @@ async fn main() -> anyhow::Result<()> {
     serve_http(&config.http.listen, counters.clone()).await?;
 
     let store = Store::open_local(&config.store.path).with_context(|| format!("opening store {}", config.store.path.display()))?;
+    if config.maintenance.enabled {
+        tokio::spawn(maintain(store.clone(), config.maintenance.clone()));
+    }
     let ingestor = Ingestor::open(store, config.persist.hot_rows_max, config.tables.clone(), counters.clone()).await?;
     let mut client = ClientConfig::new();
     client.set("bootstrap.servers", &config.kafka.bootstrap_servers);
@@ -192,6 +195,31 @@ async fn serve_http(listen: &str, counters: Arc<Counters>) -> anyhow::Result<()>
         .route("/metrics", get(move || async move { counters.render() }));
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(())
+}
+
+/// Compaction and retention, one round every `interval_ms`. A failed round is logged and retried
+/// on the next one: every step commits atomically, so an interrupted round leaves no damage.
+async fn maintain(store: Store, config: ingest_service::config::MaintenanceConfig) {
+    let policy = CompactionPolicy {
+        files_min: config.compact_files_min.max(2),
+        input_bytes_max: config.compact_input_bytes_max,
+        garbage_grace_ns: config.garbage_grace_ms as i64 * 1_000_000,
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(config.interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match store.compact(&policy, now_ns()).await {
+            Ok(report) if report.partitions_compacted > 0 => tracing::info!(?report, "compacted"),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "compaction round failed"),
+        }
+        match store.apply_retention(&policy, now_ns()).await {
+            Ok(report) if report.partitions_expired + report.files_deleted > 0 => tracing::info!(?report, "retention"),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "retention round failed"),
+        }
+    }
 }
 
 fn now_ns() -> i64 {
