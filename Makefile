@@ -6,7 +6,7 @@ export LODESTONE_CACHE
 export CARGO_TARGET_DIR ?= $(LODESTONE_CACHE)/target
 export TANSU_BIN ?= $(LODESTONE_CACHE)/tansu-0.6.0/bin/tansu
 
-.PHONY: up test setup build
+.PHONY: up test setup build bench-store
 
 setup:
 	@scripts/setup.sh
@@ -22,3 +22,7 @@ up: build
 ## Runs the whole test suite: unit tests of every crate and the end-to-end tests in tests/.
 test: build
 	cargo test --workspace --no-fail-fast -- --test-threads=2
+
+## Store benchmark on TSBS-iot-style data; prints `figure <name> <value> <unit>` lines.
+bench-store:
+	cargo bench -p lodestone-store --bench store
