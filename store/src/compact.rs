@@ -162,6 +162,27 @@ impl Store {
         reader.map(|batch| batch.map_err(StoreError::from)).collect()
     }
 
+    /// Scans `table` over `[from_ns, to_ns)`: every cold-tier file whose time range overlaps,
+    /// deduplicated by the upsert rule (per key the highest version, ties to the first written)
+    /// and sorted by series then time. Reads the matching files whole; meant for checks and
+    /// maintenance, not for the query path.
+    pub async fn scan(&self, table: &TableRef, from_ns: i64, to_ns: i64) -> Result<RecordBatch, StoreError> {
+        let snapshot = self.snapshot().await?;
+        let entry = snapshot
+            .table(table)
+            .ok_or_else(|| StoreError::TableNotFound { database: table.database.clone(), table: table.table.clone() })?;
+        let mut batches = Vec::new();
+        for file in entry.files.iter().filter(|f| f.max_time_ns >= from_ns && f.min_time_ns < to_ns) {
+            batches.extend(self.read_file(file).await?);
+        }
+        let merged = merge_dedup(&entry.schema, &batches)?;
+        let times = arrow::compute::cast(merged.column_by_name(TIME_COLUMN).expect("time column"), &arrow::datatypes::DataType::Int64)?;
+        let times = times.as_any().downcast_ref::<arrow::array::Int64Array>().expect("cast to Int64");
+        let from = arrow::compute::kernels::cmp::gt_eq(times, &arrow::array::Int64Array::new_scalar(from_ns))?;
+        let to = arrow::compute::kernels::cmp::lt(times, &arrow::array::Int64Array::new_scalar(to_ns))?;
+        Ok(arrow::compute::filter_record_batch(&merged, &arrow::compute::and(&from, &to)?)?)
+    }
+
     /// Drops every partition that ended before `now_ns` minus its table's magnetic retention,
     /// and deletes garbage older than the grace period. Returns after the catalog commit.
     pub async fn apply_retention(&self, policy: &CompactionPolicy, now_ns: i64) -> Result<MaintenanceReport, StoreError> {
