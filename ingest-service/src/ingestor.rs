@@ -38,7 +38,14 @@ pub enum Applied {
     PersistFirst,
 }
 
+/// Where every rejection becomes a row: `"_lodestone"."rejected_records"`.
+pub const REJECTED_RECORDS: (&str, &str) = ("_lodestone", "rejected_records");
+/// Longest text kept of a rejection's detail and payload, in bytes.
+const REJECTION_TEXT_BYTES_MAX: usize = 1024;
+
 pub struct Ingestor {
+    /// Time of the last rejected-records row, so that rows of one worker never share a key.
+    last_rejection_ns: i64,
     store: Store,
     hot: HotTier,
     hot_rows_max: usize,
@@ -51,7 +58,7 @@ pub struct Ingestor {
 impl Ingestor {
     pub async fn open(store: Store, hot_rows_max: usize, tables: TablesConfig, counters: Arc<Counters>) -> Result<Ingestor, StoreError> {
         let snapshot = store.snapshot().await?;
-        Ok(Ingestor { store, hot: HotTier::new(hot_rows_max), hot_rows_max, snapshot, tables, limits: Limits::default(), counters })
+        Ok(Ingestor { last_rejection_ns: 0, store, hot: HotTier::new(hot_rows_max), hot_rows_max, snapshot, tables, limits: Limits::default(), counters })
     }
 
     pub fn hot_rows(&self) -> usize {
@@ -100,6 +107,48 @@ impl Ingestor {
         Ok(Applied::Done(letters))
     }
 
+    /// Writes one message of the dead-letter topic (from the bridge or any worker) into the
+    /// `rejected_records` table: dimensions `reason`, `device_id`, `source`; measures `detail`,
+    /// `payload` (both cut to 1 KiB), and the message's `dead_letter_partition` and
+    /// `dead_letter_offset`. Returns before anything is durable, like [`Ingestor::apply`].
+    pub async fn apply_dead_letter(&mut self, headers: &BTreeMap<String, String>, payload: &[u8], origin: &Origin, now_ns: i64) -> Result<(), StoreError> {
+        use lodestone_model::{Dimension, MeasureValue, Record, Scalar};
+        let table = TableRef { database: REJECTED_RECORDS.0.into(), table: REJECTED_RECORDS.1.into() };
+        let properties = TableProperties {
+            memory_retention_hours: self.tables.memory_store_retention_hours,
+            magnetic_retention_days: self.tables.magnetic_store_retention_days,
+            magnetic_store_writes: true,
+        };
+        if self.snapshot.table(&table).is_none() {
+            self.snapshot = self.store.ensure_table(&table, properties).await?;
+        }
+        let entry = self.snapshot.table(&table).cloned().expect("table just ensured");
+        let header = |name: &str| headers.get(name).cloned().unwrap_or_default();
+        let body: Option<serde_json::Value> = serde_json::from_slice(payload).ok();
+        let from_body = |name: &str| body.as_ref().and_then(|b| b.get(name)).and_then(|v| v.as_str()).map(str::to_owned);
+        let dimension = |name: &str, value: String| Dimension { name: name.into(), value };
+        let device_id = Some(header("device_id")).filter(|d| !d.is_empty()).or_else(|| from_body("device_id")).unwrap_or_default();
+        let source = Some(header("source")).filter(|s| !s.is_empty()).unwrap_or_else(|| "bridge".into());
+        let detail = Some(header("detail")).filter(|d| !d.is_empty()).or_else(|| from_body("detail")).unwrap_or_default();
+        self.last_rejection_ns = now_ns.max(self.last_rejection_ns + 1);
+        let record = Record {
+            dimensions: vec![dimension("device_id", device_id), dimension("reason", header("reason")), dimension("source", source)],
+            measure_name: "rejection".into(),
+            value: MeasureValue::Multi(vec![
+                ("dead_letter_offset".into(), Scalar::Bigint(origin.offset)),
+                ("dead_letter_partition".into(), Scalar::Bigint(i64::from(origin.partition))),
+                ("detail".into(), Scalar::Varchar(truncate(&detail))),
+                ("payload".into(), Scalar::Varchar(truncate(&String::from_utf8_lossy(payload)))),
+            ]),
+            time_ns: self.last_rejection_ns,
+            version: 1,
+        };
+        if let Err(rejection) = self.hot.write(&table, &entry.properties, &entry.schema, record, now_ns, 0) {
+            tracing::warn!(%rejection, "a dead letter could not be recorded in rejected_records");
+        }
+        Ok(())
+    }
+
     /// The table an envelope goes to and its properties, creating it when allowed; or the
     /// rejection every record of the envelope gets.
     async fn destination(&mut self, envelope: &Envelope) -> Result<Result<(TableRef, TableProperties), Rejection>, StoreError> {
@@ -142,6 +191,17 @@ impl Ingestor {
         }
         Ok(rows)
     }
+}
+
+fn truncate(text: &str) -> String {
+    if text.len() <= REJECTION_TEXT_BYTES_MAX {
+        return text.to_string();
+    }
+    let mut end = REJECTION_TEXT_BYTES_MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
 }
 
 fn dead_letter(envelope: &Envelope, origin: &Origin, rejection: Rejection, record: Option<serde_json::Value>) -> DeadLetter {

@@ -6,6 +6,8 @@
 //!   its records into the store's [`lodestone_store::HotTier`], returning the rejections (with
 //!   reasons) to send to the dead-letter topic. [`Ingestor::persist`] drains the hot tier into the
 //!   cold tier and commits the catalog.
+//! - [`REJECTED_RECORDS`]: every message on the dead-letter topic (the bridge's and the
+//!   workers') also becomes a row of `"_lodestone"."rejected_records"`, so rejections are data.
 //! - [`Counters`]: what the worker received, wrote and rejected, by reason, for `/metrics`.
 //!
 //! Data enters as Kafka messages (envelopes in CBOR or JSON) and leaves as Parquet files and
@@ -20,5 +22,5 @@ mod ingestor;
 mod metrics;
 
 pub use config::IngestConfig;
-pub use ingestor::{Applied, DeadLetter, Ingestor, Origin};
+pub use ingestor::{Applied, DeadLetter, Ingestor, Origin, REJECTED_RECORDS};
 pub use metrics::Counters;

@@ -54,7 +54,8 @@ async fn main() -> anyhow::Result<()> {
         .create()
         .map(Arc::new)
         .context("creating the Kafka consumer")?;
-    consumer.subscribe(&[&config.kafka.ingest_topic]).context("subscribing to the ingest topic")?;
+    let topics = [config.kafka.ingest_topic.as_str(), config.kafka.dead_letter_topic.as_str()];
+    consumer.subscribe(&topics).context("subscribing to the ingest and dead-letter topics")?;
     let producer: FutureProducer = client
         .set("enable.idempotence", "true")
         .set("acks", "all")
@@ -126,6 +127,20 @@ impl Worker {
         let origin = Origin { topic: message.topic().to_string(), partition: message.partition(), offset: message.offset() };
         let payload = message.payload().unwrap_or_default();
         Counters::add(&self.counters.messages_received, 1);
+        if origin.topic == self.config.kafka.dead_letter_topic {
+            let headers: BTreeMap<String, String> = message
+                .headers()
+                .map(|headers| {
+                    headers.iter().filter_map(|h| Some((h.key.to_string(), String::from_utf8_lossy(h.value?).into_owned()))).collect()
+                })
+                .unwrap_or_default();
+            if self.ingestor.hot_rows() >= self.config.persist.hot_rows_max {
+                self.persist_and_commit().await?;
+            }
+            self.ingestor.apply_dead_letter(&headers, payload, &origin, now_ns()).await?;
+            self.next_offsets.insert((origin.topic, origin.partition), origin.offset + 1);
+            return Ok(());
+        }
         let letters = loop {
             match self.ingestor.apply(payload, content_type, &origin, now_ns()).await? {
                 Applied::Done(letters) => break letters,

@@ -152,6 +152,14 @@ async fn malformed_payloads_go_to_the_dead_letter_topic_and_valid_ones_still_lan
     assert_eq!(reasons, ["malformed_payload", "malformed_payload"], "{letters:?}");
     let sums = stack.query(r#"SELECT valve, sum("measure_value::double") FROM plant.valves GROUP BY valve ORDER BY valve"#).await;
     assert_eq!(sums["rows"], json!([["dev-k", 2.0], ["dev-k2", 3.0], ["dev-m", 2.0]]));
+
+    // Rejections are data: both are rows of the rejected_records table, with their reason.
+    let sql = r#"SELECT source, reason, count(*) FROM "_lodestone".rejected_records GROUP BY source, reason ORDER BY source"#;
+    let rejected = poll_until("rejections in rejected_records", LANDING, || async {
+        stack.try_rows(sql).await.filter(|rows| rows.iter().map(|r| r[2].as_i64().unwrap_or(0)).sum::<i64>() == 2)
+    })
+    .await;
+    assert_eq!(rejected, vec![vec![json!("bridge"), json!("malformed_payload"), json!(1)], vec![json!("ingest"), json!("malformed_payload"), json!(1)]]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
