@@ -4,8 +4,9 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch, StringBuilder, TimestampNanosecondBuilder, UInt64Builder,
+    Array, ArrayRef, BooleanBuilder, Decimal128Array, Float64Array, Float64Builder, Int64Builder, RecordBatch, StringBuilder, TimestampNanosecondBuilder, UInt64Builder,
 };
+use arrow::datatypes::{Field, Schema};
 use lodestone_model::{MeasureType, MeasureValue, Scalar};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -174,7 +175,10 @@ fn writer_properties(batch: &RecordBatch) -> WriterProperties {
     for field in batch.schema().fields() {
         let column = ColumnPath::from(field.name().as_str());
         let encoding = match field.data_type() {
-            arrow::datatypes::DataType::Timestamp(..) | arrow::datatypes::DataType::Int64 | arrow::datatypes::DataType::UInt64 => {
+            arrow::datatypes::DataType::Timestamp(..)
+            | arrow::datatypes::DataType::Int64
+            | arrow::datatypes::DataType::UInt64
+            | arrow::datatypes::DataType::Decimal128(..) => {
                 Some(Encoding::DELTA_BINARY_PACKED)
             }
             arrow::datatypes::DataType::Float64 => Some(Encoding::BYTE_STREAM_SPLIT),
@@ -187,7 +191,75 @@ fn writer_properties(batch: &RecordBatch) -> WriterProperties {
     builder.build()
 }
 
+/// Largest decimal scale tried for a DOUBLE column.
+const DECIMAL_SCALE_MAX: i32 = 6;
+/// Parquet stores decimals of up to 18 digits as INT64, which delta encoding packs tightly.
+const DECIMAL_PRECISION: u8 = 18;
+
+/// The smallest scale `s` at which every value of `values` is exactly `i / 10^s` for an integer
+/// `i` of at most 17 digits — the way the value reads back (arrow's decimal-to-float cast divides
+/// the same way). `None` when no scale fits (NaN, infinities, -0.0, too many digits).
+fn decimal_scale(values: &Float64Array) -> Option<i8> {
+    'scale: for scale in 0..=DECIMAL_SCALE_MAX {
+        let factor = 10f64.powi(scale);
+        for value in values.iter().flatten() {
+            let scaled = (value * factor).round();
+            if !(scaled.abs() < 1e17) || ((scaled as i64) as f64 / factor).to_bits() != value.to_bits() {
+                continue 'scale;
+            }
+        }
+        return Some(scale as i8);
+    }
+    None
+}
+
+/// Stores each DOUBLE column whose values are all short decimals (sensor readings usually are) as
+/// a scaled integer (Parquet DECIMAL on INT64), which delta encoding and zstd shrink far better
+/// than IEEE doubles. Reading casts it back to the same f64 values, bit for bit.
+fn scale_doubles(batch: &RecordBatch) -> Result<RecordBatch, String> {
+    let mut fields = Vec::with_capacity(batch.num_columns());
+    let mut columns = Vec::with_capacity(batch.num_columns());
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        let doubles = column.as_any().downcast_ref::<Float64Array>();
+        match doubles.and_then(|d| decimal_scale(d).map(|scale| (d, scale))) {
+            Some((doubles, scale)) => {
+                let factor = 10f64.powi(i32::from(scale));
+                let scaled: Decimal128Array = doubles.unary_opt(|v| Some((v * factor).round() as i128));
+                let scaled = scaled.with_precision_and_scale(DECIMAL_PRECISION, scale).map_err(|e| e.to_string())?;
+                fields.push(Field::new(field.name(), scaled.data_type().clone(), field.is_nullable()));
+                columns.push(Arc::new(scaled) as ArrayRef);
+            }
+            None => {
+                fields.push(field.as_ref().clone());
+                columns.push(column.clone());
+            }
+        }
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| e.to_string())
+}
+
+/// Undoes [`scale_doubles`]: DECIMAL columns read back as the DOUBLE values they were.
+pub fn unscale_doubles(batch: RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
+    if !batch.schema().fields().iter().any(|f| matches!(f.data_type(), arrow::datatypes::DataType::Decimal128(..))) {
+        return Ok(batch);
+    }
+    let mut fields = Vec::with_capacity(batch.num_columns());
+    let mut columns = Vec::with_capacity(batch.num_columns());
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        if matches!(field.data_type(), arrow::datatypes::DataType::Decimal128(..)) {
+            fields.push(Field::new(field.name(), arrow::datatypes::DataType::Float64, field.is_nullable()));
+            columns.push(arrow::compute::cast(column, &arrow::datatypes::DataType::Float64)?);
+        } else {
+            fields.push(field.as_ref().clone());
+            columns.push(column.clone());
+        }
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+}
+
+/// Encodes `batch` as one Parquet file (see [`writer_properties`] and [`scale_doubles`]).
 pub fn encode_parquet(batch: &RecordBatch) -> Result<Vec<u8>, String> {
+    let batch = &scale_doubles(batch)?;
     let mut out = Vec::new();
     let mut writer = ArrowWriter::try_new(&mut out, batch.schema(), Some(writer_properties(batch))).map_err(|e| e.to_string())?;
     writer.write(batch).map_err(|e| e.to_string())?;
@@ -198,6 +270,34 @@ pub fn encode_parquet(batch: &RecordBatch) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn doubles_take_the_smallest_exact_decimal_scale() {
+        let check = |values: &[f64], expected: Option<i8>| {
+            assert_eq!(decimal_scale(&Float64Array::from(values.to_vec())), expected, "{values:?}");
+        };
+        check(&[1.0, -3.0, 0.0], Some(0));
+        check(&[21.5, 0.25], Some(2));
+        check(&[12.34, -0.01, 99.99], Some(2));
+        check(&[0.1 + 0.2], None);
+        check(&[f64::NAN], None);
+        check(&[-0.0], None);
+        check(&[1e20], None);
+        check(&[], Some(0));
+    }
+
+    #[test]
+    fn scaled_doubles_read_back_bit_for_bit() {
+        let values = Float64Array::from(vec![Some(12.34), None, Some(-7.5), Some(1234567.891)]);
+        let schema = Arc::new(Schema::new(vec![Field::new("v", arrow::datatypes::DataType::Float64, true)]));
+        let batch = RecordBatch::try_new(schema, vec![Arc::new(values.clone())]).unwrap();
+        let stored = scale_doubles(&batch).unwrap();
+        assert!(matches!(stored.schema().field(0).data_type(), arrow::datatypes::DataType::Decimal128(18, 3)));
+        let back = arrow::compute::cast(stored.column(0), &arrow::datatypes::DataType::Float64).unwrap();
+        let back = back.as_any().downcast_ref::<Float64Array>().unwrap();
+        let bits = |a: &Float64Array| a.iter().map(|v| v.map(f64::to_bits)).collect::<Vec<_>>();
+        assert_eq!(bits(back), bits(&values));
+    }
 
     #[test]
     fn day_labels() {

@@ -22,7 +22,7 @@ use object_store::{ObjectStoreExt, PutPayload};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::catalog::{FileMeta, Store, TableRef};
-use crate::cold::{encode_parquet, file_path};
+use crate::cold::{encode_parquet, file_path, unscale_doubles};
 use crate::error::StoreError;
 use crate::schema::{arrow_schema, TableSchema, MEASURE_NAME_COLUMN, TIME_COLUMN, VERSION_COLUMN};
 use crate::DAY_NS;
@@ -154,12 +154,12 @@ impl Store {
         Ok(Some((rows_before, output.rows)))
     }
 
-    /// Reads one cold-tier file whole.
+    /// Reads one cold-tier file whole, in the table's types (scaled doubles back to DOUBLE).
     pub async fn read_file(&self, file: &FileMeta) -> Result<Vec<RecordBatch>, StoreError> {
         let parquet_error = |e: parquet::errors::ParquetError| StoreError::Parquet { path: file.path.clone(), detail: e.to_string() };
         let bytes: Bytes = self.object_store().get(&Path::from(file.path.clone())).await?.bytes().await?;
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(parquet_error)?.build().map_err(parquet_error)?;
-        reader.map(|batch| batch.map_err(StoreError::from)).collect()
+        reader.map(|batch| Ok(unscale_doubles(batch?)?)).collect()
     }
 
     /// Scans `table` over `[from_ns, to_ns)`: every cold-tier file whose time range overlaps,

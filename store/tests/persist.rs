@@ -4,8 +4,6 @@ use std::collections::BTreeMap;
 
 use lodestone_model::{Dimension, MeasureValue, Record, Scalar};
 use lodestone_store::{HotTier, Store, TableProperties, TableRef};
-use object_store::ObjectStoreExt;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 const NOW: i64 = 1_700_000_000_000_000_000;
 
@@ -46,9 +44,7 @@ async fn persisted_rows_read_back_from_parquet_sorted_by_series_then_time() {
     assert_eq!(files.len(), 1);
     assert_eq!((files[0].rows, files[0].min_time_ns, files[0].max_time_ns), (4, NOW, NOW + 2));
 
-    let bytes = store.object_store().get(&files[0].path.as_str().into()).await.unwrap().bytes().await.unwrap();
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap().build().unwrap();
-    let batches: Vec<_> = reader.map(Result::unwrap).collect();
+    let batches = store.read_file(&files[0]).await.unwrap();
     let batch = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
     let names: Vec<_> = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
     assert_eq!(
