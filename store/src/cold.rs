@@ -198,13 +198,14 @@ const DECIMAL_PRECISION: u8 = 18;
 
 /// The smallest scale `s` at which every value of `values` is exactly `i / 10^s` for an integer
 /// `i` of at most 17 digits — the way the value reads back (arrow's decimal-to-float cast divides
-/// the same way). `None` when no scale fits (NaN, infinities, -0.0, too many digits).
+/// the same way). `None` when no scale fits (NaN, infinities, too many digits).
 fn decimal_scale(values: &Float64Array) -> Option<i8> {
     'scale: for scale in 0..=DECIMAL_SCALE_MAX {
         let factor = 10f64.powi(scale);
         for value in values.iter().flatten() {
             let scaled = (value * factor).round();
-            if !(scaled.abs() < 1e17) || ((scaled as i64) as f64 / factor).to_bits() != value.to_bits() {
+            // `==`, not bits: -0.0 reads back as 0.0, which SQL does not tell apart.
+            if !(scaled.abs() < 1e17) || (scaled as i64) as f64 / factor != value {
                 continue 'scale;
             }
         }
@@ -215,7 +216,8 @@ fn decimal_scale(values: &Float64Array) -> Option<i8> {
 
 /// Stores each DOUBLE column whose values are all short decimals (sensor readings usually are) as
 /// a scaled integer (Parquet DECIMAL on INT64), which delta encoding and zstd shrink far better
-/// than IEEE doubles. Reading casts it back to the same f64 values, bit for bit.
+/// than IEEE doubles. Reading casts it back to the same f64 values (bit for bit, but for -0.0,
+/// which reads back as 0.0).
 fn scale_doubles(batch: &RecordBatch) -> Result<RecordBatch, String> {
     let mut fields = Vec::with_capacity(batch.num_columns());
     let mut columns = Vec::with_capacity(batch.num_columns());
@@ -281,7 +283,7 @@ mod tests {
         check(&[12.34, -0.01, 99.99], Some(2));
         check(&[0.1 + 0.2], None);
         check(&[f64::NAN], None);
-        check(&[-0.0], None);
+        check(&[-0.0, 1.5], Some(1));
         check(&[1e20], None);
         check(&[], Some(0));
     }
