@@ -79,6 +79,10 @@ pub struct FileMeta {
     pub max_time_ns: i64,
     pub rows: u64,
     pub bytes: u64,
+    /// 0: written by a persist; 1: written by compaction (sorted, deduplicated, one time slice).
+    /// Every level-1 row was accepted before every level-0 row of the same partition.
+    #[serde(default)]
+    pub level: u8,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -53,6 +53,7 @@ pub async fn write_partition_file(
             max_time_ns: times.max().unwrap_or(day * DAY_NS),
             rows: indexes.len() as u64,
             bytes: size,
+            level: 0,
         });
     }
     Ok(files)

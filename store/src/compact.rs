@@ -36,11 +36,18 @@ pub struct CompactionPolicy {
     pub input_bytes_max: u64,
     /// Replaced files stay this long before they are deleted (queries may still read them).
     pub garbage_grace_ns: i64,
+    /// Time span of one compacted file: a window scan reads only the slices it overlaps.
+    pub file_span_ns: i64,
 }
 
 impl Default for CompactionPolicy {
     fn default() -> Self {
-        CompactionPolicy { files_min: 8, input_bytes_max: 256 * 1024 * 1024, garbage_grace_ns: 5 * 60 * 1_000_000_000 }
+        CompactionPolicy {
+            files_min: 8,
+            input_bytes_max: 256 * 1024 * 1024,
+            garbage_grace_ns: 5 * 60 * 1_000_000_000,
+            file_span_ns: 3_600 * 1_000_000_000,
+        }
     }
 }
 
@@ -67,33 +74,11 @@ impl Store {
                 for file in &entry.files {
                     by_day.entry(file.day).or_default().push(file);
                 }
-                for (day, mut files) in by_day {
-                    if files.len() < policy.files_min {
-                        continue;
-                    }
-                    files.sort_by_key(|f| f.bytes);
-                    let mut budget = policy.input_bytes_max;
-                    let chosen: Vec<FileMeta> = files
-                        .into_iter()
-                        .take_while(|f| match budget.checked_sub(f.bytes) {
-                            Some(left) => {
-                                budget = left;
-                                true
-                            }
-                            None => false,
-                        })
-                        .cloned()
-                        .collect();
-                    if chosen.len() < 2 {
-                        continue;
-                    }
-                    // Merge in the order the files were committed, so that the first accepted row wins ties.
-                    let order: Vec<&String> = entry.files.iter().map(|f| &f.path).collect();
-                    let mut chosen = chosen;
-                    chosen.sort_by_key(|f| order.iter().position(|p| **p == f.path));
-                    if let Some((rows_before, rows_after)) = self.compact_partition(&table, &entry.schema, day, &chosen, now_ns).await? {
+                for (day, files) in by_day {
+                    let Some(inputs) = select_inputs(&files, policy) else { continue };
+                    if let Some((rows_before, rows_after)) = self.compact_partition(&table, &entry.schema, day, &inputs, policy, now_ns).await? {
                         report.partitions_compacted += 1;
-                        report.files_merged += chosen.len();
+                        report.files_merged += inputs.len();
                         report.rows_before += rows_before;
                         report.rows_after += rows_after;
                     }
@@ -103,14 +88,15 @@ impl Store {
         Ok(report)
     }
 
-    /// Merges `inputs` into one file and swaps it in. `None` when another process changed the
-    /// partition first (the merged file is then deleted again).
+    /// Merges `inputs` into one file per time slice and swaps them in. `None` when another
+    /// process changed the partition first (the merged files are then deleted again).
     async fn compact_partition(
         &self,
         table: &TableRef,
         schema: &TableSchema,
         day: i64,
         inputs: &[FileMeta],
+        policy: &CompactionPolicy,
         now_ns: i64,
     ) -> Result<Option<(u64, u64)>, StoreError> {
         let mut batches = Vec::new();
@@ -118,20 +104,10 @@ impl Store {
             batches.extend(self.read_file(file).await?);
         }
         let merged = merge_dedup(schema, &batches)?;
-        let path = file_path(table, day);
-        let bytes = encode_parquet(&merged).map_err(|detail| StoreError::Parquet { path: path.clone(), detail })?;
-        let times = merged.column_by_name(TIME_COLUMN).expect("time column");
-        let times = arrow::compute::cast(times, &arrow::datatypes::DataType::Int64)?;
-        let times = times.as_any().downcast_ref::<arrow::array::Int64Array>().expect("cast to Int64");
-        let output = FileMeta {
-            path: path.clone(),
-            day,
-            min_time_ns: arrow::compute::min(times).unwrap_or(day * DAY_NS),
-            max_time_ns: arrow::compute::max(times).unwrap_or(day * DAY_NS),
-            rows: merged.num_rows() as u64,
-            bytes: bytes.len() as u64,
-        };
-        self.object_store().put(&Path::from(path.clone()), PutPayload::from(bytes)).await?;
+        let mut outputs = Vec::new();
+        for slice in split_by_time(&merged, policy.file_span_ns)? {
+            outputs.push(self.write_compacted(table, day, &slice).await?);
+        }
         let mut applied = false;
         self.commit(|snapshot| {
             applied = false;
@@ -140,18 +116,38 @@ impl Store {
                 return Ok(());
             }
             entry.files.retain(|f| !inputs.iter().any(|input| input.path == f.path));
-            entry.files.push(output.clone());
+            entry.files.extend(outputs.iter().cloned());
             snapshot.garbage.extend(inputs.iter().map(|f| (f.path.clone(), now_ns)));
             applied = true;
             Ok(())
         })
         .await?;
         if !applied {
-            let _ = self.object_store().delete(&Path::from(path)).await;
+            for output in &outputs {
+                let _ = self.object_store().delete(&Path::from(output.path.clone())).await;
+            }
             return Ok(None);
         }
         let rows_before = inputs.iter().map(|f| f.rows).sum();
-        Ok(Some((rows_before, output.rows)))
+        Ok(Some((rows_before, outputs.iter().map(|f| f.rows).sum())))
+    }
+
+    /// Writes one compacted slice; invisible until committed.
+    async fn write_compacted(&self, table: &TableRef, day: i64, slice: &RecordBatch) -> Result<FileMeta, StoreError> {
+        let path = file_path(table, day);
+        let bytes = encode_parquet(slice).map_err(|detail| StoreError::Parquet { path: path.clone(), detail })?;
+        let times = time_column(slice)?;
+        let output = FileMeta {
+            path: path.clone(),
+            day,
+            min_time_ns: arrow::compute::min(&times).unwrap_or(day * DAY_NS),
+            max_time_ns: arrow::compute::max(&times).unwrap_or(day * DAY_NS),
+            rows: slice.num_rows() as u64,
+            bytes: bytes.len() as u64,
+            level: 1,
+        };
+        self.object_store().put(&Path::from(path), PutPayload::from(bytes)).await?;
+        Ok(output)
     }
 
     /// Reads one cold-tier file whole, in the table's types (scaled doubles back to DOUBLE).
@@ -225,6 +221,46 @@ impl Store {
         }
         Ok(report)
     }
+}
+
+/// The files of one partition to compact, oldest content first: once it has `files_min` level-0
+/// files, a prefix of them in commit order (within `input_bytes_max`, at least two), preceded by
+/// the level-1 files whose time range overlaps theirs (late data merges into its slice).
+fn select_inputs(files: &[&FileMeta], policy: &CompactionPolicy) -> Option<Vec<FileMeta>> {
+    let fresh: Vec<&FileMeta> = files.iter().copied().filter(|f| f.level == 0).collect();
+    if fresh.len() < policy.files_min.max(2) {
+        return None;
+    }
+    let mut budget = policy.input_bytes_max;
+    let mut chosen: Vec<&FileMeta> = Vec::new();
+    for file in fresh {
+        if chosen.len() >= 2 && file.bytes > budget {
+            break;
+        }
+        budget = budget.saturating_sub(file.bytes);
+        chosen.push(file);
+    }
+    let from = chosen.iter().map(|f| f.min_time_ns).min()?;
+    let to = chosen.iter().map(|f| f.max_time_ns).max()?;
+    let overlapping = files.iter().copied().filter(|f| f.level > 0 && f.max_time_ns >= from && f.min_time_ns <= to);
+    Some(overlapping.chain(chosen).cloned().collect())
+}
+
+/// The time column as nanoseconds.
+fn time_column(batch: &RecordBatch) -> Result<arrow::array::Int64Array, StoreError> {
+    let times = arrow::compute::cast(batch.column_by_name(TIME_COLUMN).expect("time column"), &arrow::datatypes::DataType::Int64)?;
+    Ok(times.as_any().downcast_ref::<arrow::array::Int64Array>().expect("cast to Int64").clone())
+}
+
+/// Splits a batch sorted by series then time into one batch per `span_ns` time slice, each
+/// still sorted by series then time.
+fn split_by_time(batch: &RecordBatch, span_ns: i64) -> Result<Vec<RecordBatch>, StoreError> {
+    let times = time_column(batch)?;
+    let mut slices: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+    for (row, time) in times.values().iter().enumerate() {
+        slices.entry(time.div_euclid(span_ns.max(1))).or_default().push(row as u32);
+    }
+    slices.into_values().map(|rows| Ok(take_record_batch(batch, &UInt32Array::from(rows))?)).collect()
 }
 
 /// Brings `batch` to `schema`: columns it lacks become nulls, others are cast when their type

@@ -74,7 +74,7 @@ async fn every_interleaving_scans_back_what_the_upsert_rule_says() {
         let store = Store::open_local(dir.path()).unwrap();
         let snapshot = store.ensure_table(&table(), TableProperties::default()).await.unwrap();
         let entry = snapshot.table(&table()).unwrap().clone();
-        let policy = CompactionPolicy { files_min: 2, ..CompactionPolicy::default() };
+        let policy = CompactionPolicy { files_min: 2, file_span_ns: 2, ..CompactionPolicy::default() };
         let mut hot = HotTier::new(1_000);
         let mut accepted: Vec<(Key, i64, u64)> = Vec::new();
         let mut sent: Vec<(Key, i64, u64)> = Vec::new();
