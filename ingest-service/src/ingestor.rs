@@ -65,6 +65,18 @@ impl Ingestor {
         self.hot.row_count()
     }
 
+    /// Reloads the catalog snapshot (tables, schemas, watermarks).
+    pub async fn refresh(&mut self) -> Result<(), StoreError> {
+        self.snapshot = self.store.snapshot().await?;
+        Ok(())
+    }
+
+    /// The input position up to which `source` (e.g. a Kafka partition) is already persisted,
+    /// as committed in the catalog with the files (by any worker), in the last loaded snapshot.
+    pub fn persisted_through(&self, source: &str) -> Option<u64> {
+        self.snapshot.watermarks.get(source).copied()
+    }
+
     /// Decodes one message and writes its records into the hot tier. Returns before anything is
     /// durable: the caller must not commit the message's offset before [`Ingestor::persist`].
     pub async fn apply(&mut self, payload: &[u8], content_type: Option<ContentType>, origin: &Origin, now_ns: i64) -> Result<Applied, StoreError> {

@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -63,7 +63,16 @@ async fn main() -> anyhow::Result<()> {
         .create()
         .context("creating the dead-letter producer")?;
     tracing::info!(topic = %config.kafka.ingest_topic, group = %config.kafka.group_id, "consuming");
-    let worker = Worker { ingestor, consumer, producer, config, counters, pending_letters: Vec::new(), next_offsets: BTreeMap::new() };
+    let worker = Worker {
+        ingestor,
+        consumer,
+        producer,
+        config,
+        counters,
+        pending_letters: Vec::new(),
+        next_offsets: BTreeMap::new(),
+        seen_partitions: BTreeSet::new(),
+    };
     worker.run().await?;
     // Everything acknowledged is persisted and committed (or will be replayed); leave without
     // waiting for librdkafka's own close, which can block while a broker is unreachable.
@@ -80,6 +89,8 @@ struct Worker {
     pending_letters: Vec<rdkafka::producer::DeliveryFuture>,
     /// (topic, partition) → offset after the last message applied to the hot tier.
     next_offsets: BTreeMap<(String, i32), i64>,
+    /// Partitions this worker has read since it started (their watermarks are loaded).
+    seen_partitions: BTreeSet<(String, i32)>,
 }
 
 impl Worker {
@@ -127,6 +138,11 @@ impl Worker {
         let origin = Origin { topic: message.topic().to_string(), partition: message.partition(), offset: message.offset() };
         let payload = message.payload().unwrap_or_default();
         Counters::add(&self.counters.messages_received, 1);
+        if self.already_persisted(&origin).await? {
+            Counters::add(&self.counters.messages_skipped, 1);
+            self.next_offsets.insert((origin.topic, origin.partition), origin.offset + 1);
+            return Ok(());
+        }
         if origin.topic == self.config.kafka.dead_letter_topic {
             let headers: BTreeMap<String, String> = message
                 .headers()
@@ -154,6 +170,19 @@ impl Worker {
         Ok(())
     }
 
+    /// Whether a message is below the partition's watermark in the catalog: persisted before,
+    /// by this worker in an earlier life or by another (offsets lost, replay from earliest), and
+    /// not to be stored twice. A partition's watermark is loaded when it is first seen.
+    async fn already_persisted(&mut self, origin: &Origin) -> anyhow::Result<bool> {
+        let key = (origin.topic.clone(), origin.partition);
+        if !self.seen_partitions.contains(&key) {
+            self.ingestor.refresh().await.context("loading the catalog")?;
+            self.seen_partitions.insert(key);
+        }
+        let through = self.ingestor.persisted_through(&watermark_key(&origin.topic, origin.partition));
+        Ok(through.is_some_and(|next| (origin.offset as u64) < next))
+    }
+
     fn send_dead_letter(&mut self, letter: DeadLetter, origin: &Origin) {
         tracing::warn!(reason = %letter.reason, device_id = ?letter.device_id, offset = origin.offset, "rejected");
         let headers = OwnedHeaders::new()
@@ -177,7 +206,7 @@ impl Worker {
             return Ok(());
         }
         let watermarks: BTreeMap<String, u64> =
-            self.next_offsets.iter().map(|((topic, partition), offset)| (format!("kafka/{topic}/{partition}"), *offset as u64)).collect();
+            self.next_offsets.iter().map(|((topic, partition), offset)| (watermark_key(topic, *partition), *offset as u64)).collect();
         let rows = self.ingestor.persist(&watermarks).await.context("persisting the hot tier")?;
         for delivery in join_all(std::mem::take(&mut self.pending_letters)).await {
             match delivery {
@@ -236,6 +265,11 @@ async fn maintain(store: Store, config: ingest_service::config::MaintenanceConfi
             Err(error) => tracing::warn!(%error, "retention round failed"),
         }
     }
+}
+
+/// The catalog watermark of a Kafka partition: the offset after the last persisted message.
+fn watermark_key(topic: &str, partition: i32) -> String {
+    format!("kafka/{topic}/{partition}")
 }
 
 fn now_ns() -> i64 {

@@ -10,6 +10,8 @@ use lodestone_model::RejectReason;
 #[derive(Default)]
 pub struct Counters {
     pub messages_received: AtomicU64,
+    /// Messages below their partition's catalog watermark: already persisted, not stored again.
+    pub messages_skipped: AtomicU64,
     pub records_received: AtomicU64,
     pub records_written: AtomicU64,
     pub records_persisted: AtomicU64,
@@ -30,6 +32,7 @@ impl Counters {
         let mut out = String::new();
         let plain = [
             ("lodestone_ingest_messages_received_total", &self.messages_received),
+            ("lodestone_ingest_messages_skipped_total", &self.messages_skipped),
             ("lodestone_ingest_records_received_total", &self.records_received),
             ("lodestone_ingest_records_written_total", &self.records_written),
             ("lodestone_ingest_records_persisted_total", &self.records_persisted),

@@ -203,14 +203,29 @@ impl Stack {
         self.spawn_service("broker-bridge", "broker-bridge", env, self.ports.bridge_http).await;
     }
 
-    pub async fn start_ingest(&mut self, worker: usize) {
-        let port = if worker == 0 { self.ports.ingest_http } else { free_port() };
+    /// Starts ingest worker number `worker` in the default consumer group; returns its HTTP port.
+    pub async fn start_ingest(&mut self, worker: usize) -> u16 {
+        self.start_ingest_in_group(&format!("ingest-{worker}"), "lodestone-ingest", worker == 0).await
+    }
+
+    /// Starts an ingest worker named `name` in consumer group `group`; returns its HTTP port.
+    pub async fn start_ingest_in_group(&mut self, name: &str, group: &str, default_port: bool) -> u16 {
+        let port = if default_port { self.ports.ingest_http } else { free_port() };
         let env = vec![
             env("LODESTONE_INGEST__KAFKA__BOOTSTRAP_SERVERS", self.bootstrap()),
+            env("LODESTONE_INGEST__KAFKA__GROUP_ID", group.to_string()),
             env("LODESTONE_INGEST__STORE__PATH", self.store_path()),
             env("LODESTONE_INGEST__HTTP__LISTEN", format!("127.0.0.1:{port}")),
         ];
-        self.spawn_service(&format!("ingest-{worker}"), "ingest-service", env, port).await;
+        self.spawn_service(name, "ingest-service", env, port).await;
+        port
+    }
+
+    /// A counter from a service's Prometheus `/metrics` (summed over its labels).
+    pub async fn metric(&self, port: u16, name: &str) -> Option<f64> {
+        let text = self.http.get(format!("http://127.0.0.1:{port}/metrics")).send().await.ok()?.text().await.ok()?;
+        let values = text.lines().filter(|l| l.starts_with(name) && !l.starts_with('#')).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+        Some(values.sum())
     }
 
     async fn start_query(&mut self) {

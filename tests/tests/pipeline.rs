@@ -196,3 +196,40 @@ async fn a_simulated_fleet_of_100_devices_lands_every_reading() {
     assert_eq!(sent.len(), 100);
     assert_eq!(stored, sent);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_the_ingest_topic_from_the_start_stores_nothing_twice() {
+    let mut stack = Stack::start(StackOptions { edge_agent: false, ..Default::default() }).await;
+    let time_ns = now_ms() * 1_000_000;
+    for batch in 0..20 {
+        let envelope = Envelope {
+            database: Some("plant".into()),
+            table: Some("replayed".into()),
+            source: Source { device_id: format!("app-{}", batch % 4), boot_id: "b1".into() },
+            first_seq: 1,
+            records: (0..10)
+                .map(|i| Record {
+                    dimensions: vec![Dimension { name: "batch".into(), value: batch.to_string() }],
+                    measure_name: "n".into(),
+                    value: MeasureValue::Single(Scalar::Bigint(i)),
+                    time_ns: time_ns + i,
+                    version: 1,
+                })
+                .collect(),
+            ..Default::default()
+        };
+        produce(&stack.bootstrap(), &format!("app-{}", batch % 4), &envelope.to_cbor(), Some("application/cbor")).await;
+    }
+    stack.wait_for_count("plant.replayed", 200, LANDING).await;
+    let status = stack.process("ingest-0").terminate(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "ingest-0 stops cleanly on SIGTERM");
+
+    // A worker in a new consumer group reads the topic from the start: every message again.
+    let port = stack.start_ingest_in_group("ingest-replay", "replay-from-earliest", false).await;
+    poll_until("the new worker to read all 20 messages", LANDING, || async {
+        stack.metric(port, "lodestone_ingest_messages_skipped_total").await.filter(|n| *n >= 20.0)
+    })
+    .await;
+    let count = stack.query("SELECT count(*) FROM plant.replayed").await;
+    assert_eq!(count["rows"], json!([[200]]), "replayed messages below the catalog watermark are not stored again");
+}
