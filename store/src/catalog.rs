@@ -83,6 +83,9 @@ pub struct FileMeta {
     /// Every level-1 row was accepted before every level-0 row of the same partition.
     #[serde(default)]
     pub level: u8,
+    /// When the file was written (Unix nanoseconds).
+    #[serde(default)]
+    pub created_ns: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -38,6 +38,9 @@ pub struct CompactionPolicy {
     pub garbage_grace_ns: i64,
     /// Time span of one compacted file: a window scan reads only the slices it overlaps.
     pub file_span_ns: i64,
+    /// A partition whose oldest fresh file is this old is compacted even below `files_min`, so
+    /// that duplicates delivered late are merged away in a quiet partition too.
+    pub fresh_age_max_ns: i64,
 }
 
 impl Default for CompactionPolicy {
@@ -47,6 +50,7 @@ impl Default for CompactionPolicy {
             input_bytes_max: 256 * 1024 * 1024,
             garbage_grace_ns: 5 * 60 * 1_000_000_000,
             file_span_ns: 3_600 * 1_000_000_000,
+            fresh_age_max_ns: 60 * 1_000_000_000,
         }
     }
 }
@@ -75,7 +79,7 @@ impl Store {
                     by_day.entry(file.day).or_default().push(file);
                 }
                 for (day, files) in by_day {
-                    let Some(inputs) = select_inputs(&files, policy) else { continue };
+                    let Some(inputs) = select_inputs(&files, policy, now_ns) else { continue };
                     if let Some((rows_before, rows_after)) = self.compact_partition(&table, &entry.schema, day, &inputs, policy, now_ns).await? {
                         report.partitions_compacted += 1;
                         report.files_merged += inputs.len();
@@ -106,7 +110,7 @@ impl Store {
         let merged = merge_dedup(schema, &batches)?;
         let mut outputs = Vec::new();
         for slice in split_by_time(&merged, policy.file_span_ns)? {
-            outputs.push(self.write_compacted(table, day, &slice).await?);
+            outputs.push(self.write_compacted(table, day, &slice, now_ns).await?);
         }
         let mut applied = false;
         self.commit(|snapshot| {
@@ -133,7 +137,7 @@ impl Store {
     }
 
     /// Writes one compacted slice; invisible until committed.
-    async fn write_compacted(&self, table: &TableRef, day: i64, slice: &RecordBatch) -> Result<FileMeta, StoreError> {
+    async fn write_compacted(&self, table: &TableRef, day: i64, slice: &RecordBatch, now_ns: i64) -> Result<FileMeta, StoreError> {
         let path = file_path(table, day);
         let bytes = encode_parquet(slice).map_err(|detail| StoreError::Parquet { path: path.clone(), detail })?;
         let times = time_column(slice)?;
@@ -145,6 +149,7 @@ impl Store {
             rows: slice.num_rows() as u64,
             bytes: bytes.len() as u64,
             level: 1,
+            created_ns: now_ns,
         };
         self.object_store().put(&Path::from(path), PutPayload::from(bytes)).await?;
         Ok(output)
@@ -224,17 +229,20 @@ impl Store {
 }
 
 /// The files of one partition to compact, oldest content first: once it has `files_min` level-0
-/// files, a prefix of them in commit order (within `input_bytes_max`, at least two), preceded by
-/// the level-1 files whose time range overlaps theirs (late data merges into its slice).
-fn select_inputs(files: &[&FileMeta], policy: &CompactionPolicy) -> Option<Vec<FileMeta>> {
+/// files or its oldest level-0 file is `fresh_age_max_ns` old, a prefix of them in commit order
+/// (within `input_bytes_max`), preceded by the level-1 files whose time range overlaps theirs
+/// (late data merges into its slice).
+fn select_inputs(files: &[&FileMeta], policy: &CompactionPolicy, now_ns: i64) -> Option<Vec<FileMeta>> {
     let fresh: Vec<&FileMeta> = files.iter().copied().filter(|f| f.level == 0).collect();
-    if fresh.len() < policy.files_min.max(2) {
+    let oldest_fresh = fresh.iter().map(|f| f.created_ns).min()?;
+    let aged = now_ns.saturating_sub(oldest_fresh) >= policy.fresh_age_max_ns;
+    if fresh.len() < policy.files_min.max(2) && !aged {
         return None;
     }
     let mut budget = policy.input_bytes_max;
     let mut chosen: Vec<&FileMeta> = Vec::new();
     for file in fresh {
-        if chosen.len() >= 2 && file.bytes > budget {
+        if !chosen.is_empty() && file.bytes > budget {
             break;
         }
         budget = budget.saturating_sub(file.bytes);
@@ -242,8 +250,11 @@ fn select_inputs(files: &[&FileMeta], policy: &CompactionPolicy) -> Option<Vec<F
     }
     let from = chosen.iter().map(|f| f.min_time_ns).min()?;
     let to = chosen.iter().map(|f| f.max_time_ns).max()?;
-    let overlapping = files.iter().copied().filter(|f| f.level > 0 && f.max_time_ns >= from && f.min_time_ns <= to);
-    Some(overlapping.chain(chosen).cloned().collect())
+    let overlapping: Vec<&FileMeta> = files.iter().copied().filter(|f| f.level > 0 && f.max_time_ns >= from && f.min_time_ns <= to).collect();
+    if chosen.len() + overlapping.len() < 2 {
+        return None; // one file alone is already sorted and deduplicated
+    }
+    Some(overlapping.into_iter().chain(chosen).cloned().collect())
 }
 
 /// The time column as nanoseconds.

@@ -87,6 +87,19 @@ async fn compaction_merges_a_partition_into_one_sorted_file_by_the_upsert_rule()
     );
     // Below the threshold nothing happens.
     assert_eq!(store.compact(&policy, NOW).await.unwrap().partitions_compacted, 0);
+
+    // A late duplicate with another value lands in a fresh file; once that file is old enough it
+    // merges into its compacted slice even though the partition has fewer than files_min files.
+    persist_groups(&store, TableProperties::default(), &[vec![reading("b", NOW, 7.0, 1)]]).await;
+    assert_eq!(store.compact(&policy, NOW).await.unwrap().partitions_compacted, 0);
+    let wall_clock = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
+    let later = wall_clock + policy.fresh_age_max_ns;
+    assert_eq!(store.compact(&policy, later).await.unwrap().partitions_compacted, 1);
+    assert_eq!(store.snapshot().await.unwrap().table(&table()).unwrap().files.len(), 1);
+    assert_eq!(
+        rows(&store).await,
+        vec![("a".into(), NOW, 3.0, 1), ("a".into(), NOW + 1, 5.0, 2), ("b".into(), NOW, 1.0, 1)]
+    );
 }
 
 #[tokio::test]
