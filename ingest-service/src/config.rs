@@ -29,6 +29,8 @@ pub struct MaintenanceConfig {
     pub compact_input_bytes_max: u64,
     /// Replaced and expired files are deleted this long after they left the catalog.
     pub garbage_grace_ms: u64,
+    /// A partition whose oldest fresh file is this old is compacted even below the file count.
+    pub compact_fresh_age_ms: u64,
 }
 
 impl Default for MaintenanceConfig {
@@ -39,6 +41,7 @@ impl Default for MaintenanceConfig {
             compact_files_min: 8,
             compact_input_bytes_max: 256 * 1024 * 1024,
             garbage_grace_ms: 300_000,
+            compact_fresh_age_ms: 60_000,
         }
     }
 }

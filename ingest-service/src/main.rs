@@ -248,6 +248,7 @@ async fn maintain(store: Store, config: ingest_service::config::MaintenanceConfi
         files_min: config.compact_files_min.max(2),
         input_bytes_max: config.compact_input_bytes_max,
         garbage_grace_ns: config.garbage_grace_ms as i64 * 1_000_000,
+        fresh_age_max_ns: config.compact_fresh_age_ms as i64 * 1_000_000,
         ..CompactionPolicy::default()
     };
     let mut tick = tokio::time::interval(Duration::from_millis(config.interval_ms));
