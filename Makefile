@@ -12,7 +12,7 @@ setup:
 	@scripts/setup.sh
 
 build: setup
-	cargo build --workspace --bins
+	cargo build --workspace --all-targets
 
 ## Brings up tansu, broker-bridge, ingest-service, query-service, an edge agent and a simulated
 ## fleet; prints where to query. Ctrl-C stops everything.

@@ -144,16 +144,7 @@ impl Worker {
             return Ok(());
         }
         if origin.topic == self.config.kafka.dead_letter_topic {
-            let headers: BTreeMap<String, String> = message
-                .headers()
-                .map(|headers| {
-                    headers.iter().filter_map(|h| Some((h.key.to_string(), String::from_utf8_lossy(h.value?).into_owned()))).collect()
-                })
-                .unwrap_or_default();
-            if self.ingestor.hot_rows() >= self.config.persist.hot_rows_max {
-                self.persist_and_commit().await?;
-            }
-            self.ingestor.apply_dead_letter(&headers, payload, &origin, now_ns()).await?;
+            self.record_rejection(message, &origin).await?;
             self.next_offsets.insert((origin.topic, origin.partition), origin.offset + 1);
             return Ok(());
         }
@@ -167,6 +158,20 @@ impl Worker {
             self.send_dead_letter(letter, &origin);
         }
         self.next_offsets.insert((origin.topic, origin.partition), origin.offset + 1);
+        Ok(())
+    }
+
+    /// Writes a message of the dead-letter topic into the rejected_records table.
+    async fn record_rejection(&mut self, message: &rdkafka::message::OwnedMessage, origin: &Origin) -> anyhow::Result<()> {
+        let headers: BTreeMap<String, String> = message
+            .headers()
+            .map(|headers| headers.iter().filter_map(|h| Some((h.key.to_string(), String::from_utf8_lossy(h.value?).into_owned()))).collect())
+            .unwrap_or_default();
+        if self.ingestor.hot_rows() >= self.config.persist.hot_rows_max {
+            self.persist_and_commit().await?;
+        }
+        let payload = message.payload().unwrap_or_default();
+        self.ingestor.apply_dead_letter(&headers, payload, origin, now_ns()).await?;
         Ok(())
     }
 
