@@ -285,8 +285,15 @@ async fn after_a_reconnect_devices_resubscribe_and_publish_unacked_envelopes_aga
     // the reconnect path can finish the run in time.
     let run = MqttRun { rate_per_s: 500, resend_after: Duration::from_secs(600), ..mqtt_run(proxy.addr, fleet) };
     let running = tokio::spawn(run_mqtt(run));
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Cut once the run is under way (a fifth of the readings arrived), and before it can end.
+    let received = || logs.lock().unwrap().values().map(|log| log.count).sum::<u64>();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while received() < 200 {
+        assert!(Instant::now() < deadline, "the run did not get under way");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     proxy.swallow.store(true, std::sync::atomic::Ordering::SeqCst);
+    // The outage: publishes are swallowed for a while (its length is the fault, not a wait).
     tokio::time::sleep(Duration::from_millis(300)).await;
     proxy.cut.send(()).unwrap();
     proxy.swallow.store(false, std::sync::atomic::Ordering::SeqCst);
