@@ -84,7 +84,7 @@ Lodestone is up (logs in .stack/logs/):
 
 Try (data appears within a few seconds):
   curl -s http://127.0.0.1:8080/v1/query -H 'content-type: application/json' \\
-    -d '{"sql": "SELECT device_id, count(*) AS readings, avg(\\"measure_value::double\\") AS mean FROM fleet.trucks GROUP BY device_id ORDER BY device_id LIMIT 5"}'
+    -d '{"sql": "SELECT device_id, count(*) AS readings, avg(measure_value::double) AS mean FROM fleet.trucks GROUP BY device_id ORDER BY device_id LIMIT 5"}'
 
 Ctrl-C stops everything.
 TXT

@@ -17,6 +17,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::config::LimitsConfig;
+use crate::measure_value::resolve_typed_columns;
 use crate::table::{StoreTable, STORE_URL};
 
 /// Why a query got no answer. Each variant has a stable code and an HTTP status (see
@@ -76,9 +77,6 @@ impl QueryError {
             }
             DataFusionError::SQL(..) | DataFusionError::Plan(_) | DataFusionError::SchemaError(..) | DataFusionError::NotImplemented(_) => {
                 QueryError::InvalidSql(error.find_root().to_string())
-            }
-            root if root.to_string().contains("not supported") || root.to_string().contains("Only statements") => {
-                QueryError::StatementNotAllowed(root.to_string())
             }
             _ => QueryError::Internal(error.to_string()),
         }
@@ -148,7 +146,7 @@ impl Engine {
         let snapshot = self.store.snapshot().await?;
         let ctx = self.session(&snapshot).map_err(|e| QueryError::from_datafusion(e, &self.limits))?;
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
-        let frame = ctx.sql_with_options(sql, options).await.map_err(|e| QueryError::from_datafusion(e, &self.limits))?;
+        let frame = self.plan(&ctx, sql, options).await?;
         let mut stream = frame.execute_stream().await.map_err(|e| QueryError::from_datafusion(e, &self.limits))?;
         let mut batches = Vec::new();
         let mut rows = 0;
@@ -161,6 +159,22 @@ impl Engine {
             batches.push(batch);
         }
         Ok(batches)
+    }
+
+    /// Parses `sql`, refuses anything but a query, resolves `measure_value::<type>` in the syntax
+    /// tree, and plans it.
+    async fn plan(&self, ctx: &SessionContext, sql: &str, options: SQLOptions) -> Result<datafusion::dataframe::DataFrame, QueryError> {
+        let datafusion_error = |e| QueryError::from_datafusion(e, &self.limits);
+        let state = ctx.state();
+        let dialect = state.config().options().sql_parser.dialect;
+        let mut statement = state.sql_to_statement(sql, &dialect).map_err(datafusion_error)?;
+        if !is_query(&statement) {
+            return Err(QueryError::StatementNotAllowed(statement.to_string()));
+        }
+        resolve_typed_columns(&mut statement);
+        let plan = state.statement_to_plan(statement).await.map_err(datafusion_error)?;
+        options.verify_plan(&plan).map_err(|e| QueryError::StatementNotAllowed(e.to_string()))?;
+        ctx.execute_logical_plan(plan).await.map_err(datafusion_error)
     }
 
     /// A fresh DataFusion session that sees `snapshot`: one schema per database, one table per
@@ -182,6 +196,20 @@ impl Engine {
             catalog.register_schema(database, schema)?;
         }
         Ok(ctx)
+    }
+}
+
+/// Whether a parsed statement only reads: SELECT/WITH, EXPLAIN, SHOW, DESCRIBE.
+fn is_query(statement: &datafusion::sql::parser::Statement) -> bool {
+    use datafusion::sql::parser::Statement as Df;
+    use datafusion::sql::sqlparser::ast::Statement as Sql;
+    match statement {
+        Df::Statement(inner) => matches!(
+            inner.as_ref(),
+            Sql::Query(_) | Sql::Explain { .. } | Sql::ExplainTable { .. } | Sql::ShowTables { .. } | Sql::ShowColumns { .. }
+        ),
+        Df::Explain(_) => true,
+        _ => false,
     }
 }
 

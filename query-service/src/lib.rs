@@ -6,6 +6,8 @@
 //!   catalog snapshot, within the configured limits, and renders the result as JSON.
 //! - [`table::StoreTable`]: the DataFusion `TableProvider` of one Lodestone table: the cold tier's
 //!   Parquet files listed in the catalog, read through the store's object store.
+//! - [`measure_value::resolve_typed_columns`]: resolves Timestream's `measure_value::double`
+//!   (parsed as a cast) to the typed column, in the syntax tree before planning.
 //! - [`api`]: the REST routes (`/v1/query`, `/v1/databases…`) and their JSON errors.
 //!
 //! Requests enter through [`api::router`]; data enters from the store's object store and leaves
@@ -17,6 +19,7 @@
 pub mod api;
 pub mod config;
 pub mod engine;
+pub mod measure_value;
 pub mod table;
 
 pub use config::QueryConfig;

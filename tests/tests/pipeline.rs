@@ -89,6 +89,16 @@ async fn reading_posted_to_an_edge_agent_comes_back_from_sql() {
     let sql = r#"SELECT room, sensor, measure_name, "measure_value::double", CAST(time AS BIGINT) FROM plant.sensors"#;
     let rows = poll_until("the reading to be queryable", LANDING, || async { stack.try_rows(sql).await.filter(|r| !r.is_empty()) }).await;
     assert_eq!(rows, vec![vec![json!("boiler"), json!("s1"), json!("temperature"), json!(21.5), json!(time_ms * 1_000_000)]]);
+
+    // Only queries: anything else is refused with a stable code, and the data stays.
+    let url = format!("http://127.0.0.1:{}/v1/query", stack.ports.query_http);
+    for sql in ["DROP TABLE plant.sensors", "CREATE TABLE plant.copy AS SELECT 1", "INSERT INTO plant.sensors VALUES (1)"] {
+        let response = stack.http.post(&url).json(&json!({ "sql": sql })).send().await.unwrap();
+        let status = response.status().as_u16();
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!((status, body["error"]["code"].as_str()), (400, Some("statement_not_allowed")), "{sql}: {body}");
+    }
+    stack.wait_for_count("plant.sensors", 1, LANDING).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,6 +135,16 @@ async fn plain_mqtt_json_and_a_kafka_producer_both_land() {
         rows["rows"],
         json!([["a", "pressure", 1.25, null], ["a", "running", null, true], ["b", "pressure", 2.5, null]])
     );
+    // Timestream's own spelling, unquoted: a cast of `measure_value` resolved to the typed column.
+    let rows = stack
+        .query(
+            "SELECT line, measure_value::double, measure_value::boolean FROM plant.lines \
+             WHERE measure_value::double > 1.0 OR measure_value::boolean ORDER BY line, measure_value::double",
+        )
+        .await;
+    assert_eq!(rows["rows"], json!([["a", 1.25, null], ["a", null, true], ["b", 2.5, null]]));
+    let rows = stack.query("SELECT line, max(measure_value::double) AS peak FROM plant.lines GROUP BY line ORDER BY peak DESC").await;
+    assert_eq!(rows["rows"], json!([["b", 2.5], ["a", 1.25]]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,7 +200,7 @@ async fn a_simulated_fleet_of_100_devices_lands_every_reading() {
     let started = std::time::Instant::now();
     stack.wait_for_count("sim.fleet", 100_000, Duration::from_secs(300)).await;
     eprintln!("all 100000 readings queryable {:?} after the last acknowledgement", started.elapsed());
-    let rows = stack.query(r#"SELECT device_id, count(*), sum("measure_value::double") FROM sim.fleet GROUP BY device_id"#).await;
+    let rows = stack.query("SELECT device_id, count(*), sum(measure_value::double) FROM sim.fleet GROUP BY device_id").await;
     let stored: BTreeMap<String, (i64, f64)> = rows["rows"]
         .as_array()
         .unwrap()
