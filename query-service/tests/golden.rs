@@ -1,0 +1,97 @@
+//! Golden-file SQL tests: every `tests/golden/NAME.sql` runs against a small fleet table in a
+//! real store (Parquet files in a temporary folder), and its answer — columns and rows, or the
+//! error code — must equal `tests/golden/NAME.expected`. Run with `LODESTONE_BLESS=1` to write
+//! the expected files after a deliberate change, then review the diff.
+//!
+//! A `.sql` file may start with `-- max_rows: N` to pass a row limit with the query.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use lodestone_model::{Dimension, MeasureValue, Record, Scalar};
+use lodestone_store::{HotTier, Store, TableProperties, TableRef};
+use query_service::config::LimitsConfig;
+use query_service::engine::Engine;
+
+const NOW: i64 = 1_700_000_000_000_000_000;
+const MINUTE: i64 = 60_000_000_000;
+
+/// Two trucks, a reading every minute for ten minutes: speed (DOUBLE), odometer (BIGINT),
+/// status (VARCHAR), moving (BOOLEAN), and a MULTI `position` record.
+async fn fleet_store(dir: &Path) -> Store {
+    let store = Store::open_local(dir).unwrap();
+    let table = TableRef { database: "fleet".into(), table: "trucks".into() };
+    let snapshot = store.ensure_table(&table, TableProperties { magnetic_store_writes: true, ..Default::default() }).await.unwrap();
+    let entry = snapshot.table(&table).unwrap().clone();
+    let mut hot = HotTier::new(10_000);
+    for truck in ["t1", "t2"] {
+        for minute in 0..10i64 {
+            let time_ns = NOW + minute * MINUTE;
+            let offset = if truck == "t1" { 0 } else { 100 };
+            let values = [
+                ("speed", MeasureValue::Single(Scalar::Double(minute as f64 * 1.5 + offset as f64))),
+                ("odometer", MeasureValue::Single(Scalar::Bigint(1_000 + offset + minute * 7))),
+                ("status", MeasureValue::Single(Scalar::Varchar(if minute < 5 { "ok" } else { "check" }.into()))),
+                ("moving", MeasureValue::Single(Scalar::Boolean(minute % 2 == 0))),
+                (
+                    "position",
+                    MeasureValue::Multi(vec![("lat".into(), Scalar::Double(52.0 + minute as f64 / 100.0)), ("lon".into(), Scalar::Double(4.25))]),
+                ),
+            ];
+            for (measure, value) in values {
+                let record = Record {
+                    dimensions: vec![Dimension { name: "truck".into(), value: truck.into() }],
+                    measure_name: measure.into(),
+                    value,
+                    time_ns,
+                    version: 1,
+                };
+                hot.write(&table, &entry.properties, &entry.schema, record, NOW, 0).unwrap();
+            }
+        }
+    }
+    store.persist(&hot.drain(), &BTreeMap::new()).await.unwrap();
+    store
+}
+
+fn answer(engine_result: Result<query_service::engine::QueryResult, query_service::engine::QueryError>) -> String {
+    match engine_result {
+        Ok(result) => {
+            let columns: Vec<String> = result.columns.iter().map(|c| format!("{} {}", c.name, c.data_type)).collect();
+            let mut out = format!("columns: {}\n", columns.join(", "));
+            for row in result.rows {
+                out.push_str(&serde_json::to_string(&row).unwrap());
+                out.push('\n');
+            }
+            out
+        }
+        Err(error) => format!("error: {} {}: {}\n", error.status(), error.code(), error),
+    }
+}
+
+#[tokio::test]
+async fn golden_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::new(fleet_store(dir.path()).await, LimitsConfig { rows_max: 50, ..LimitsConfig::default() });
+    let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let bless = std::env::var("LODESTONE_BLESS").is_ok();
+    let mut cases: Vec<_> = std::fs::read_dir(&folder).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "sql")).collect();
+    cases.sort();
+    assert!(!cases.is_empty(), "no golden files in {}", folder.display());
+    let mut failures = Vec::new();
+    for case in &cases {
+        let sql = std::fs::read_to_string(case).unwrap();
+        let max_rows = sql.lines().next().and_then(|l| l.strip_prefix("-- max_rows: ")).map(|n| n.trim().parse().unwrap());
+        let got = answer(engine.run(&sql, max_rows).await);
+        let expected_path = case.with_extension("expected");
+        if bless {
+            std::fs::write(&expected_path, &got).unwrap();
+            continue;
+        }
+        let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
+        if got != expected {
+            failures.push(format!("{}:\n--- expected\n{expected}--- got\n{got}", case.display()));
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} golden queries differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
+}

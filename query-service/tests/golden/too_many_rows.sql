@@ -1,0 +1,2 @@
+-- max_rows: 5
+SELECT * FROM fleet.trucks

@@ -1,0 +1,1 @@
+SELECT * FROM fleet.no_such_table
