@@ -159,29 +159,20 @@ impl Store {
     pub async fn read_file(&self, file: &FileMeta) -> Result<Vec<RecordBatch>, StoreError> {
         let parquet_error = |e: parquet::errors::ParquetError| StoreError::Parquet { path: file.path.clone(), detail: e.to_string() };
         let bytes: Bytes = self.object_store().get(&Path::from(file.path.clone())).await?.bytes().await?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(parquet_error)?.build().map_err(parquet_error)?;
+        let metadata = crate::scan::read_metadata(&bytes).map_err(parquet_error)?;
+        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(bytes, metadata).build().map_err(parquet_error)?;
         reader.map(|batch| Ok(unscale_doubles(batch?)?)).collect()
     }
 
-    /// Scans `table` over `[from_ns, to_ns)`: every cold-tier file whose time range overlaps,
-    /// deduplicated by the upsert rule (per key the highest version, ties to the first written)
-    /// and sorted by series then time. Reads the matching files whole; meant for checks and
-    /// maintenance, not for the query path.
+    /// Scans `table` over `[from_ns, to_ns)`, every column, deduplicated by the upsert rule, as
+    /// one batch (see [`Store::scan_table`] for projection and dimension filters).
     pub async fn scan(&self, table: &TableRef, from_ns: i64, to_ns: i64) -> Result<RecordBatch, StoreError> {
         let snapshot = self.snapshot().await?;
         let entry = snapshot
             .table(table)
             .ok_or_else(|| StoreError::TableNotFound { database: table.database.clone(), table: table.table.clone() })?;
-        let mut batches = Vec::new();
-        for file in entry.files.iter().filter(|f| f.max_time_ns >= from_ns && f.min_time_ns < to_ns) {
-            batches.extend(self.read_file(file).await?);
-        }
-        let merged = merge_dedup(&entry.schema, &batches)?;
-        let times = arrow::compute::cast(merged.column_by_name(TIME_COLUMN).expect("time column"), &arrow::datatypes::DataType::Int64)?;
-        let times = times.as_any().downcast_ref::<arrow::array::Int64Array>().expect("cast to Int64");
-        let from = arrow::compute::kernels::cmp::gt_eq(times, &arrow::array::Int64Array::new_scalar(from_ns))?;
-        let to = arrow::compute::kernels::cmp::lt(times, &arrow::array::Int64Array::new_scalar(to_ns))?;
-        Ok(arrow::compute::filter_record_batch(&merged, &arrow::compute::and(&from, &to)?)?)
+        let batches = self.scan_table(table, &crate::scan::ScanRequest::time_range(from_ns, to_ns)).await?;
+        Ok(concat_batches(&arrow_schema(&entry.schema), &batches)?)
     }
 
     /// Drops every partition that ended before `now_ns` minus its table's magnetic retention,
@@ -276,7 +267,7 @@ fn split_by_time(batch: &RecordBatch, span_ns: i64) -> Result<Vec<RecordBatch>, 
 
 /// Brings `batch` to `schema`: columns it lacks become nulls, others are cast when their type
 /// differs (a file written before the table learned a column).
-fn align(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, StoreError> {
+pub(crate) fn align(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, StoreError> {
     let columns: Vec<ArrayRef> = schema
         .fields()
         .iter()
@@ -292,12 +283,16 @@ fn align(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, StoreEr
 /// Concatenates `batches` (in commit order), sorts by series then time, and keeps one row per
 /// upsert key: the highest version, and among equal versions the first.
 pub fn merge_dedup(schema: &TableSchema, batches: &[RecordBatch]) -> Result<RecordBatch, StoreError> {
-    let target = arrow_schema(schema);
-    let aligned: Vec<RecordBatch> = batches.iter().map(|b| align(b, &target)).collect::<Result<_, _>>()?;
-    let all = concat_batches(&target, &aligned)?;
+    let key_names: Vec<&str> = schema.dimensions.iter().map(String::as_str).chain([MEASURE_NAME_COLUMN, TIME_COLUMN]).collect();
+    merge_dedup_columns(&arrow_schema(schema), &key_names, batches)
+}
+
+/// [`merge_dedup`] of batches brought to `target`, which holds the key columns `key_names` and
+/// the version column (and any others).
+pub(crate) fn merge_dedup_columns(target: &SchemaRef, key_names: &[&str], batches: &[RecordBatch]) -> Result<RecordBatch, StoreError> {
+    let aligned: Vec<RecordBatch> = batches.iter().map(|b| align(b, target)).collect::<Result<_, _>>()?;
+    let all = concat_batches(target, &aligned)?;
     let rows = all.num_rows();
-    let key_names: Vec<&str> =
-        schema.dimensions.iter().map(String::as_str).chain([MEASURE_NAME_COLUMN, TIME_COLUMN]).collect();
     let key_columns: Vec<ArrayRef> = key_names.iter().map(|n| all.column_by_name(n).expect("aligned").clone()).collect();
     let ascending = SortOptions { descending: false, nulls_first: true };
     let mut sort: Vec<SortColumn> = key_columns.iter().map(|c| SortColumn { values: c.clone(), options: Some(ascending) }).collect();

@@ -107,7 +107,8 @@ impl HotTier {
         known.check(&record, index)?;
         let hot = self.tables.entry(table.clone()).or_default();
         hot.schema.check(&record, index)?;
-        let series = SeriesKey { dimensions: record.dimensions.clone(), measure_name: record.measure_name.clone() };
+        let Record { dimensions, measure_name, value, time_ns, version } = record;
+        let series = SeriesKey { dimensions, measure_name };
         let id = match hot.series.get(&series) {
             Some(id) => *id,
             None => {
@@ -118,9 +119,9 @@ impl HotTier {
                 id
             }
         };
-        let key = (id, record.time_ns);
+        let key = (id, time_ns);
         let existing = hot.rows.get(&key).map(|row| (&row.value, row.version));
-        let outcome = match decide(existing, (&record.value, record.version)) {
+        let outcome = match decide(existing, (&value, version)) {
             UpsertDecision::Insert if self.rows >= self.rows_max => {
                 return Err(reject(RejectReason::StoreFull, format!("memory store holds its maximum of {} rows", self.rows_max)));
             }
@@ -137,8 +138,9 @@ impl HotTier {
                 ));
             }
         };
-        hot.schema.learn(&record);
-        hot.rows.insert(key, Row { value: record.value, version: record.version });
+        let series = &hot.keys[id as usize];
+        hot.schema.learn_parts(&series.dimensions, &series.measure_name, &value);
+        hot.rows.insert(key, Row { value, version });
         Ok(outcome)
     }
 
@@ -150,8 +152,16 @@ impl HotTier {
             .into_iter()
             .filter(|(_, hot)| !hot.rows.is_empty())
             .map(|(table, hot)| {
-                let mut rows: Vec<_> = hot.rows.into_iter().map(|((id, time), row)| (hot.keys[id as usize].clone(), time, row)).collect();
-                rows.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+                // Rank the series once, then sort rows by (rank, time): integers, not keys.
+                let mut order: Vec<u32> = (0..hot.keys.len() as u32).collect();
+                order.sort_unstable_by(|a, b| hot.keys[*a as usize].cmp(&hot.keys[*b as usize]));
+                let mut rank = vec![0u32; order.len()];
+                for (position, id) in order.iter().enumerate() {
+                    rank[*id as usize] = position as u32;
+                }
+                let mut rows: Vec<_> = hot.rows.into_iter().map(|((id, time), row)| (rank[id as usize], time, row)).collect();
+                rows.sort_unstable_by_key(|(rank, time, _)| (*rank, *time));
+                let rows = rows.into_iter().map(|(rank, time, row)| (hot.keys[order[rank as usize] as usize].clone(), time, row)).collect();
                 TableRows { table, schema: hot.schema, rows }
             })
             .collect();

@@ -11,6 +11,9 @@
 //!   [`TableProperties`] and [`TableSchema`], every file with its time range, and opaque
 //!   watermarks that a writer commits together with its files.
 //! - [`arrow_schema`]: the Arrow shape of a table, the one Timestream users query.
+//! - [`Store::scan_table`]: the read path — a time range, dimension filters and a projection
+//!   in, Arrow record batches out, deduplicated by the upsert rule. [`plan_scan`] splits a scan
+//!   into independent [`ScanUnit`]s for readers that run them in parallel (the query service).
 //! - [`Store::compact`] and [`Store::apply_retention`]: background work on the cold tier —
 //!   merging small files into sorted, deduplicated partition files, and dropping partitions past
 //!   the magnetic retention. Both are safe to interrupt and to run from several processes.
@@ -26,6 +29,7 @@ mod cold;
 mod compact;
 mod error;
 mod hot;
+mod scan;
 mod schema;
 mod upsert;
 
@@ -33,6 +37,7 @@ pub use compact::{merge_dedup, CompactionPolicy, MaintenanceReport};
 pub use catalog::{FileMeta, Snapshot, Store, TableEntry, TableProperties, TableRef};
 pub use error::StoreError;
 pub use hot::{HotTier, PersistBatch, TableRows, WriteOutcome};
+pub use scan::{plan_scan, scan_schema, DimensionFilter, ScanRequest, ScanUnit};
 pub use schema::{arrow_schema, TableSchema, TIME_COLUMN, VERSION_COLUMN};
 pub use upsert::{decide, UpsertDecision};
 

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use lodestone_model::{MeasureType, MeasureValue, Record, RejectReason, Rejection};
+use lodestone_model::{Dimension, MeasureType, MeasureValue, Record, RejectReason, Rejection};
 use serde::{Deserialize, Serialize};
 
 pub const TIME_COLUMN: &str = "time";
@@ -70,17 +70,24 @@ impl TableSchema {
 
     /// Records the names and types `record` brings; call after [`TableSchema::check`] passed.
     pub fn learn(&mut self, record: &Record) {
-        for dimension in &record.dimensions {
+        self.learn_parts(&record.dimensions, &record.measure_name, &record.value);
+    }
+
+    /// [`TableSchema::learn`] of a record's parts.
+    pub fn learn_parts(&mut self, dimensions: &[Dimension], measure_name: &str, value: &MeasureValue) {
+        for dimension in dimensions {
             if !self.dimensions.contains(&dimension.name) {
                 self.dimensions.insert(dimension.name.clone());
             }
         }
-        if !self.measures.contains_key(&record.measure_name) {
-            self.measures.insert(record.measure_name.clone(), record.value.measure_type());
+        if !self.measures.contains_key(measure_name) {
+            self.measures.insert(measure_name.to_string(), value.measure_type());
         }
-        if let MeasureValue::Multi(values) = &record.value {
+        if let MeasureValue::Multi(values) = value {
             for (name, scalar) in values {
-                self.multi_columns.entry(name.clone()).or_insert_with(|| scalar.measure_type());
+                if !self.multi_columns.contains_key(name) {
+                    self.multi_columns.insert(name.clone(), scalar.measure_type());
+                }
             }
         }
     }
@@ -102,7 +109,7 @@ pub fn arrow_type(ty: MeasureType) -> DataType {
     match ty {
         MeasureType::Double => DataType::Float64,
         MeasureType::Bigint => DataType::Int64,
-        MeasureType::Varchar | MeasureType::Multi => DataType::Utf8,
+        MeasureType::Varchar | MeasureType::Multi => DataType::Utf8View,
         MeasureType::Boolean => DataType::Boolean,
         MeasureType::Timestamp => DataType::Timestamp(TimeUnit::Nanosecond, None),
     }
@@ -110,13 +117,14 @@ pub fn arrow_type(ty: MeasureType) -> DataType {
 
 /// The table's columns, in the order Timestream users know: one per dimension (sorted by name),
 /// `measure_name`, `time`, the five `measure_value::<type>` columns, one per multi-measure name
-/// (sorted), and `version`.
+/// (sorted), and `version`. Strings are Arrow string views: short values (most dimension values)
+/// sit inline, and reading a dictionary-encoded Parquet column into views copies no bytes.
 pub fn arrow_schema(schema: &TableSchema) -> SchemaRef {
     let mut fields = Vec::with_capacity(schema.dimensions.len() + schema.multi_columns.len() + 8);
     for name in &schema.dimensions {
-        fields.push(Field::new(name, DataType::Utf8, true));
+        fields.push(Field::new(name, DataType::Utf8View, true));
     }
-    fields.push(Field::new(MEASURE_NAME_COLUMN, DataType::Utf8, false));
+    fields.push(Field::new(MEASURE_NAME_COLUMN, DataType::Utf8View, false));
     fields.push(Field::new(TIME_COLUMN, DataType::Timestamp(TimeUnit::Nanosecond, None), false));
     for (name, ty) in MEASURE_VALUE_COLUMNS {
         fields.push(Field::new(name, arrow_type(ty), true));

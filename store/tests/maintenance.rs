@@ -43,7 +43,7 @@ async fn rows(store: &Store) -> Vec<(String, i64, f64, u64)> {
         for batch in store.read_file(file).await.unwrap() {
             let column = |name| batch.column_by_name(name).unwrap().clone();
             let trucks = column("truck");
-            let trucks = trucks.as_any().downcast_ref::<arrow::array::StringArray>().unwrap();
+            let trucks = trucks.as_any().downcast_ref::<arrow::array::StringViewArray>().unwrap();
             let times = column("time");
             let times = times.as_any().downcast_ref::<arrow::array::TimestampNanosecondArray>().unwrap();
             let values = column("measure_value::double");

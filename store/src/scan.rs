@@ -1,0 +1,317 @@
+//! Reading the cold tier: a table's files over a time range, pruned by the time and dimension
+//! statistics of each row group, projected to the columns asked for, and deduplicated by the
+//! upsert rule wherever files overlap in time.
+//!
+//! A scan is planned as [`ScanUnit`]s. A unit of one file needs no deduplication: every file holds
+//! each key once (a persist drains a deduplicated hot tier; compaction deduplicates). Files whose
+//! time ranges overlap may hold the same key, so they form one unit that is merged by
+//! [`merge_dedup`]. Units are independent: a reader may run them in parallel, in any order.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, StringViewArray};
+use arrow::compute::kernels::cmp;
+use arrow::datatypes::{DataType, SchemaRef};
+use bytes::Bytes;
+use object_store::path::Path;
+use object_store::ObjectStoreExt;
+use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
+use parquet::arrow::arrow_reader::{ArrowPredicateFn, ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowFilter};
+use parquet::arrow::ProjectionMask;
+use parquet::file::metadata::PageIndexPolicy;
+
+use crate::catalog::{FileMeta, Store, TableEntry, TableRef};
+use crate::cold::{reading_schema, unscale_doubles};
+use crate::compact::{align, merge_dedup_columns};
+use crate::error::StoreError;
+use crate::schema::{arrow_schema, TableSchema, MEASURE_NAME_COLUMN, TIME_COLUMN, VERSION_COLUMN};
+
+/// Rows per decoded batch.
+const BATCH_ROWS: usize = 8 * 1024;
+
+/// What to read of one table.
+#[derive(Debug, Clone)]
+pub struct ScanRequest {
+    /// Inclusive start of the time range (Unix nanoseconds).
+    pub from_ns: i64,
+    /// Exclusive end of the time range.
+    pub to_ns: i64,
+    /// Rows must match every filter.
+    pub dimensions: Vec<DimensionFilter>,
+    /// Column names to return, in this order; `None` returns every column of the table.
+    pub projection: Option<Vec<String>>,
+}
+
+impl ScanRequest {
+    /// Every row of `[from_ns, to_ns)`, every column.
+    pub fn time_range(from_ns: i64, to_ns: i64) -> ScanRequest {
+        ScanRequest { from_ns, to_ns, dimensions: Vec::new(), projection: None }
+    }
+}
+
+/// A dimension predicate: the dimension `name` equals one of `values`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DimensionFilter {
+    pub name: String,
+    pub values: Vec<String>,
+}
+
+/// Files read together; more than one only when their time ranges overlap, and then merged and
+/// deduplicated. Files are in acceptance order: compacted files first, then persisted files in
+/// commit order, so that at equal versions the row accepted first wins.
+#[derive(Debug, Clone)]
+pub struct ScanUnit {
+    pub files: Vec<FileMeta>,
+}
+
+/// The units of a scan of `entry` (see the module documentation).
+pub fn plan_scan(entry: &TableEntry, request: &ScanRequest) -> Vec<ScanUnit> {
+    let mut selected: Vec<(usize, &FileMeta)> = entry
+        .files
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.max_time_ns >= request.from_ns && f.min_time_ns < request.to_ns)
+        .collect();
+    selected.sort_by_key(|(position, f)| (f.min_time_ns, *position));
+    let mut units: Vec<(i64, Vec<(usize, &FileMeta)>)> = Vec::new();
+    for (position, file) in selected {
+        match units.last_mut() {
+            Some((end, files)) if file.min_time_ns <= *end => {
+                *end = (*end).max(file.max_time_ns);
+                files.push((position, file));
+            }
+            _ => units.push((file.max_time_ns, vec![(position, file)])),
+        }
+    }
+    units
+        .into_iter()
+        .map(|(_, mut files)| {
+            files.sort_by_key(|(position, f)| (std::cmp::Reverse(f.level), *position));
+            ScanUnit { files: files.into_iter().map(|(_, f)| f.clone()).collect() }
+        })
+        .collect()
+}
+
+/// The Arrow schema of what `request` returns from a table of `schema`.
+pub fn scan_schema(schema: &TableSchema, request: &ScanRequest) -> Result<SchemaRef, StoreError> {
+    let full = arrow_schema(schema);
+    match &request.projection {
+        None => Ok(full),
+        Some(names) => {
+            let indices = names
+                .iter()
+                .map(|name| full.index_of(name).map_err(|_| StoreError::Invalid { what: "projection", detail: format!("no column {name:?}") }))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Arc::new(full.project(&indices)?))
+        }
+    }
+}
+
+impl Store {
+    /// Scans `table` as `request` says: one batch, deduplicated by the upsert rule. The rows of
+    /// a unit of one file keep that file's order (series, then time); no order across units.
+    pub async fn scan_table(&self, table: &TableRef, request: &ScanRequest) -> Result<Vec<RecordBatch>, StoreError> {
+        let snapshot = self.snapshot().await?;
+        let entry = snapshot
+            .table(table)
+            .ok_or_else(|| StoreError::TableNotFound { database: table.database.clone(), table: table.table.clone() })?;
+        let mut batches = Vec::new();
+        for unit in plan_scan(entry, request) {
+            batches.extend(self.read_unit(&entry.schema, &unit, request).await?);
+        }
+        Ok(batches)
+    }
+
+    /// Reads one unit of a scan planned by [`plan_scan`], in the shape of [`scan_schema`].
+    pub async fn read_unit(&self, schema: &TableSchema, unit: &ScanUnit, request: &ScanRequest) -> Result<Vec<RecordBatch>, StoreError> {
+        let output = scan_schema(schema, request)?;
+        if let [file] = unit.files.as_slice() {
+            return self.read_pruned(file, request, &output).await;
+        }
+        // Deduplication needs the whole key and the version, asked for or not.
+        let full = arrow_schema(schema);
+        let key_names: Vec<&str> = schema.dimensions.iter().map(String::as_str).chain([MEASURE_NAME_COLUMN, TIME_COLUMN]).collect();
+        let needed: Vec<usize> = (0..full.fields().len())
+            .filter(|&i| {
+                let name = full.field(i).name().as_str();
+                key_names.contains(&name) || name == VERSION_COLUMN || output.index_of(name).is_ok()
+            })
+            .collect();
+        let wide = Arc::new(full.project(&needed)?);
+        let mut batches = Vec::new();
+        for file in &unit.files {
+            batches.extend(self.read_pruned(file, request, &wide).await?);
+        }
+        let merged = merge_dedup_columns(&wide, &key_names, &batches)?;
+        let indices = output.fields().iter().map(|f| wide.index_of(f.name())).collect::<Result<Vec<_>, _>>()?;
+        Ok(vec![merged.project(&indices)?])
+    }
+
+    /// Reads the rows of `file` that match `request`'s time range and dimension filters, as
+    /// `output` (columns the file lacks are nulls). Row groups whose statistics rule them out are
+    /// skipped; the rest are decoded on blocking threads, split across the machine's cores.
+    async fn read_pruned(&self, file: &FileMeta, request: &ScanRequest, output: &SchemaRef) -> Result<Vec<RecordBatch>, StoreError> {
+        let parquet_error = |e: parquet::errors::ParquetError| StoreError::Parquet { path: file.path.clone(), detail: e.to_string() };
+        let bytes: Bytes = self.object_store().get(&Path::from(file.path.clone())).await?.bytes().await?;
+        let metadata = read_metadata(&bytes).map_err(parquet_error)?;
+        let Some(plan) = FilePlan::new(&metadata, request, output).map_err(parquet_error)? else { return Ok(Vec::new()) };
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(plan.row_groups.len()).max(1);
+        let chunk = plan.row_groups.len().div_ceil(workers).max(1);
+        let plan = Arc::new(plan);
+        let mut tasks = Vec::new();
+        for row_groups in plan.row_groups.chunks(chunk) {
+            let (bytes, metadata, plan, row_groups) = (bytes.clone(), metadata.clone(), plan.clone(), row_groups.to_vec());
+            tasks.push(tokio::task::spawn_blocking(move || plan.decode(bytes, metadata, row_groups)));
+        }
+        let mut batches = Vec::new();
+        for task in tasks {
+            let decoded = task.await.map_err(|e| StoreError::Parquet { path: file.path.clone(), detail: e.to_string() })?;
+            for batch in decoded.map_err(parquet_error)? {
+                batches.push(align(&unscale_doubles(batch)?, output)?);
+            }
+        }
+        Ok(batches)
+    }
+}
+
+/// A file's metadata with its page index, set to read strings as views (see [`reading_schema`]).
+pub(crate) fn read_metadata(bytes: &Bytes) -> parquet::errors::Result<ArrowReaderMetadata> {
+    let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+    let metadata = ArrowReaderMetadata::load(bytes, options.clone())?;
+    let schema = reading_schema(metadata.schema());
+    ArrowReaderMetadata::try_new(metadata.metadata().clone(), options.with_schema(schema))
+}
+
+/// How to decode one file for one request.
+struct FilePlan {
+    row_groups: Vec<usize>,
+    projection: Vec<usize>,
+    /// Parquet leaf indices of the filter columns: time, then each filtered dimension.
+    filter_columns: Vec<usize>,
+    from_ns: i64,
+    to_ns: i64,
+    dimensions: Vec<DimensionFilter>,
+    /// Whether rows must be checked one by one (the kept row groups are not all inside the range,
+    /// or a dimension is filtered).
+    filter_rows: bool,
+}
+
+impl FilePlan {
+    /// `None` when nothing in the file can match.
+    fn new(metadata: &ArrowReaderMetadata, request: &ScanRequest, output: &SchemaRef) -> parquet::errors::Result<Option<FilePlan>> {
+        let arrow = metadata.schema();
+        let parquet = metadata.parquet_schema();
+        let groups = metadata.metadata().row_groups();
+        let stats = |column: &str| StatisticsConverter::try_new(column, arrow, parquet);
+        let times = stats(TIME_COLUMN)?;
+        let as_i64 = |a: ArrayRef| arrow::compute::cast(&a, &DataType::Int64).map(|a| a.as_any().downcast_ref::<Int64Array>().cloned());
+        let mins = as_i64(times.row_group_mins(groups.iter())?)?;
+        let maxes = as_i64(times.row_group_maxes(groups.iter())?)?;
+        let (Some(mins), Some(maxes)) = (mins, maxes) else { return Ok(None) };
+        let mut keep: Vec<bool> = (0..groups.len())
+            .map(|g| (mins.is_null(g) || mins.value(g) < request.to_ns) && (maxes.is_null(g) || maxes.value(g) >= request.from_ns))
+            .collect();
+        let inside = (0..groups.len()).all(|g| !keep[g] || (!mins.is_null(g) && mins.value(g) >= request.from_ns && maxes.value(g) < request.to_ns));
+        let mut filter_columns = vec![times.parquet_column_index().expect("time is a leaf column")];
+        for filter in &request.dimensions {
+            let Ok(converter) = stats(&filter.name) else { return Ok(None) }; // column absent: all null
+            let Some(index) = converter.parquet_column_index() else { return Ok(None) };
+            filter_columns.push(index);
+            let as_strings = |a: ArrayRef| arrow::compute::cast(&a, &DataType::Utf8);
+            let mins = as_strings(converter.row_group_mins(groups.iter())?)?;
+            let maxes = as_strings(converter.row_group_maxes(groups.iter())?)?;
+            let (Some(mins), Some(maxes)) = (mins.as_any().downcast_ref::<StringArray>(), maxes.as_any().downcast_ref::<StringArray>()) else {
+                continue; // no usable statistics: keep every row group
+            };
+            for (g, kept) in keep.iter_mut().enumerate() {
+                if mins.is_null(g) || maxes.is_null(g) {
+                    continue;
+                }
+                *kept &= filter.values.iter().any(|v| mins.value(g) <= v.as_str() && v.as_str() <= maxes.value(g));
+            }
+        }
+        let row_groups: Vec<usize> = (0..groups.len()).filter(|&g| keep[g]).collect();
+        if row_groups.is_empty() {
+            return Ok(None);
+        }
+        // Columns with no value in the kept row groups (the single-measure columns of a
+        // multi-measure table, say) are not decoded: `align` fills them with nulls.
+        let all_null = |name: &str| -> bool {
+            let Ok(converter) = stats(name) else { return false };
+            let Ok(nulls) = converter.row_group_null_counts(groups.iter()) else { return false };
+            row_groups.iter().all(|&g| !nulls.is_null(g) && nulls.value(g) == groups[g].num_rows() as u64)
+        };
+        let projection = output
+            .fields()
+            .iter()
+            .filter(|f| !(f.is_nullable() && all_null(f.name())))
+            .filter_map(|f| arrow.index_of(f.name()).ok())
+            .collect();
+        Ok(Some(FilePlan {
+            row_groups,
+            projection,
+            filter_columns,
+            from_ns: request.from_ns,
+            to_ns: request.to_ns,
+            dimensions: request.dimensions.clone(),
+            filter_rows: !inside || !request.dimensions.is_empty(),
+        }))
+    }
+
+    fn decode(&self, bytes: Bytes, metadata: ArrowReaderMetadata, row_groups: Vec<usize>) -> parquet::errors::Result<Vec<RecordBatch>> {
+        let parquet = metadata.parquet_schema().clone();
+        let mut builder = ParquetRecordBatchReaderBuilder::new_with_metadata(bytes, metadata)
+            .with_row_groups(row_groups)
+            .with_batch_size(BATCH_ROWS)
+            .with_projection(ProjectionMask::roots(&parquet, self.projection.iter().copied()));
+        if self.filter_rows {
+            let (from, to, dimensions) = (self.from_ns, self.to_ns, self.dimensions.clone());
+            let predicate = ArrowPredicateFn::new(ProjectionMask::leaves(&parquet, self.filter_columns.iter().copied()), move |batch: RecordBatch| {
+                matching_rows(&batch, from, to, &dimensions)
+            });
+            builder = builder.with_row_filter(RowFilter::new(vec![Box::new(predicate)]));
+        }
+        builder.build()?.collect::<Result<Vec<_>, _>>().map_err(Into::into)
+    }
+}
+
+/// The rows of `batch` (time and the filtered dimensions) inside `[from, to)` whose dimensions
+/// match every filter.
+fn matching_rows(batch: &RecordBatch, from: i64, to: i64, dimensions: &[DimensionFilter]) -> Result<BooleanArray, arrow::error::ArrowError> {
+    let times = arrow::compute::cast(batch.column_by_name(TIME_COLUMN).expect("time is projected"), &DataType::Int64)?;
+    let mut keep = arrow::compute::and(&cmp::gt_eq(&times, &Int64Array::new_scalar(from))?, &cmp::lt(&times, &Int64Array::new_scalar(to))?)?;
+    for filter in dimensions {
+        let column = batch.column_by_name(&filter.name).expect("filtered dimensions are projected");
+        let column = arrow::compute::cast(column, &DataType::Utf8View)?;
+        let mut any = BooleanArray::from(vec![false; batch.num_rows()]);
+        for value in &filter.values {
+            any = arrow::compute::or(&any, &cmp::eq(&column, &StringViewArray::new_scalar(value.as_str()))?)?;
+        }
+        keep = arrow::compute::and(&keep, &any)?;
+    }
+    Ok(keep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::TableProperties;
+
+    fn file(path: &str, level: u8, min: i64, max: i64) -> FileMeta {
+        FileMeta { path: path.into(), day: 0, min_time_ns: min, max_time_ns: max, rows: 1, bytes: 1, level, created_ns: 0 }
+    }
+
+    #[test]
+    fn overlapping_files_form_one_unit_compacted_first() {
+        let files = vec![file("fresh-a", 0, 50, 60), file("hour-0", 1, 0, 99), file("hour-1", 1, 100, 199), file("fresh-b", 0, 250, 260), file("fresh-c", 0, 255, 300)];
+        let entry = TableEntry { properties: TableProperties::default(), schema: TableSchema::default(), files };
+        let units: Vec<Vec<String>> = plan_scan(&entry, &ScanRequest::time_range(0, 1_000))
+            .into_iter()
+            .map(|u| u.files.into_iter().map(|f| f.path).collect())
+            .collect();
+        assert_eq!(units, [vec!["hour-0", "fresh-a"], vec!["hour-1"], vec!["fresh-b", "fresh-c"]]);
+        let units = plan_scan(&entry, &ScanRequest::time_range(100, 250));
+        assert_eq!(units.len(), 1, "[100, 250) overlaps only hour-1: {units:?}");
+        assert_eq!(units[0].files[0].path, "hour-1");
+    }
+}
