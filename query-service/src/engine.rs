@@ -8,17 +8,16 @@ use datafusion::arrow::json::writer::{JsonArray, WriterBuilder};
 use datafusion::catalog::{MemorySchemaProvider, SchemaProvider};
 use datafusion::error::DataFusionError;
 use datafusion::execution::memory_pool::GreedyMemoryPool;
-use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
-use lodestone_store::{arrow_schema, Snapshot, Store, StoreError};
+use lodestone_store::{Snapshot, Store, StoreError};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::config::LimitsConfig;
 use crate::measure_value::resolve_typed_columns;
-use crate::table::{StoreTable, STORE_URL};
+use crate::table::StoreTable;
 
 /// Why a query got no answer. Each variant has a stable code and an HTTP status (see
 /// [`QueryError::code`] and [`QueryError::status`]).
@@ -122,10 +121,7 @@ impl Engine {
         if sql.len() > self.limits.sql_bytes_max {
             return Err(QueryError::SqlTooLarge { bytes: sql.len(), max: self.limits.sql_bytes_max });
         }
-        let _permit = self
-            .running
-            .try_acquire()
-            .map_err(|_| QueryError::TooManyQueries { running: self.limits.concurrent_queries_max })?;
+        let _permit = self.running.try_acquire().map_err(|_| QueryError::TooManyQueries { running: self.limits.concurrent_queries_max })?;
         let started = Instant::now();
         let rows_max = max_rows.unwrap_or(self.limits.rows_max).min(self.limits.rows_max);
         let timeout = Duration::from_millis(self.limits.query_timeout_ms);
@@ -178,19 +174,17 @@ impl Engine {
     }
 
     /// A fresh DataFusion session that sees `snapshot`: one schema per database, one table per
-    /// Lodestone table, the store's object store registered under [`STORE_URL`].
+    /// Lodestone table (read through the store's scan API).
     fn session(&self, snapshot: &Snapshot) -> Result<SessionContext, DataFusionError> {
-        let runtime = RuntimeEnvBuilder::new()
-            .with_memory_pool(Arc::new(GreedyMemoryPool::new(self.limits.query_memory_bytes_max)))
-            .build_arc()?;
+        let runtime =
+            RuntimeEnvBuilder::new().with_memory_pool(Arc::new(GreedyMemoryPool::new(self.limits.query_memory_bytes_max))).build_arc()?;
         let config = SessionConfig::new().with_information_schema(true);
         let ctx = SessionContext::new_with_config_rt(config, runtime);
-        ctx.register_object_store(ObjectStoreUrl::parse(STORE_URL)?.as_ref(), self.store.object_store());
         let catalog = ctx.catalog("datafusion").ok_or_else(|| DataFusionError::Internal("default catalog missing".into()))?;
         for (database, tables) in &snapshot.databases {
             let schema = Arc::new(MemorySchemaProvider::new());
             for (name, entry) in tables {
-                let table = StoreTable::new(arrow_schema(&entry.schema), entry.files.clone());
+                let table = StoreTable::new(self.store.clone(), entry.clone());
                 schema.register_table(name.clone(), Arc::new(table))?;
             }
             catalog.register_schema(database, schema)?;
@@ -214,22 +208,42 @@ fn is_query(statement: &datafusion::sql::parser::Statement) -> bool {
 }
 
 /// Turns record batches into column descriptions and rows of JSON values.
+/// The Timestream scalar type name of an Arrow type (`VARCHAR`, `BIGINT`, `DOUBLE`, …), as
+/// Timestream's query API reports column types; other types keep Arrow's name.
+fn scalar_type(data_type: &datafusion::arrow::datatypes::DataType) -> String {
+    use datafusion::arrow::datatypes::DataType::*;
+    let name = match data_type {
+        Utf8 | Utf8View | LargeUtf8 => "VARCHAR",
+        Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64 => "BIGINT",
+        Float16 | Float32 | Float64 | Decimal32(..) | Decimal64(..) | Decimal128(..) | Decimal256(..) => "DOUBLE",
+        Boolean => "BOOLEAN",
+        Timestamp(..) => "TIMESTAMP",
+        Date32 | Date64 => "DATE",
+        Time32(_) | Time64(_) => "TIME",
+        Interval(_) | Duration(_) => "INTERVAL_DAY_TO_SECOND",
+        List(_) | LargeList(_) | ListView(_) | LargeListView(_) | FixedSizeList(..) => "ARRAY",
+        Struct(_) => "ROW",
+        Null => "UNKNOWN",
+        other => return other.to_string(),
+    };
+    name.to_string()
+}
+
 fn render(batches: &[RecordBatch]) -> Result<(Vec<Column>, Vec<Vec<serde_json::Value>>), QueryError> {
-    let Some(first) = batches.first() else { return Ok((Vec::new(), Vec::new())) };
+    let Some(first) = batches.first() else {
+        return Ok((Vec::new(), Vec::new()));
+    };
     let schema = first.schema();
     let columns: Vec<Column> =
-        schema.fields().iter().map(|f| Column { name: f.name().clone(), data_type: f.data_type().to_string() }).collect();
+        schema.fields().iter().map(|f| Column { name: f.name().clone(), data_type: scalar_type(f.data_type()) }).collect();
     let mut buffer = Vec::new();
     let mut writer = WriterBuilder::new().with_explicit_nulls(true).build::<_, JsonArray>(&mut buffer);
     let refs: Vec<&RecordBatch> = batches.iter().collect();
     writer.write_batches(&refs).map_err(|e| QueryError::Internal(e.to_string()))?;
     writer.finish().map_err(|e| QueryError::Internal(e.to_string()))?;
     drop(writer);
-    let objects: Vec<serde_json::Map<String, serde_json::Value>> = if buffer.is_empty() {
-        Vec::new()
-    } else {
-        serde_json::from_slice(&buffer).map_err(|e| QueryError::Internal(e.to_string()))?
-    };
+    let objects: Vec<serde_json::Map<String, serde_json::Value>> =
+        if buffer.is_empty() { Vec::new() } else { serde_json::from_slice(&buffer).map_err(|e| QueryError::Internal(e.to_string()))? };
     let rows = objects
         .into_iter()
         .map(|mut object| columns.iter().map(|c| object.remove(&c.name).unwrap_or(serde_json::Value::Null)).collect())

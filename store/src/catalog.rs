@@ -130,7 +130,7 @@ impl Snapshot {
 }
 
 /// The cold tier and the catalog on one object store.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Store {
     objects: Arc<dyn ObjectStore>,
 }
