@@ -254,7 +254,7 @@ mod tests {
 
     #[test]
     fn example_file_is_the_defaults() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/broker-bridge.example.toml");
+        let path = &lodestone_model::config::crate_path("../configs/broker-bridge.example.toml");
         let loaded: BridgeConfig = lodestone_model::config::load(Some(path.as_ref()), "LODESTONE_BRIDGE_TEST_EXAMPLE").unwrap();
         assert_eq!(loaded, BridgeConfig::default());
     }

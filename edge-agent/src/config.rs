@@ -228,7 +228,7 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_example_file_matches_them() {
         AgentConfig::default().check().unwrap();
-        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/edge-agent.example.toml");
+        let example = &lodestone_model::config::crate_path("../configs/edge-agent.example.toml");
         let loaded: AgentConfig = lodestone_model::config::load(Some(example.as_ref()), "LODESTONE_AGENT_TEST_UNUSED").unwrap();
         assert_eq!(loaded, AgentConfig::default());
     }

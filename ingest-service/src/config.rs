@@ -136,7 +136,7 @@ mod tests {
 
     #[test]
     fn the_example_file_holds_exactly_the_defaults() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/ingest-service.example.toml");
+        let path = &lodestone_model::config::crate_path("../configs/ingest-service.example.toml");
         let loaded: IngestConfig = lodestone_model::config::load(Some(std::path::Path::new(path)), "LODESTONE_INGEST_EXAMPLE_TEST").unwrap();
         assert_eq!(loaded, IngestConfig::default());
     }

@@ -39,9 +39,7 @@ pub enum Applied {
 }
 
 /// Where every rejection becomes a row: `"_lodestone"."rejected_records"`.
-pub const REJECTED_RECORDS: (&str, &str) = ("_lodestone", "rejected_records");
-/// Longest text kept of a rejection's detail and payload, in bytes.
-const REJECTION_TEXT_BYTES_MAX: usize = 1024;
+pub const REJECTED_RECORDS: (&str, &str) = (lodestone_store::REJECTED_RECORDS_DATABASE, lodestone_store::REJECTED_RECORDS_TABLE);
 
 pub struct Ingestor {
     /// Time of the last rejected-records row, so that rows of one worker never share a key.
@@ -124,13 +122,8 @@ impl Ingestor {
     /// `payload` (both cut to 1 KiB), and the message's `dead_letter_partition` and
     /// `dead_letter_offset`. Returns before anything is durable, like [`Ingestor::apply`].
     pub async fn apply_dead_letter(&mut self, headers: &BTreeMap<String, String>, payload: &[u8], origin: &Origin, now_ns: i64) -> Result<(), StoreError> {
-        use lodestone_model::{Dimension, MeasureValue, Record, Scalar};
-        let table = TableRef { database: REJECTED_RECORDS.0.into(), table: REJECTED_RECORDS.1.into() };
-        let properties = TableProperties {
-            memory_retention_hours: self.tables.memory_store_retention_hours,
-            magnetic_retention_days: self.tables.magnetic_store_retention_days,
-            magnetic_store_writes: true,
-        };
+        let table = lodestone_store::rejected_records_table();
+        let properties = lodestone_store::rejected_records_properties(self.tables.memory_store_retention_hours, self.tables.magnetic_store_retention_days);
         if self.snapshot.table(&table).is_none() {
             self.snapshot = self.store.ensure_table(&table, properties).await?;
         }
@@ -138,23 +131,22 @@ impl Ingestor {
         let header = |name: &str| headers.get(name).cloned().unwrap_or_default();
         let body: Option<serde_json::Value> = serde_json::from_slice(payload).ok();
         let from_body = |name: &str| body.as_ref().and_then(|b| b.get(name)).and_then(|v| v.as_str()).map(str::to_owned);
-        let dimension = |name: &str, value: String| Dimension { name: name.into(), value };
         let device_id = Some(header("device_id")).filter(|d| !d.is_empty()).or_else(|| from_body("device_id")).unwrap_or_default();
         let source = Some(header("source")).filter(|s| !s.is_empty()).unwrap_or_else(|| "bridge".into());
         let detail = Some(header("detail")).filter(|d| !d.is_empty()).or_else(|| from_body("detail")).unwrap_or_default();
         self.last_rejection_ns = now_ns.max(self.last_rejection_ns + 1);
-        let record = Record {
-            dimensions: vec![dimension("device_id", device_id), dimension("reason", header("reason")), dimension("source", source)],
-            measure_name: "rejection".into(),
-            value: MeasureValue::Multi(vec![
-                ("dead_letter_offset".into(), Scalar::Bigint(origin.offset)),
-                ("dead_letter_partition".into(), Scalar::Bigint(i64::from(origin.partition))),
-                ("detail".into(), Scalar::Varchar(truncate(&detail))),
-                ("payload".into(), Scalar::Varchar(truncate(&String::from_utf8_lossy(payload)))),
-            ]),
-            time_ns: self.last_rejection_ns,
-            version: 1,
-        };
+        let record = lodestone_store::Rejected {
+            device_id,
+            reason: header("reason"),
+            source,
+            detail,
+            payload: String::from_utf8_lossy(payload).into_owned(),
+            extra: vec![
+                ("dead_letter_offset".into(), lodestone_model::Scalar::Bigint(origin.offset)),
+                ("dead_letter_partition".into(), lodestone_model::Scalar::Bigint(i64::from(origin.partition))),
+            ],
+        }
+        .into_record(self.last_rejection_ns);
         if let Err(rejection) = self.hot.write(&table, &entry.properties, &entry.schema, record, now_ns, 0) {
             tracing::warn!(%rejection, "a dead letter could not be recorded in rejected_records");
         }
@@ -205,16 +197,6 @@ impl Ingestor {
     }
 }
 
-fn truncate(text: &str) -> String {
-    if text.len() <= REJECTION_TEXT_BYTES_MAX {
-        return text.to_string();
-    }
-    let mut end = REJECTION_TEXT_BYTES_MAX;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_string()
-}
 
 fn dead_letter(envelope: &Envelope, origin: &Origin, rejection: Rejection, record: Option<serde_json::Value>) -> DeadLetter {
     let body = json!({

@@ -37,7 +37,7 @@ async fn main() -> anyhow::Result<()> {
 
     let store = Store::open_local(&config.store.path).with_context(|| format!("opening store {}", config.store.path.display()))?;
     if config.maintenance.enabled {
-        tokio::spawn(maintain(store.clone(), config.maintenance.clone()));
+        tokio::spawn(maintain(store.clone(), config.maintenance.clone(), counters.clone()));
     }
     let ingestor = Ingestor::open(store, config.persist.hot_rows_max, config.tables.clone(), counters.clone()).await?;
     let mut client = ClientConfig::new();
@@ -248,7 +248,7 @@ async fn serve_http(listen: &str, counters: Arc<Counters>) -> anyhow::Result<()>
 
 /// Compaction and retention, one round every `interval_ms`. A failed round is logged and retried
 /// on the next one: every step commits atomically, so an interrupted round leaves no damage.
-async fn maintain(store: Store, config: ingest_service::config::MaintenanceConfig) {
+async fn maintain(store: Store, config: ingest_service::config::MaintenanceConfig, counters: Arc<Counters>) {
     let policy = CompactionPolicy {
         files_min: config.compact_files_min.max(2),
         input_bytes_max: config.compact_input_bytes_max,
@@ -261,7 +261,11 @@ async fn maintain(store: Store, config: ingest_service::config::MaintenanceConfi
     loop {
         tick.tick().await;
         match store.compact(&policy, now_ns()).await {
-            Ok(report) if report.partitions_compacted > 0 => tracing::info!(?report, "compacted"),
+            Ok(report) if report.partitions_compacted > 0 => {
+                // Cross-tier conflicts: refused by compaction, recorded in rejected_records.
+                (0..report.conflicts_rejected).for_each(|_| counters.reject(lodestone_model::RejectReason::VersionConflict));
+                tracing::info!(?report, "compacted")
+            }
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "compaction round failed"),
         }

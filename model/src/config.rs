@@ -125,3 +125,11 @@ mod tests {
         assert!(err.contains("line 4") && err.contains("bootstrap_server"), "{err}");
     }
 }
+
+/// A path relative to the folder of the crate under test, found at run time from
+/// `CARGO_MANIFEST_DIR` (which `cargo test` sets). Tests use it rather than the compile-time
+/// `env!`, because a test binary may be reused from a checkout in another folder that shares the
+/// target directory.
+pub fn crate_path(relative: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR")).join(relative)
+}

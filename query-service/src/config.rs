@@ -78,7 +78,7 @@ mod tests {
 
     #[test]
     fn the_example_file_holds_exactly_the_defaults() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/query-service.example.toml");
+        let path = &lodestone_model::config::crate_path("../configs/query-service.example.toml");
         let loaded: QueryConfig = lodestone_model::config::load(Some(std::path::Path::new(path)), "LODESTONE_QUERY_EXAMPLE_TEST").unwrap();
         assert_eq!(loaded, QueryConfig::default());
     }

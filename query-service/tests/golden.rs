@@ -92,7 +92,8 @@ fn answer(engine_result: Result<query_service::engine::QueryResult, query_servic
 async fn golden_queries() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::new(fleet_store(dir.path()).await, LimitsConfig { rows_max: 50, ..LimitsConfig::default() });
-    let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    // Found at run time: the binary may be reused from a checkout in another folder.
+    let folder = Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets it")).join("tests/golden");
     let bless = std::env::var("LODESTONE_BLESS").is_ok();
     let mut cases: Vec<_> =
         std::fs::read_dir(&folder).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "sql")).collect();

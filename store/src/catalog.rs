@@ -113,12 +113,12 @@ impl Snapshot {
         self.databases.get(&table.database)?.get(&table.table)
     }
 
-    fn table_mut(&mut self, table: &TableRef) -> Result<&mut TableEntry, StoreError> {
+    pub(crate) fn table_mut(&mut self, table: &TableRef) -> Result<&mut TableEntry, StoreError> {
         let not_found = || StoreError::TableNotFound { database: table.database.clone(), table: table.table.clone() };
         self.databases.get_mut(&table.database).ok_or_else(not_found)?.get_mut(&table.table).ok_or_else(not_found)
     }
 
-    fn add_table(&mut self, table: &TableRef, properties: TableProperties) -> Result<(), StoreError> {
+    pub(crate) fn add_table(&mut self, table: &TableRef, properties: TableProperties) -> Result<(), StoreError> {
         properties.validate()?;
         let tables = self.databases.get_mut(&table.database).ok_or_else(|| StoreError::DatabaseNotFound(table.database.clone()))?;
         if tables.contains_key(&table.table) {

@@ -25,7 +25,9 @@ use crate::catalog::{FileMeta, Store, TableRef};
 use crate::cold::{encode_parquet, file_path, unscale_doubles};
 use crate::error::StoreError;
 use crate::schema::{arrow_schema, TableSchema, MEASURE_NAME_COLUMN, TIME_COLUMN, VERSION_COLUMN};
+use crate::rejected::{records_of, rejected_records_properties, rejected_records_table, Rejected, REJECTED_RECORDS_DATABASE};
 use crate::DAY_NS;
+use lodestone_model::{record_to_json, Record, RejectReason};
 
 /// When and how much to compact.
 #[derive(Debug, Clone)]
@@ -64,6 +66,8 @@ pub struct MaintenanceReport {
     pub rows_after: u64,
     pub partitions_expired: usize,
     pub files_deleted: usize,
+    /// Cross-tier conflicts found by compaction and written to `_lodestone.rejected_records`.
+    pub conflicts_rejected: usize,
 }
 
 impl Store {
@@ -80,11 +84,12 @@ impl Store {
                 }
                 for (day, files) in by_day {
                     let Some(inputs) = select_inputs(&files, policy, now_ns) else { continue };
-                    if let Some((rows_before, rows_after)) = self.compact_partition(&table, &entry.schema, day, &inputs, policy, now_ns).await? {
+                    if let Some(done) = self.compact_partition(&table, &entry.schema, day, &inputs, policy, now_ns).await? {
                         report.partitions_compacted += 1;
                         report.files_merged += inputs.len();
-                        report.rows_before += rows_before;
-                        report.rows_after += rows_after;
+                        report.rows_before += done.rows_before;
+                        report.rows_after += done.rows_after;
+                        report.conflicts_rejected += done.conflicts;
                     }
                 }
             }
@@ -92,8 +97,10 @@ impl Store {
         Ok(report)
     }
 
-    /// Merges `inputs` into one file per time slice and swaps them in. `None` when another
-    /// process changed the partition first (the merged files are then deleted again).
+    /// Merges `inputs` into one file per time slice and swaps them in, together with the
+    /// rejected-records rows of the conflicts the merge found (see [`conflict_rejections`]).
+    /// `None` when another process changed the partition first (the files written are then
+    /// deleted again).
     async fn compact_partition(
         &self,
         table: &TableRef,
@@ -102,15 +109,38 @@ impl Store {
         inputs: &[FileMeta],
         policy: &CompactionPolicy,
         now_ns: i64,
-    ) -> Result<Option<(u64, u64)>, StoreError> {
+    ) -> Result<Option<Compacted>, StoreError> {
         let mut batches = Vec::new();
         for file in inputs {
             batches.extend(self.read_file(file).await?);
         }
-        let merged = merge_dedup(schema, &batches)?;
+        // Conflicts inside the rejected-records table itself are not reported again.
+        let find_conflicts = table.database != REJECTED_RECORDS_DATABASE;
+        let Merged { merged, conflicts } = merge(schema, &batches, find_conflicts)?;
         let mut outputs = Vec::new();
         for slice in split_by_time(&merged, policy.file_span_ns)? {
             outputs.push(self.write_compacted(table, day, &slice, now_ns).await?);
+        }
+        let (conflicts, met) = conflicts.unwrap_or_else(|| (RecordBatch::new_empty(merged.schema()), Vec::new()));
+        let rejections = conflict_rejections(table, schema, &conflicts, &met, now_ns);
+        let rejected = rejected_records_table();
+        let mut rejected_rows = crate::hot::TableRows { table: rejected.clone(), schema: TableSchema::default(), rows: Vec::new() };
+        let mut rejected_files = Vec::new();
+        if !rejections.is_empty() {
+            let known = self.snapshot().await?.table(&rejected).map(|t| t.schema.clone()).unwrap_or_default();
+            let properties = rejected_records_properties(6, 73_000);
+            let mut hot = crate::HotTier::new(usize::MAX);
+            for record in rejections {
+                if let Err(rejection) = hot.write(&rejected, &properties, &known, record, now_ns, 0) {
+                    tracing::warn!(%rejection, "a conflict could not be recorded in rejected_records");
+                }
+            }
+            if let Some(rows) = hot.drain().tables.pop() {
+                rejected_rows = rows;
+                let mut schema = known;
+                schema.merge(&rejected_rows.schema);
+                rejected_files = crate::cold::write_partition_file(self.object_store().as_ref(), &rejected, &schema, &rejected_rows.rows).await?;
+            }
         }
         let mut applied = false;
         self.commit(|snapshot| {
@@ -122,18 +152,30 @@ impl Store {
             entry.files.retain(|f| !inputs.iter().any(|input| input.path == f.path));
             entry.files.extend(outputs.iter().cloned());
             snapshot.garbage.extend(inputs.iter().map(|f| (f.path.clone(), now_ns)));
+            if !rejected_files.is_empty() {
+                if snapshot.table(&rejected).is_none() {
+                    snapshot.databases.entry(rejected.database.clone()).or_default();
+                    snapshot.add_table(&rejected, rejected_records_properties(6, 73_000))?;
+                }
+                let entry = snapshot.table_mut(&rejected)?;
+                entry.schema.merge(&rejected_rows.schema);
+                entry.files.extend(rejected_files.iter().cloned());
+            }
             applied = true;
             Ok(())
         })
         .await?;
         if !applied {
-            for output in &outputs {
+            for output in outputs.iter().chain(&rejected_files) {
                 let _ = self.object_store().delete(&Path::from(output.path.clone())).await;
             }
             return Ok(None);
         }
-        let rows_before = inputs.iter().map(|f| f.rows).sum();
-        Ok(Some((rows_before, outputs.iter().map(|f| f.rows).sum())))
+        Ok(Some(Compacted {
+            rows_before: inputs.iter().map(|f| f.rows).sum(),
+            rows_after: outputs.iter().map(|f| f.rows).sum(),
+            conflicts: rejected_rows.rows.len(),
+        }))
     }
 
     /// Writes one compacted slice; invisible until committed.
@@ -219,6 +261,39 @@ impl Store {
     }
 }
 
+/// What compacting one partition did.
+struct Compacted {
+    rows_before: u64,
+    rows_after: u64,
+    conflicts: usize,
+}
+
+/// The rejected-records rows of cross-tier conflicts: `conflicts` (rows of `table`) each met a
+/// row accepted earlier with another value at version `met[i]` or higher, so Timestream's rule
+/// refuses them (reason `version_conflict`, source `store`). They were accepted by a worker whose
+/// memory no longer held the earlier row; compaction is where the two first meet.
+fn conflict_rejections(table: &TableRef, schema: &TableSchema, conflicts: &RecordBatch, met: &[u64], now_ns: i64) -> Vec<Record> {
+    records_of(schema, conflicts)
+        .into_iter()
+        .zip(met)
+        .enumerate()
+        .map(|(index, (record, existing_version))| {
+            let device_id = record.dimensions.iter().find(|d| d.name == "device_id" || d.name == "device").map(|d| d.value.clone());
+            Rejected {
+                device_id: device_id.unwrap_or_default(),
+                reason: RejectReason::VersionConflict.as_str().to_string(),
+                source: "store".into(),
+                detail: format!(
+                    "{table}: another value exists under this key at version {existing_version}; write a higher version to replace it"
+                ),
+                payload: record_to_json(&record).to_string(),
+                extra: Vec::new(),
+            }
+            .into_record(now_ns + index as i64)
+        })
+        .collect()
+}
+
 /// The files of one partition to compact, oldest content first: once it has `files_min` level-0
 /// files or its oldest level-0 file is `fresh_age_max_ns` old, a prefix of them in commit order
 /// (within `input_bytes_max`), preceded by the level-1 files whose time range overlaps theirs
@@ -277,19 +352,34 @@ pub(crate) fn align(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBat
             None => Ok(new_null_array(field.data_type(), batch.num_rows())),
         })
         .collect::<Result<_, _>>()?;
-    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+    // The row count is explicit: a projection may ask for no column at all (`count(*)`).
+    let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    Ok(RecordBatch::try_new_with_options(schema.clone(), columns, &options)?)
 }
 
 /// Concatenates `batches` (in commit order), sorts by series then time, and keeps one row per
 /// upsert key: the highest version, and among equal versions the first.
 pub fn merge_dedup(schema: &TableSchema, batches: &[RecordBatch]) -> Result<RecordBatch, StoreError> {
-    let key_names: Vec<&str> = schema.dimensions.iter().map(String::as_str).chain([MEASURE_NAME_COLUMN, TIME_COLUMN]).collect();
-    merge_dedup_columns(&arrow_schema(schema), &key_names, batches)
+    Ok(merge(schema, batches, false)?.merged)
 }
 
-/// [`merge_dedup`] of batches brought to `target`, which holds the key columns `key_names` and
-/// the version column (and any others).
-pub(crate) fn merge_dedup_columns(target: &SchemaRef, key_names: &[&str], batches: &[RecordBatch]) -> Result<RecordBatch, StoreError> {
+/// What a merge kept, and the rows the upsert rule refuses.
+pub(crate) struct Merged {
+    pub merged: RecordBatch,
+    /// Rows that met an earlier row of their key with another value at a version not lower
+    /// (a cross-tier conflict), each with the version it met; `None` unless asked for.
+    pub conflicts: Option<(RecordBatch, Vec<u64>)>,
+}
+
+/// [`merge_dedup`], also finding the conflicts when `find_conflicts` is set.
+pub(crate) fn merge(schema: &TableSchema, batches: &[RecordBatch], find_conflicts: bool) -> Result<Merged, StoreError> {
+    let key_names: Vec<&str> = schema.dimensions.iter().map(String::as_str).chain([MEASURE_NAME_COLUMN, TIME_COLUMN]).collect();
+    merge_columns(&arrow_schema(schema), &key_names, batches, find_conflicts)
+}
+
+/// [`merge`] of batches brought to `target`, which holds the key columns `key_names` and the
+/// version column (and any others: the values, compared when finding conflicts).
+pub(crate) fn merge_columns(target: &SchemaRef, key_names: &[&str], batches: &[RecordBatch], find_conflicts: bool) -> Result<Merged, StoreError> {
     let aligned: Vec<RecordBatch> = batches.iter().map(|b| align(b, target)).collect::<Result<_, _>>()?;
     let all = concat_batches(target, &aligned)?;
     let rows = all.num_rows();
@@ -297,7 +387,7 @@ pub(crate) fn merge_dedup_columns(target: &SchemaRef, key_names: &[&str], batche
     let ascending = SortOptions { descending: false, nulls_first: true };
     let mut sort: Vec<SortColumn> = key_columns.iter().map(|c| SortColumn { values: c.clone(), options: Some(ascending) }).collect();
     let version = all.column_by_name(VERSION_COLUMN).expect("aligned").clone();
-    sort.push(SortColumn { values: version, options: Some(SortOptions { descending: true, nulls_first: false }) });
+    sort.push(SortColumn { values: version.clone(), options: Some(SortOptions { descending: true, nulls_first: false }) });
     let ordinal: ArrayRef = Arc::new(UInt64Array::from_iter_values(0..rows as u64));
     sort.push(SortColumn { values: ordinal, options: Some(ascending) });
     let order = lexsort_to_indices(&sort, None)?;
@@ -306,6 +396,46 @@ pub(crate) fn merge_dedup_columns(target: &SchemaRef, key_names: &[&str], batche
     let sorted_keys: Vec<ArrayRef> = key_names.iter().map(|n| sorted.column_by_name(n).expect("aligned").clone()).collect();
     let converter = RowConverter::new(sorted_keys.iter().map(|c| SortField::new(c.data_type().clone())).collect())?;
     let keys = converter.convert_columns(&sorted_keys)?;
-    let keep: Vec<u32> = (0..rows).filter(|&i| i == 0 || keys.row(i) != keys.row(i - 1)).map(|i| i as u32).collect();
-    Ok(take_record_batch(&sorted, &UInt32Array::from(keep))?)
+    let mut keep: Vec<u32> = Vec::with_capacity(rows);
+    let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut start = 0;
+    for i in 1..=rows {
+        if i == rows || keys.row(i) != keys.row(start) {
+            keep.push(start as u32);
+            if i - start > 1 {
+                groups.push(start..i);
+            }
+            start = i;
+        }
+    }
+    let merged = take_record_batch(&sorted, &UInt32Array::from(keep))?;
+    if !find_conflicts {
+        return Ok(Merged { merged, conflicts: None });
+    }
+    let versions = version.as_any().downcast_ref::<UInt64Array>().expect("version is UInt64");
+    let value_columns: Vec<ArrayRef> = target
+        .fields()
+        .iter()
+        .filter(|f| f.name() != VERSION_COLUMN && !key_names.contains(&f.name().as_str()))
+        .map(|f| all.column_by_name(f.name()).expect("aligned").clone())
+        .collect();
+    let value_converter = RowConverter::new(value_columns.iter().map(|c| SortField::new(c.data_type().clone())).collect())?;
+    let values = value_converter.convert_columns(&value_columns)?;
+    let (mut refused, mut met) = (Vec::new(), Vec::new());
+    for group in groups {
+        // Replay the key's rows in acceptance order through the upsert rule.
+        let mut arrivals: Vec<usize> = group.map(|i| order.value(i) as usize).collect();
+        arrivals.sort_unstable();
+        let mut current = arrivals[0];
+        for &row in &arrivals[1..] {
+            if versions.value(row) > versions.value(current) {
+                current = row;
+            } else if values.row(row) != values.row(current) {
+                refused.push(row as u32);
+                met.push(versions.value(current));
+            }
+        }
+    }
+    let conflicts = take_record_batch(&all, &UInt32Array::from(refused))?;
+    Ok(Merged { merged, conflicts: Some((conflicts, met)) })
 }

@@ -29,6 +29,7 @@ mod cold;
 mod compact;
 mod error;
 mod hot;
+mod rejected;
 mod scan;
 mod schema;
 mod upsert;
@@ -37,6 +38,10 @@ pub use compact::{merge_dedup, CompactionPolicy, MaintenanceReport};
 pub use catalog::{FileMeta, Snapshot, Store, TableEntry, TableProperties, TableRef};
 pub use error::StoreError;
 pub use hot::{HotTier, PersistBatch, TableRows, WriteOutcome};
+pub use rejected::{
+    records_of, rejected_records_properties, rejected_records_table, truncate, Rejected, REJECTED_RECORDS_DATABASE, REJECTED_RECORDS_TABLE,
+    REJECTION_TEXT_BYTES_MAX,
+};
 pub use scan::{plan_scan, scan_schema, DimensionFilter, ScanRequest, ScanUnit};
 pub use schema::{arrow_schema, TableSchema, TIME_COLUMN, VERSION_COLUMN};
 pub use upsert::{decide, UpsertDecision};

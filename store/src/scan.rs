@@ -22,7 +22,7 @@ use parquet::file::metadata::PageIndexPolicy;
 
 use crate::catalog::{FileMeta, Store, TableEntry, TableRef};
 use crate::cold::{reading_schema, unscale_doubles};
-use crate::compact::{align, merge_dedup_columns};
+use crate::compact::{align, merge_columns};
 use crate::error::StoreError;
 use crate::schema::{arrow_schema, TableSchema, MEASURE_NAME_COLUMN, TIME_COLUMN, VERSION_COLUMN};
 
@@ -142,7 +142,7 @@ impl Store {
         for file in &unit.files {
             batches.extend(self.read_pruned(file, request, &wide).await?);
         }
-        let merged = merge_dedup_columns(&wide, &key_names, &batches)?;
+        let merged = merge_columns(&wide, &key_names, &batches, false)?.merged;
         let indices = output.fields().iter().map(|f| wide.index_of(f.name())).collect::<Result<Vec<_>, _>>()?;
         Ok(vec![merged.project(&indices)?])
     }

@@ -139,3 +139,39 @@ async fn compaction_gives_way_when_its_inputs_changed_meanwhile() {
     let files = store.snapshot().await.unwrap().table(&table()).unwrap().files.len();
     assert_eq!(files, 1);
 }
+
+#[tokio::test]
+async fn compaction_refuses_a_cross_tier_conflict_into_rejected_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_local(dir.path()).unwrap();
+    // Each group is persisted on its own, so the hot tier never holds two of them at once: the
+    // second value of t1 at NOW arrives after the first left memory (a cross-tier write).
+    let groups = [
+        vec![reading("t1", NOW, 1.0, 1), reading("t2", NOW, 5.0, 1)],
+        vec![reading("t1", NOW, 2.0, 1), reading("t2", NOW, 5.0, 1)], // conflict; duplicate
+        vec![reading("t1", NOW + 1, 3.0, 1)],
+        vec![reading("t1", NOW + 1, 4.0, 2)], // a higher version replaces
+    ];
+    persist_groups(&store, TableProperties::default(), &groups).await;
+    let policy = CompactionPolicy { files_min: 2, ..CompactionPolicy::default() };
+    let report = store.compact(&policy, NOW).await.unwrap();
+    assert_eq!(report.conflicts_rejected, 1, "{report:?}");
+    let values: Vec<(String, i64, f64, u64)> = rows(&store).await;
+    assert_eq!(
+        values,
+        [("t1".to_string(), NOW, 1.0, 1), ("t1".to_string(), NOW + 1, 4.0, 2), ("t2".to_string(), NOW, 5.0, 1)],
+        "the first value stays, the higher version replaces, the duplicate is one row"
+    );
+
+    let rejected = store.scan(&lodestone_store::rejected_records_table(), i64::MIN, i64::MAX).await.unwrap();
+    let text = |name: &str| {
+        let column = arrow::compute::cast(rejected.column_by_name(name).unwrap(), &arrow::datatypes::DataType::Utf8).unwrap();
+        column.as_any().downcast_ref::<arrow::array::StringArray>().unwrap().value(0).to_string()
+    };
+    assert_eq!(rejected.num_rows(), 1);
+    assert_eq!((text("reason"), text("source")), ("version_conflict".to_string(), "store".to_string()));
+    assert!(text("detail").contains("at version 1"), "{}", text("detail"));
+    let payload: serde_json::Value = serde_json::from_str(&text("payload")).unwrap();
+    assert_eq!(payload["dimensions"]["truck"], "t1", "{payload}");
+    assert_eq!(payload["value"], 2.0, "{payload}");
+}
