@@ -1,6 +1,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -10,7 +10,8 @@ use futures::future::join_all;
 use ingest_service::{Applied, Counters, DeadLetter, IngestConfig, Ingestor, Origin};
 use lodestone_model::ContentType;
 use lodestone_store::{CompactionPolicy, Store};
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::ClientContext;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -45,13 +46,14 @@ async fn main() -> anyhow::Result<()> {
     for (key, value) in &config.kafka.properties {
         client.set(key, value);
     }
-    let consumer: Arc<StreamConsumer> = client
+    let rebalances = Arc::new(Rebalances::default());
+    let consumer: Arc<StreamConsumer<Rebalances>> = client
         .clone()
         .set("group.id", &config.kafka.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .create()
+        .create_with_context(Rebalances { changes: rebalances.changes.clone() })
         .map(Arc::new)
         .context("creating the Kafka consumer")?;
     let topics = [config.kafka.ingest_topic.as_str(), config.kafka.dead_letter_topic.as_str()];
@@ -72,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
         pending_letters: Vec::new(),
         next_offsets: BTreeMap::new(),
         seen_partitions: BTreeSet::new(),
+        rebalances,
     };
     worker.run().await?;
     // Everything acknowledged is persisted and committed (or will be replayed); leave without
@@ -82,15 +85,36 @@ async fn main() -> anyhow::Result<()> {
 /// The Kafka loop around an [`Ingestor`].
 struct Worker {
     ingestor: Ingestor,
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<StreamConsumer<Rebalances>>,
     producer: FutureProducer,
     config: IngestConfig,
     counters: Arc<Counters>,
     pending_letters: Vec<rdkafka::producer::DeliveryFuture>,
     /// (topic, partition) → offset after the last message applied to the hot tier.
     next_offsets: BTreeMap<(String, i32), i64>,
-    /// Partitions this worker has read since it started (their watermarks are loaded).
+    /// Partitions this worker has read since it was assigned them (their watermarks are loaded).
     seen_partitions: BTreeSet<(String, i32)>,
+    rebalances: Arc<Rebalances>,
+}
+
+/// Partitions assigned and revoked by the group, noted by librdkafka's rebalance callback and
+/// taken by the worker before its next message or commit.
+#[derive(Default)]
+struct Rebalances {
+    changes: Arc<Mutex<Vec<(String, i32)>>>,
+}
+
+impl ClientContext for Rebalances {}
+
+impl ConsumerContext for Rebalances {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let partitions = match rebalance {
+            Rebalance::Assign(list) | Rebalance::Revoke(list) => list.elements(),
+            Rebalance::Error(_) => return,
+        };
+        let mut changes = self.changes.lock().expect("rebalance lock");
+        changes.extend(partitions.iter().map(|p| (p.topic().to_string(), p.partition())));
+    }
 }
 
 impl Worker {
@@ -108,6 +132,7 @@ impl Worker {
                             continue;
                         }
                     };
+                    self.take_rebalances();
                     self.handle(&message).await?;
                 }
                 _ = tick.tick() => self.persist_and_commit().await?,
@@ -124,6 +149,18 @@ impl Worker {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+
+    /// Forgets what this worker knew of partitions that changed hands: a partition assigned
+    /// (again) reloads its watermark from the catalog, since another worker may have persisted
+    /// further meanwhile; a revoked partition's offsets are not committed by this worker any
+    /// more (rows it already applied are persisted, and the new owner's copies deduplicate).
+    fn take_rebalances(&mut self) {
+        let changed = std::mem::take(&mut *self.rebalances.changes.lock().expect("rebalance lock"));
+        for partition in changed {
+            self.seen_partitions.remove(&partition);
+            self.next_offsets.remove(&partition);
+        }
     }
 
     async fn handle(&mut self, message: &rdkafka::message::OwnedMessage) -> anyhow::Result<()> {
@@ -207,6 +244,7 @@ impl Worker {
     /// message applied so far. Exits the process on a store error: Kafka replays from the last
     /// committed offset, so nothing acknowledged is lost.
     async fn persist_and_commit(&mut self) -> anyhow::Result<()> {
+        self.take_rebalances();
         if self.next_offsets.is_empty() {
             return Ok(());
         }
