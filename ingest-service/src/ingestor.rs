@@ -1,10 +1,12 @@
 //! The Kafka-free core of an ingest worker: envelopes in, hot-tier rows and dead letters out.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use arrow::array::RecordBatch;
 
 use lodestone_model::{record_to_json, ContentType, Envelope, Limits, RejectReason, Rejection};
-use lodestone_store::{HotTier, Snapshot, Store, StoreError, TableProperties, TableRef};
+use lodestone_store::{HotTier, PersistBatch, Snapshot, Store, StoreError, TableProperties, TableRef};
 use serde_json::json;
 
 use crate::config::TablesConfig;
@@ -45,7 +47,8 @@ pub struct Ingestor {
     /// Time of the last rejected-records row, so that rows of one worker never share a key.
     last_rejection_ns: i64,
     store: Store,
-    hot: HotTier,
+    /// The rows not persisted yet, shared with the HTTP server that serves them to queries.
+    memory: Memory,
     hot_rows_max: usize,
     snapshot: Snapshot,
     tables: TablesConfig,
@@ -56,11 +59,17 @@ pub struct Ingestor {
 impl Ingestor {
     pub async fn open(store: Store, hot_rows_max: usize, tables: TablesConfig, counters: Arc<Counters>) -> Result<Ingestor, StoreError> {
         let snapshot = store.snapshot().await?;
-        Ok(Ingestor { last_rejection_ns: 0, store, hot: HotTier::new(hot_rows_max), hot_rows_max, snapshot, tables, limits: Limits::default(), counters })
+        let memory = Memory { hot: Arc::new(Mutex::new(HotTier::new(hot_rows_max))), persisting: Arc::new(Mutex::new(None)) };
+        Ok(Ingestor { last_rejection_ns: 0, store, memory, hot_rows_max, snapshot, tables, limits: Limits::default(), counters })
     }
 
     pub fn hot_rows(&self) -> usize {
-        self.hot.row_count()
+        self.memory.hot().row_count()
+    }
+
+    /// A handle on the rows this worker holds in memory, for serving them to queries.
+    pub fn memory(&self) -> Memory {
+        self.memory.clone()
     }
 
     /// Reloads the catalog snapshot (tables, schemas, watermarks).
@@ -86,7 +95,7 @@ impl Ingestor {
                 return Ok(Applied::Done(vec![letter]));
             }
         };
-        if self.hot.row_count() > 0 && self.hot.row_count() + envelope.records.len() > self.hot_rows_max {
+        if self.memory.hot().row_count() > 0 && self.memory.hot().row_count() + envelope.records.len() > self.hot_rows_max {
             return Ok(Applied::PersistFirst);
         }
         Counters::add(&self.counters.records_received, (envelope.records.len() + envelope.rejected.len()) as u64);
@@ -99,11 +108,19 @@ impl Ingestor {
             }
             Ok((table, properties)) => {
                 let known = self.snapshot.table(&table).map(|t| t.schema.clone()).unwrap_or_default();
+                let mut hot = self.memory.hot();
                 for (index, record) in envelope.records.iter().enumerate() {
-                    match self.hot.write(&table, &properties, &known, record.clone(), now_ns, index) {
+                    match hot.write(&table, &properties, &known, record.clone(), now_ns, index) {
                         Ok(_) => Counters::add(&self.counters.records_written, 1),
                         Err(rejection) => rejections.push((rejection, Some(record_to_json(record)))),
                     }
+                }
+                // New names go to the catalog now, not at the next persist: queries plan with the
+                // catalog's schema and read the rows in memory through it.
+                let learned = hot.table_schema(&table).filter(|learned| !known.covers(learned)).cloned();
+                drop(hot);
+                if let Some(learned) = learned {
+                    self.snapshot = self.store.learn_schema(&table, &learned).await?;
                 }
             }
         }
@@ -147,7 +164,7 @@ impl Ingestor {
             ],
         }
         .into_record(self.last_rejection_ns);
-        if let Err(rejection) = self.hot.write(&table, &entry.properties, &entry.schema, record, now_ns, 0) {
+        if let Err(rejection) = self.memory.hot().write(&table, &entry.properties, &entry.schema, record, now_ns, 0) {
             tracing::warn!(%rejection, "a dead letter could not be recorded in rejected_records");
         }
         Ok(())
@@ -186,14 +203,49 @@ impl Ingestor {
     /// Persists everything in the hot tier and commits `watermarks` with it. Returns after the
     /// catalog commit; the caller may commit its Kafka offsets up to the watermarks.
     pub async fn persist(&mut self, watermarks: &BTreeMap<String, u64>) -> Result<usize, StoreError> {
-        let batch = self.hot.drain();
+        // The drained rows stay visible to queries until their files are committed.
+        let batch = {
+            // Under the hot tier's lock, so that a reader sees the rows in one place or the other.
+            let mut hot = self.memory.hot();
+            let batch = Arc::new(hot.drain());
+            *self.memory.persisting.lock().expect("memory lock") = Some(batch.clone());
+            batch
+        };
         let rows = batch.row_count();
-        if rows > 0 || !watermarks.is_empty() {
-            self.snapshot = self.store.persist(&batch, watermarks).await?;
+        let persisted = if rows > 0 || !watermarks.is_empty() { self.store.persist(&batch, watermarks).await.map(Some) } else { Ok(None) };
+        *self.memory.persisting.lock().expect("memory lock") = None;
+        if let Some(snapshot) = persisted? {
+            self.snapshot = snapshot;
             Counters::add(&self.counters.records_persisted, rows as u64);
             Counters::add(&self.counters.persists, 1);
         }
         Ok(rows)
+    }
+}
+
+/// A worker's rows not persisted yet: the hot tier, and the batch being persisted (drained from
+/// the hot tier, its files not committed yet). Queries fetch both before they read the catalog,
+/// so a row is always in one or the other or in a committed file.
+#[derive(Clone)]
+pub struct Memory {
+    hot: Arc<Mutex<HotTier>>,
+    persisting: Arc<Mutex<Option<Arc<PersistBatch>>>>,
+}
+
+impl Memory {
+    fn hot(&self) -> std::sync::MutexGuard<'_, HotTier> {
+        self.hot.lock().expect("memory lock")
+    }
+
+    /// The rows of `table` in `[from_ns, to_ns)`: those being persisted first, then the hot
+    /// tier's (accepted later).
+    pub fn table_batches(&self, table: &TableRef, from_ns: i64, to_ns: i64) -> Result<Vec<RecordBatch>, StoreError> {
+        let hot = self.hot();
+        let persisting = self.persisting.lock().expect("memory lock").clone();
+        let mut batches: Vec<RecordBatch> = Vec::new();
+        batches.extend(persisting.map(|p| p.table_batch(table, from_ns, to_ns)).transpose()?.flatten());
+        batches.extend(hot.table_batch(table, from_ns, to_ns)?);
+        Ok(batches.into_iter().filter(|b| b.num_rows() > 0).collect())
     }
 }
 

@@ -7,7 +7,7 @@ use anyhow::Context;
 use axum::routing::get;
 use clap::Parser;
 use futures::future::join_all;
-use ingest_service::{Applied, Counters, DeadLetter, IngestConfig, Ingestor, Origin};
+use ingest_service::{Applied, Counters, DeadLetter, IngestConfig, Ingestor, Memory, Origin};
 use lodestone_model::ContentType;
 use lodestone_store::{CompactionPolicy, Store};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
@@ -34,13 +34,13 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config: IngestConfig = lodestone_model::config::load(args.config.as_deref(), "LODESTONE_INGEST")?;
     let counters = Arc::new(Counters::default());
-    serve_http(&config.http.listen, counters.clone()).await?;
 
     let store = Store::open_local(&config.store.path).with_context(|| format!("opening store {}", config.store.path.display()))?;
     if config.maintenance.enabled {
         tokio::spawn(maintain(store.clone(), config.maintenance.clone(), counters.clone()));
     }
     let ingestor = Ingestor::open(store, config.persist.hot_rows_max, config.tables.clone(), counters.clone()).await?;
+    serve_http(&config.http.listen, counters.clone(), ingestor.memory()).await?;
     let mut client = ClientConfig::new();
     client.set("bootstrap.servers", &config.kafka.bootstrap_servers);
     for (key, value) in &config.kafka.properties {
@@ -274,14 +274,61 @@ impl Worker {
     }
 }
 
-async fn serve_http(listen: &str, counters: Arc<Counters>) -> anyhow::Result<()> {
+async fn serve_http(listen: &str, counters: Arc<Counters>, memory: Memory) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     tracing::info!("listening on http://{}", listener.local_addr()?);
     let app = axum::Router::new()
         .route("/health", get(|| async { "ok" }))
-        .route("/metrics", get(move || async move { counters.render() }));
+        .route("/metrics", get(move || async move { counters.render() }))
+        .route("/v1/memory/{database}/{table}", get(move |path, query| serve_memory(memory.clone(), path, query)));
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(())
+}
+
+#[derive(serde::Deserialize)]
+struct MemoryRange {
+    from_ns: Option<i64>,
+    to_ns: Option<i64>,
+}
+
+/// `GET /v1/memory/{database}/{table}?from_ns=&to_ns=`: the table's rows this worker has not
+/// persisted yet, as an Arrow IPC stream (empty when it holds none). Query services union them
+/// with the cold tier, so that a write is visible before it is persisted.
+async fn serve_memory(
+    memory: Memory,
+    axum::extract::Path((database, table)): axum::extract::Path<(String, String)>,
+    axum::extract::Query(range): axum::extract::Query<MemoryRange>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let table = lodestone_store::TableRef { database, table };
+    let encoded = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+        let batches = memory.table_batches(&table, range.from_ns.unwrap_or(i64::MIN), range.to_ns.unwrap_or(i64::MAX)).map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        if !batches.is_empty() {
+            // One schema per stream: the union of the batches' columns (the persisting batch and
+            // the hot tier may have learned different ones).
+            let schemas = batches.iter().map(|b| b.schema().as_ref().clone());
+            let schema = Arc::new(arrow::datatypes::Schema::try_merge(schemas).map_err(|e| e.to_string())?);
+            let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut out, &schema).map_err(|e| e.to_string())?;
+            for batch in &batches {
+                let columns = schema
+                    .fields()
+                    .iter()
+                    .map(|f| batch.column_by_name(f.name()).cloned().unwrap_or_else(|| arrow::array::new_null_array(f.data_type(), batch.num_rows())))
+                    .collect();
+                let batch = arrow::array::RecordBatch::try_new(schema.clone(), columns).map_err(|e| e.to_string())?;
+                writer.write(&batch).map_err(|e| e.to_string())?;
+            }
+            writer.finish().map_err(|e| e.to_string())?;
+        }
+        Ok(out)
+    })
+    .await;
+    match encoded {
+        Ok(Ok(bytes)) => ([(axum::http::header::CONTENT_TYPE, "application/vnd.apache.arrow.stream")], bytes).into_response(),
+        Ok(Err(error)) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, error).into_response(),
+        Err(error) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
+    }
 }
 
 /// Compaction and retention, one round every `interval_ms`. A failed round is logged and retried

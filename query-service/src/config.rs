@@ -10,7 +10,26 @@ use serde::Deserialize;
 pub struct QueryConfig {
     pub http: HttpConfig,
     pub store: StoreConfig,
+    pub memory: MemoryConfig,
     pub limits: LimitsConfig,
+}
+
+/// Where the rows not persisted yet are: the ingest workers, each serving its own memory.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// Base URLs of the ingest workers' HTTP servers (e.g. "http://127.0.0.1:9281"). Empty: queries
+    /// see only persisted rows (up to the workers' persist interval late).
+    pub workers: Vec<String>,
+    /// How long a query waits for one worker's rows. A worker that does not answer in time is
+    /// skipped and the answer says so in `memory_workers_unreachable`.
+    pub timeout_ms: u64,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig { workers: Vec::new(), timeout_ms: 2_000 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -44,7 +63,7 @@ pub struct LimitsConfig {
 
 impl Default for QueryConfig {
     fn default() -> Self {
-        QueryConfig { http: HttpConfig::default(), store: StoreConfig::default(), limits: LimitsConfig::default() }
+        QueryConfig { http: HttpConfig::default(), store: StoreConfig::default(), memory: MemoryConfig::default(), limits: LimitsConfig::default() }
     }
 }
 

@@ -11,12 +11,13 @@ use datafusion::execution::memory_pool::GreedyMemoryPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
-use lodestone_store::{Snapshot, Store, StoreError};
+use lodestone_store::{Snapshot, Store, StoreError, TableRef};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::config::LimitsConfig;
 use crate::measure_value::resolve_typed_columns;
+use crate::memory::{MemoryClient, SharedReport};
 use crate::table::StoreTable;
 
 /// Why a query got no answer. Each variant has a stable code and an HTTP status (see
@@ -97,18 +98,28 @@ pub struct QueryResult {
     pub rows: Vec<Vec<serde_json::Value>>,
     pub row_count: usize,
     pub elapsed_ms: u64,
+    /// Ingest workers whose unpersisted rows could not be fetched: when not 0, the answer may
+    /// miss rows written in the last persist interval.
+    pub memory_workers_unreachable: usize,
 }
 
 pub struct Engine {
     store: Store,
     limits: LimitsConfig,
     running: Semaphore,
+    memory: MemoryClient,
 }
 
 impl Engine {
     pub fn new(store: Store, limits: LimitsConfig) -> Engine {
         let running = Semaphore::new(limits.concurrent_queries_max);
-        Engine { store, limits, running }
+        Engine { store, limits, running, memory: MemoryClient::none() }
+    }
+
+    /// Unions every table with the rows the ingest workers hold in memory.
+    pub fn with_memory(mut self, memory: MemoryClient) -> Engine {
+        self.memory = memory;
+        self
     }
 
     pub fn store(&self) -> &Store {
@@ -125,7 +136,8 @@ impl Engine {
         let started = Instant::now();
         let rows_max = max_rows.unwrap_or(self.limits.rows_max).min(self.limits.rows_max);
         let timeout = Duration::from_millis(self.limits.query_timeout_ms);
-        let batches = tokio::time::timeout(timeout, self.collect(sql, rows_max))
+        let report = SharedReport::default();
+        let batches = tokio::time::timeout(timeout, self.collect(sql, rows_max, &report))
             .await
             .map_err(|_| QueryError::Timeout { timeout_ms: self.limits.query_timeout_ms })??;
         let (columns, rows) = render(&batches)?;
@@ -135,12 +147,13 @@ impl Engine {
             columns,
             rows,
             elapsed_ms: started.elapsed().as_millis() as u64,
+            memory_workers_unreachable: report.unreachable.load(std::sync::atomic::Ordering::Relaxed),
         })
     }
 
-    async fn collect(&self, sql: &str, rows_max: usize) -> Result<Vec<RecordBatch>, QueryError> {
+    async fn collect(&self, sql: &str, rows_max: usize, report: &SharedReport) -> Result<Vec<RecordBatch>, QueryError> {
         let snapshot = self.store.snapshot().await?;
-        let ctx = self.session(&snapshot).map_err(|e| QueryError::from_datafusion(e, &self.limits))?;
+        let ctx = self.session(&snapshot, report).map_err(|e| QueryError::from_datafusion(e, &self.limits))?;
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
         let frame = self.plan(&ctx, sql, options).await?;
         let mut stream = frame.execute_stream().await.map_err(|e| QueryError::from_datafusion(e, &self.limits))?;
@@ -175,7 +188,7 @@ impl Engine {
 
     /// A fresh DataFusion session that sees `snapshot`: one schema per database, one table per
     /// Lodestone table (read through the store's scan API).
-    fn session(&self, snapshot: &Snapshot) -> Result<SessionContext, DataFusionError> {
+    fn session(&self, snapshot: &Snapshot, report: &SharedReport) -> Result<SessionContext, DataFusionError> {
         let runtime =
             RuntimeEnvBuilder::new().with_memory_pool(Arc::new(GreedyMemoryPool::new(self.limits.query_memory_bytes_max))).build_arc()?;
         let config = SessionConfig::new().with_information_schema(true);
@@ -184,7 +197,8 @@ impl Engine {
         for (database, tables) in &snapshot.databases {
             let schema = Arc::new(MemorySchemaProvider::new());
             for (name, entry) in tables {
-                let table = StoreTable::new(self.store.clone(), entry.clone());
+                let table_ref = TableRef { database: database.clone(), table: name.clone() };
+                let table = StoreTable::new(self.store.clone(), table_ref, entry.clone(), self.memory.clone(), report.clone());
                 schema.register_table(name.clone(), Arc::new(table))?;
             }
             catalog.register_schema(database, schema)?;

@@ -5,13 +5,14 @@
 //! - [`engine::Engine`]: plans and runs one SQL query with Apache DataFusion against the latest
 //!   catalog snapshot, within the configured limits, and renders the result as JSON.
 //! - [`table::StoreTable`]: the DataFusion `TableProvider` of one Lodestone table: the cold tier's
-//!   Parquet files listed in the catalog, read through the store's object store.
+//!   Parquet files listed in the catalog, read through the store's scan API, unioned with the
+//!   rows the ingest workers hold in memory ([`memory::MemoryClient`]).
 //! - [`measure_value::resolve_typed_columns`]: resolves Timestream's `measure_value::double`
 //!   (parsed as a cast) to the typed column, in the syntax tree before planning.
 //! - [`api`]: the REST routes (`/v1/query`, `/v1/databases…`) and their JSON errors.
 //!
-//! Requests enter through [`api::router`]; data enters from the store's object store and leaves
-//! as JSON. The service holds no state between requests: any number of them can run.
+//! Requests enter through [`api::router`]; data enters from the store's object store and the
+//! ingest workers' memory (Arrow IPC over HTTP) and leaves as JSON. The service holds no state between requests: any number of them can run.
 //!
 //! **Invariant:** the query service never writes data; it changes only the catalog's databases
 //! and tables.
@@ -20,6 +21,7 @@ pub mod api;
 pub mod config;
 pub mod engine;
 pub mod measure_value;
+pub mod memory;
 pub mod table;
 
 pub use config::QueryConfig;

@@ -5,6 +5,7 @@ use anyhow::Context;
 use clap::Parser;
 use lodestone_store::Store;
 use query_service::engine::Engine;
+use query_service::memory::MemoryClient;
 use query_service::{api, QueryConfig};
 
 /// Lodestone's query service: SQL over REST.
@@ -25,7 +26,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config: QueryConfig = lodestone_model::config::load(args.config.as_deref(), "LODESTONE_QUERY")?;
     let store = Store::open_local(&config.store.path).with_context(|| format!("opening store {}", config.store.path.display()))?;
-    let engine = Arc::new(Engine::new(store, config.limits.clone()));
+    let engine = Arc::new(Engine::new(store, config.limits.clone()).with_memory(MemoryClient::new(&config.memory)));
     let listener = tokio::net::TcpListener::bind(&config.http.listen).await.with_context(|| format!("binding {}", config.http.listen))?;
     tracing::info!("listening on http://{}", listener.local_addr()?);
     axum::serve(listener, api::router(engine)).with_graceful_shutdown(shutdown_signal()).await?;

@@ -21,19 +21,25 @@ use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, SendableRecordBatchStream};
 use futures::{StreamExt, TryStreamExt};
-use lodestone_store::{plan_scan, scan_schema, DimensionFilter, ScanRequest, ScanUnit, Store, TableEntry, TIME_COLUMN};
+use lodestone_store::{attach_memory, plan_scan, scan_schema, DimensionFilter, ScanRequest, ScanUnit, Store, TableEntry, TableRef, TIME_COLUMN};
+
+use crate::memory::{MemoryClient, SharedReport};
 
 #[derive(Debug)]
 pub struct StoreTable {
     store: Store,
+    table: TableRef,
+    /// The table as planned: its schema is the query's; its files are re-listed at scan time.
     entry: TableEntry,
     schema: SchemaRef,
+    memory: MemoryClient,
+    report: SharedReport,
 }
 
 impl StoreTable {
-    pub fn new(store: Store, entry: TableEntry) -> StoreTable {
+    pub fn new(store: Store, table: TableRef, entry: TableEntry, memory: MemoryClient, report: SharedReport) -> StoreTable {
         let schema = lodestone_store::arrow_schema(&entry.schema);
-        StoreTable { store, entry, schema }
+        StoreTable { store, table, entry, schema, memory, report }
     }
 }
 
@@ -58,15 +64,24 @@ impl TableProvider for StoreTable {
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        let store_error = |e: lodestone_store::StoreError| DataFusionError::External(Box::new(e));
         let mut request = pushed_down(filters, &self.entry);
         request.projection = projection.map(|indices| indices.iter().map(|&i| self.schema.field(i).name().clone()).collect());
-        let schema = scan_schema(&self.entry.schema, &request).map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let units = plan_scan(&self.entry, &request);
+        let schema = scan_schema(&self.entry.schema, &request).map_err(store_error)?;
+        // Memory first, then the catalog: a row being persisted meanwhile is then in the one or
+        // the other (or both, and deduplicated), never in neither.
+        let memory = self.memory.fetch(&self.table, request.from_ns, request.to_ns, &self.report.unreachable).await;
+        let snapshot = self.store.snapshot().await.map_err(store_error)?;
+        let mut entry = self.entry.clone();
+        if let Some(latest) = snapshot.table(&self.table) {
+            entry.files = latest.files.clone();
+        }
+        let units = attach_memory(plan_scan(&entry, &request), memory).map_err(store_error)?;
         if units.is_empty() {
             return Ok(Arc::new(EmptyExec::new(schema)));
         }
         let partitions = state.config().target_partitions().max(1).min(units.len());
-        Ok(Arc::new(StoreScanExec::new(self.store.clone(), self.entry.clone(), request, schema, units, partitions)))
+        Ok(Arc::new(StoreScanExec::new(self.store.clone(), entry, request, schema, units, partitions)))
     }
 }
 

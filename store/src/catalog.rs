@@ -257,6 +257,16 @@ impl Store {
         .await
     }
 
+    /// Adds the names and types `learned` to the table's schema, so that queries know the
+    /// columns of rows still in a worker's memory.
+    pub async fn learn_schema(&self, table: &TableRef, learned: &TableSchema) -> Result<Snapshot, StoreError> {
+        self.commit(|snapshot| {
+            snapshot.table_mut(table)?.schema.merge(learned);
+            Ok(())
+        })
+        .await
+    }
+
     /// Removes the table from the catalog. Its files are left for a later garbage collection.
     pub async fn drop_table(&self, table: &TableRef) -> Result<Snapshot, StoreError> {
         self.commit(|snapshot| {

@@ -40,7 +40,7 @@ pub async fn write_partition_file(
     }
     let mut files = Vec::with_capacity(by_day.len());
     for (day, indexes) in by_day {
-        let batch = build_batch(schema, indexes.iter().map(|&i| &rows[i]))?;
+        let batch = build_batch(schema, indexes.iter().map(|&i| (rows[i].0.as_ref(), rows[i].1, &rows[i].2)))?;
         let path = file_path(table, day);
         let bytes = encode_parquet(&batch).map_err(|detail| StoreError::Parquet { path: path.clone(), detail })?;
         let size = bytes.len() as u64;
@@ -127,10 +127,7 @@ impl ScalarColumn {
 }
 
 /// Builds the table-shaped record batch (see [`arrow_schema`]) of `rows`.
-pub fn build_batch<'a>(
-    schema: &TableSchema,
-    rows: impl Iterator<Item = &'a (Arc<SeriesKey>, i64, Row)>,
-) -> Result<RecordBatch, StoreError> {
+pub fn build_batch<'a>(schema: &TableSchema, rows: impl Iterator<Item = (&'a SeriesKey, i64, &'a Row)>) -> Result<RecordBatch, StoreError> {
     let mut dimensions: Vec<(&String, StringViewBuilder)> = schema.dimensions.iter().map(|name| (name, StringViewBuilder::new())).collect();
     let mut measure_names = StringViewBuilder::new();
     let mut times = TimestampNanosecondBuilder::new();
@@ -144,7 +141,7 @@ pub fn build_batch<'a>(
             builder.append_option(value.map(|i| series.dimensions[i].value.as_str()));
         }
         measure_names.append_value(&series.measure_name);
-        times.append_value(*time);
+        times.append_value(time);
         match &row.value {
             MeasureValue::Single(scalar) => {
                 singles.iter_mut().for_each(|column| column.append(Some(scalar)));

@@ -5,7 +5,11 @@ use std::sync::Arc;
 
 use lodestone_model::{Dimension, MeasureValue, Record, RejectReason, Rejection};
 
+use arrow::array::RecordBatch;
+
 use crate::catalog::{TableProperties, TableRef};
+use crate::cold::build_batch;
+use crate::error::StoreError;
 use crate::schema::TableSchema;
 use crate::upsert::{decide, UpsertDecision};
 
@@ -59,6 +63,13 @@ pub struct PersistBatch {
 impl PersistBatch {
     pub fn row_count(&self) -> usize {
         self.tables.iter().map(|t| t.rows.len()).sum()
+    }
+
+    /// Like [`HotTier::table_batch`], for rows drained and not yet committed.
+    pub fn table_batch(&self, table: &TableRef, from_ns: i64, to_ns: i64) -> Result<Option<RecordBatch>, StoreError> {
+        let Some(rows) = self.tables.iter().find(|t| &t.table == table) else { return Ok(None) };
+        let rows_in_range = rows.rows.iter().filter(|(_, time, _)| (from_ns..to_ns).contains(time));
+        Ok(Some(build_batch(&rows.schema, rows_in_range.map(|(series, time, row)| (series.as_ref(), *time, row)))?))
     }
 }
 
@@ -142,6 +153,21 @@ impl HotTier {
         hot.schema.learn_parts(&series.dimensions, &series.measure_name, &value);
         hot.rows.insert(key, Row { value, version });
         Ok(outcome)
+    }
+
+    /// What the tier learned of `table`'s names and types since its last drain.
+    pub fn table_schema(&self, table: &TableRef) -> Option<&TableSchema> {
+        self.tables.get(table).map(|t| &t.schema)
+    }
+
+    /// The rows of `table` with a time in `[from_ns, to_ns)`, in the table's Arrow shape (the
+    /// columns this tier learned since its last drain), for queries that must see writes before
+    /// they are persisted. `None` when the tier holds no row of the table.
+    pub fn table_batch(&self, table: &TableRef, from_ns: i64, to_ns: i64) -> Result<Option<RecordBatch>, StoreError> {
+        let Some(hot) = self.tables.get(table) else { return Ok(None) };
+        let rows = hot.rows.iter().filter(|((_, time), _)| (from_ns..to_ns).contains(time));
+        let batch = build_batch(&hot.schema, rows.map(|((id, time), row)| (hot.keys[*id as usize].as_ref(), *time, row)))?;
+        Ok(Some(batch))
     }
 
     /// Takes every row out of the tier, sorted for the cold tier.

@@ -42,7 +42,7 @@ pub use rejected::{
     records_of, rejected_records_properties, rejected_records_table, truncate, Rejected, REJECTED_RECORDS_DATABASE, REJECTED_RECORDS_TABLE,
     REJECTION_TEXT_BYTES_MAX,
 };
-pub use scan::{plan_scan, scan_schema, DimensionFilter, ScanRequest, ScanUnit};
+pub use scan::{attach_memory, plan_scan, scan_schema, DimensionFilter, ScanRequest, ScanUnit};
 pub use schema::{arrow_schema, TableSchema, TIME_COLUMN, VERSION_COLUMN};
 pub use upsert::{decide, UpsertDecision};
 

@@ -58,10 +58,13 @@ pub struct DimensionFilter {
 
 /// Files read together; more than one only when their time ranges overlap, and then merged and
 /// deduplicated. Files are in acceptance order: compacted files first, then persisted files in
-/// commit order, so that at equal versions the row accepted first wins.
-#[derive(Debug, Clone)]
+/// commit order, so that at equal versions the row accepted first wins. A unit may also carry
+/// rows not persisted yet (from ingest workers' memory, see [`attach_memory`]); they were
+/// accepted after every file, in the order given.
+#[derive(Debug, Clone, Default)]
 pub struct ScanUnit {
     pub files: Vec<FileMeta>,
+    pub memory: Vec<RecordBatch>,
 }
 
 /// The units of a scan of `entry` (see the module documentation).
@@ -87,9 +90,38 @@ pub fn plan_scan(entry: &TableEntry, request: &ScanRequest) -> Vec<ScanUnit> {
         .into_iter()
         .map(|(_, mut files)| {
             files.sort_by_key(|(position, f)| (std::cmp::Reverse(f.level), *position));
-            ScanUnit { files: files.into_iter().map(|(_, f)| f.clone()).collect() }
+            ScanUnit { files: files.into_iter().map(|(_, f)| f.clone()).collect(), memory: Vec::new() }
         })
         .collect()
+}
+
+/// Adds unpersisted rows (batches in any table shape, each holding `time`) to a scan: every unit
+/// whose files overlap their time range joins them in one unit, merged and deduplicated, since a
+/// row in memory may replace or repeat a persisted one. Units outside the range stay as they are.
+pub fn attach_memory(units: Vec<ScanUnit>, memory: Vec<RecordBatch>) -> Result<Vec<ScanUnit>, StoreError> {
+    let mut range: Option<(i64, i64)> = None;
+    for batch in &memory {
+        let Some(times) = batch.column_by_name(TIME_COLUMN) else { continue };
+        let times = arrow::compute::cast(times, &DataType::Int64)?;
+        let times = times.as_any().downcast_ref::<Int64Array>().expect("cast to Int64");
+        if let (Some(min), Some(max)) = (arrow::compute::min(times), arrow::compute::max(times)) {
+            range = Some(range.map_or((min, max), |(lo, hi)| (lo.min(min), hi.max(max))));
+        }
+    }
+    let Some((min, max)) = range else { return Ok(units) };
+    let (mut joined, mut rest) = (ScanUnit::default(), Vec::new());
+    for unit in units {
+        if unit.files.iter().any(|f| f.max_time_ns >= min && f.min_time_ns <= max) {
+            joined.files.extend(unit.files);
+        } else {
+            rest.push(unit);
+        }
+    }
+    // Compacted files first, then persisted ones in commit order: the catalog's acceptance order.
+    joined.files.sort_by_key(|f| std::cmp::Reverse(f.level));
+    joined.memory = memory;
+    rest.push(joined);
+    Ok(rest)
 }
 
 /// The Arrow schema of what `request` returns from a table of `schema`.
@@ -125,7 +157,7 @@ impl Store {
     /// Reads one unit of a scan planned by [`plan_scan`], in the shape of [`scan_schema`].
     pub async fn read_unit(&self, schema: &TableSchema, unit: &ScanUnit, request: &ScanRequest) -> Result<Vec<RecordBatch>, StoreError> {
         let output = scan_schema(schema, request)?;
-        if let [file] = unit.files.as_slice() {
+        if let ([file], []) = (unit.files.as_slice(), unit.memory.as_slice()) {
             return self.read_pruned(file, request, &output).await;
         }
         // Deduplication needs the whole key and the version, asked for or not.
@@ -141,6 +173,12 @@ impl Store {
         let mut batches = Vec::new();
         for file in &unit.files {
             batches.extend(self.read_pruned(file, request, &wide).await?);
+        }
+        for batch in &unit.memory {
+            let batch = align(batch, &full)?;
+            let matching = matching_rows(&batch, request.from_ns, request.to_ns, &request.dimensions)?;
+            let batch = arrow::compute::filter_record_batch(&batch, &matching)?;
+            batches.push(align(&batch, &wide)?);
         }
         let merged = merge_columns(&wide, &key_names, &batches, false)?.merged;
         let indices = output.fields().iter().map(|f| wide.index_of(f.name())).collect::<Result<Vec<_>, _>>()?;

@@ -92,6 +92,13 @@ impl TableSchema {
         }
     }
 
+    /// Whether this schema already has every name `other` has.
+    pub fn covers(&self, other: &TableSchema) -> bool {
+        other.dimensions.is_subset(&self.dimensions)
+            && other.measures.keys().all(|k| self.measures.contains_key(k))
+            && other.multi_columns.keys().all(|k| self.multi_columns.contains_key(k))
+    }
+
     /// Merges what `other` has learned (types already agreed by [`TableSchema::check`]).
     pub fn merge(&mut self, other: &TableSchema) {
         self.dimensions.extend(other.dimensions.iter().cloned());

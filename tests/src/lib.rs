@@ -139,16 +139,22 @@ pub struct Stack {
     pub ports: Ports,
     pub processes: Vec<Process>,
     pub http: reqwest::Client,
+    /// HTTP ports of the ingest workers started so far; the query service, started after the
+    /// first ones, reads their memory.
+    pub ingest_ports: Vec<u16>,
+    ingest_env: Vec<(String, String)>,
 }
 
 pub struct StackOptions {
     pub edge_agent: bool,
     pub ingest_workers: usize,
+    /// The ingest workers' persist interval (their default when `None`).
+    pub persist_interval_ms: Option<u64>,
 }
 
 impl Default for StackOptions {
     fn default() -> Self {
-        StackOptions { edge_agent: true, ingest_workers: 1 }
+        StackOptions { edge_agent: true, ingest_workers: 1, persist_interval_ms: None }
     }
 }
 
@@ -163,7 +169,8 @@ impl Stack {
             query_http: free_port(),
             agent_http: free_port(),
         };
-        let mut stack = Stack { dir, ports, processes: Vec::new(), http: reqwest::Client::new() };
+        let ingest_env = options.persist_interval_ms.map(|ms| env("LODESTONE_INGEST__PERSIST__INTERVAL_MS", ms.to_string())).into_iter().collect();
+        let mut stack = Stack { dir, ports, processes: Vec::new(), http: reqwest::Client::new(), ingest_ports: Vec::new(), ingest_env };
         stack.start_tansu().await;
         stack.start_bridge().await;
         for worker in 0..options.ingest_workers {
@@ -211,13 +218,15 @@ impl Stack {
     /// Starts an ingest worker named `name` in consumer group `group`; returns its HTTP port.
     pub async fn start_ingest_in_group(&mut self, name: &str, group: &str, default_port: bool) -> u16 {
         let port = if default_port { self.ports.ingest_http } else { free_port() };
-        let env = vec![
+        let mut env = vec![
             env("LODESTONE_INGEST__KAFKA__BOOTSTRAP_SERVERS", self.bootstrap()),
             env("LODESTONE_INGEST__KAFKA__GROUP_ID", group.to_string()),
             env("LODESTONE_INGEST__STORE__PATH", self.store_path()),
             env("LODESTONE_INGEST__HTTP__LISTEN", format!("127.0.0.1:{port}")),
         ];
+        env.extend(self.ingest_env.iter().cloned());
         self.spawn_service(name, "ingest-service", env, port).await;
+        self.ingest_ports.push(port);
         port
     }
 
@@ -232,6 +241,7 @@ impl Stack {
         let env = vec![
             env("LODESTONE_QUERY__STORE__PATH", self.store_path()),
             env("LODESTONE_QUERY__HTTP__LISTEN", format!("127.0.0.1:{}", self.ports.query_http)),
+            env("LODESTONE_QUERY__MEMORY__WORKERS", format!("{:?}", self.ingest_ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect::<Vec<_>>())),
         ];
         self.spawn_service("query-service", "query-service", env, self.ports.query_http).await;
     }

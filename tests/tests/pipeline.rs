@@ -253,3 +253,36 @@ async fn replaying_the_ingest_topic_from_the_start_stores_nothing_twice() {
     let count = stack.query("SELECT count(*) FROM plant.replayed").await;
     assert_eq!(count["rows"], json!([[200]]), "replayed messages below the catalog watermark are not stored again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_is_queryable_before_it_is_persisted() {
+    // Workers persist every 10 minutes here: whatever a query sees comes from their memory.
+    let stack = Stack::start(StackOptions { edge_agent: false, persist_interval_ms: Some(600_000), ..Default::default() }).await;
+    let time_ns = now_ms() * 1_000_000;
+    let envelope = |value: f64, version: u64| Envelope {
+        database: Some("plant".into()),
+        table: Some("boilers".into()),
+        source: Source { device_id: "app-mem".into(), boot_id: "b1".into() },
+        first_seq: version,
+        records: vec![Record {
+            dimensions: vec![Dimension { name: "boiler".into(), value: "b1".into() }],
+            measure_name: "temperature".into(),
+            value: MeasureValue::Single(Scalar::Double(value)),
+            time_ns,
+            version,
+        }],
+        ..Default::default()
+    };
+    let sql = r#"SELECT boiler, measure_value::double, version FROM plant.boilers"#;
+    produce(&stack.bootstrap(), "app-mem", &envelope(80.5, 1).to_cbor(), Some("application/cbor")).await;
+    let rows = poll_until("the reading to be queryable", LANDING, || async { stack.try_rows(sql).await.filter(|r| !r.is_empty()) }).await;
+    assert_eq!(rows, vec![vec![json!("b1"), json!(80.5), json!(1)]]);
+    // A higher version replaces it, still in memory.
+    produce(&stack.bootstrap(), "app-mem", &envelope(81.0, 2).to_cbor(), Some("application/cbor")).await;
+    let rows = poll_until("the replacement to be queryable", LANDING, || async { stack.try_rows(sql).await.filter(|r| r[0][2] == json!(2)) }).await;
+    assert_eq!(rows, vec![vec![json!("b1"), json!(81.0), json!(2)]]);
+    let persisted = stack.metric(stack.ingest_ports[0], "lodestone_ingest_records_persisted_total").await;
+    assert_eq!(persisted, Some(0.0), "nothing was persisted: the rows came from the worker's memory");
+    let answer = stack.query(sql).await;
+    assert_eq!(answer["memory_workers_unreachable"], json!(0), "{answer}");
+}

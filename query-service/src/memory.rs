@@ -1,0 +1,77 @@
+//! Rows the ingest workers hold in memory, not persisted yet: fetched per table and query from
+//! each worker's `GET /v1/memory/{database}/{table}` as Arrow IPC, so that a write is visible
+//! before it is persisted.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::ipc::reader::StreamReader;
+use lodestone_store::TableRef;
+
+use crate::config::MemoryConfig;
+
+#[derive(Debug, Clone)]
+pub struct MemoryClient {
+    http: reqwest::Client,
+    workers: Vec<String>,
+    timeout: Duration,
+}
+
+impl MemoryClient {
+    pub fn new(config: &MemoryConfig) -> MemoryClient {
+        MemoryClient {
+            http: reqwest::Client::new(),
+            workers: config.workers.iter().map(|w| w.trim_end_matches('/').to_string()).collect(),
+            timeout: Duration::from_millis(config.timeout_ms),
+        }
+    }
+
+    /// No workers: queries read persisted rows only.
+    pub fn none() -> MemoryClient {
+        MemoryClient::new(&MemoryConfig::default())
+    }
+
+    /// Every worker's unpersisted rows of `table` in `[from_ns, to_ns)`, fetched at once. A worker
+    /// that fails or does not answer within the timeout is skipped and counted in `unreachable`.
+    pub async fn fetch(&self, table: &TableRef, from_ns: i64, to_ns: i64, unreachable: &AtomicUsize) -> Vec<RecordBatch> {
+        let requests = self.workers.iter().map(|worker| {
+            let url = format!("{worker}/v1/memory/{}/{}?from_ns={from_ns}&to_ns={to_ns}", table.database, table.table);
+            async move {
+                let answer = async {
+                    let response = self.http.get(&url).timeout(self.timeout).send().await.map_err(|e| e.to_string())?;
+                    if !response.status().is_success() {
+                        return Err(format!("{} {}", response.status(), response.text().await.unwrap_or_default()));
+                    }
+                    let bytes = response.bytes().await.map_err(|e| e.to_string())?;
+                    if bytes.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    let reader = StreamReader::try_new(std::io::Cursor::new(bytes), None).map_err(|e| e.to_string())?;
+                    reader.collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())
+                };
+                answer.await.map_err(|error| (url, error))
+            }
+        });
+        let mut batches = Vec::new();
+        for answer in futures::future::join_all(requests).await {
+            match answer {
+                Ok(fetched) => batches.extend(fetched),
+                Err((url, error)) => {
+                    tracing::warn!(%url, %error, "an ingest worker's memory is unreachable; its unpersisted rows are left out");
+                    unreachable.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        batches
+    }
+}
+
+/// What one query's tables found out about the workers.
+#[derive(Debug, Default)]
+pub struct MemoryReport {
+    pub unreachable: AtomicUsize,
+}
+
+pub type SharedReport = Arc<MemoryReport>;
