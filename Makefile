@@ -5,6 +5,7 @@ LODESTONE_CACHE ?= /var/cache/lodestone
 export LODESTONE_CACHE
 export CARGO_TARGET_DIR ?= $(LODESTONE_CACHE)/target
 export TANSU_BIN ?= $(LODESTONE_CACHE)/tansu-0.6.0/bin/tansu
+export MOTO_SERVER ?= $(LODESTONE_CACHE)/moto-venv/bin/moto_server
 
 .PHONY: up test setup build bench-store
 

@@ -1,8 +1,8 @@
 //! Configuration of an ingest worker; every key can be overridden by `LODESTONE_INGEST__…`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
+use lodestone_store::StoreConfig;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
@@ -59,13 +59,6 @@ pub struct KafkaConfig {
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct StoreConfig {
-    /// Folder of the store (catalog and Parquet files), shared with the query services.
-    pub path: PathBuf,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
 pub struct PersistConfig {
     /// The hot tier is persisted (and offsets committed) at least this often.
     pub interval_ms: u64,
@@ -103,12 +96,6 @@ impl Default for KafkaConfig {
             dead_letter_topic: "lodestone.dead-letter".into(),
             properties: BTreeMap::new(),
         }
-    }
-}
-
-impl Default for StoreConfig {
-    fn default() -> Self {
-        StoreConfig { path: PathBuf::from("data/store") }
     }
 }
 

@@ -35,7 +35,7 @@ async fn main() -> anyhow::Result<()> {
     let config: IngestConfig = lodestone_model::config::load(args.config.as_deref(), "LODESTONE_INGEST")?;
     let counters = Arc::new(Counters::default());
 
-    let store = Store::open_local(&config.store.path).with_context(|| format!("opening store {}", config.store.path.display()))?;
+    let store = config.store.open().with_context(|| format!("opening store {}", config.store.describe()))?;
     if config.maintenance.enabled {
         tokio::spawn(maintain(store.clone(), config.maintenance.clone(), counters.clone()));
     }

@@ -1,8 +1,8 @@
 //! Configuration of the query service. Every key has the default shown in
 //! `configs/query-service.example.toml` and can be overridden by `LODESTONE_QUERY__…` variables.
 
-use std::path::PathBuf;
 
+use lodestone_store::StoreConfig;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -41,13 +41,6 @@ pub struct HttpConfig {
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct StoreConfig {
-    /// Folder of the store (catalog and Parquet files), shared with the ingest workers.
-    pub path: PathBuf,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// A query running longer is cancelled and answered with 408 `query_timeout`.
     pub query_timeout_ms: u64,
@@ -70,12 +63,6 @@ impl Default for QueryConfig {
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig { listen: "127.0.0.1:8080".into() }
-    }
-}
-
-impl Default for StoreConfig {
-    fn default() -> Self {
-        StoreConfig { path: PathBuf::from("data/store") }
     }
 }
 

@@ -3,7 +3,6 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use lodestone_store::Store;
 use query_service::engine::Engine;
 use query_service::memory::MemoryClient;
 use query_service::{api, QueryConfig};
@@ -25,7 +24,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let config: QueryConfig = lodestone_model::config::load(args.config.as_deref(), "LODESTONE_QUERY")?;
-    let store = Store::open_local(&config.store.path).with_context(|| format!("opening store {}", config.store.path.display()))?;
+    let store = config.store.open().with_context(|| format!("opening store {}", config.store.describe()))?;
     let engine = Arc::new(Engine::new(store, config.limits.clone()).with_memory(MemoryClient::new(&config.memory)));
     let listener = tokio::net::TcpListener::bind(&config.http.listen).await.with_context(|| format!("binding {}", config.http.listen))?;
     tracing::info!("listening on http://{}", listener.local_addr()?);

@@ -129,6 +129,44 @@ impl Snapshot {
     }
 }
 
+/// Where a store is, as services configure it (the `[store]` section of their TOML files).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Local folder of the store (catalog and Parquet files), when `url` is empty.
+    pub path: std::path::PathBuf,
+    /// Any S3-compatible bucket instead, e.g. `s3://bucket/prefix`; empty: the local `path`.
+    pub url: String,
+    /// Options of the object store at `url`, passed to object_store as they are (`aws_endpoint`,
+    /// `aws_region`, `aws_access_key_id`, `aws_secret_access_key`, `aws_allow_http`…).
+    pub options: BTreeMap<String, String>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { path: "data/store".into(), url: String::new(), options: BTreeMap::new() }
+    }
+}
+
+impl StoreConfig {
+    pub fn open(&self) -> Result<Store, StoreError> {
+        if self.url.is_empty() {
+            Store::open_local(&self.path)
+        } else {
+            Store::open(&self.url, &self.options)
+        }
+    }
+
+    /// Where the store is, for messages (never the options: they may hold secrets).
+    pub fn describe(&self) -> String {
+        if self.url.is_empty() {
+            self.path.display().to_string()
+        } else {
+            self.url.clone()
+        }
+    }
+}
+
 /// The cold tier and the catalog on one object store.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -141,6 +179,33 @@ impl Store {
         std::fs::create_dir_all(root).map_err(|e| StoreError::Invalid { what: "store path", detail: format!("{}: {e}", root.display()) })?;
         let objects = LocalFileSystem::new_with_prefix(root)?;
         Ok(Store { objects: Arc::new(objects) })
+    }
+
+    /// Opens the store at `location`: a local folder (a path, or a `file://` URL), or any
+    /// S3-compatible bucket (`s3://bucket/prefix`). `options` go to object_store's builder as
+    /// they are: `aws_endpoint`, `aws_region`, `aws_access_key_id`, `aws_secret_access_key`,
+    /// `aws_allow_http`… For S3, `aws_conditional_put` defaults to `etag`: catalog commits need
+    /// create-if-absent writes (S3's `If-None-Match: *`).
+    pub fn open(location: &str, options: &BTreeMap<String, String>) -> Result<Store, StoreError> {
+        let invalid = |detail: String| StoreError::Invalid { what: "store location", detail };
+        if !location.contains("://") {
+            return Store::open_local(FsPath::new(location));
+        }
+        let url = url::Url::parse(location).map_err(|e| invalid(format!("{location}: {e}")))?;
+        if url.scheme() == "file" {
+            let path = url.to_file_path().map_err(|()| invalid(format!("{location} is not a local path")))?;
+            return Store::open_local(&path);
+        }
+        let mut options = options.clone();
+        if url.scheme() == "s3" {
+            options.entry("aws_conditional_put".into()).or_insert_with(|| "etag".into());
+        }
+        let (objects, prefix) = object_store::parse_url_opts(&url, options)?;
+        let objects: Arc<dyn ObjectStore> = Arc::from(objects);
+        if prefix.as_ref().is_empty() {
+            return Ok(Store { objects });
+        }
+        Ok(Store { objects: Arc::new(object_store::prefix::PrefixStore::new(objects, prefix)) })
     }
 
     /// Wraps any object store (S3-compatible, in-memory for tests…).

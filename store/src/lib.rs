@@ -35,7 +35,7 @@ mod schema;
 mod upsert;
 
 pub use compact::{merge_dedup, CompactionPolicy, MaintenanceReport};
-pub use catalog::{FileMeta, Snapshot, Store, TableEntry, TableProperties, TableRef};
+pub use catalog::{FileMeta, Snapshot, Store, StoreConfig, TableEntry, TableProperties, TableRef};
 pub use error::StoreError;
 pub use hot::{HotTier, PersistBatch, TableRows, WriteOutcome};
 pub use rejected::{
