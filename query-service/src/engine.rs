@@ -176,11 +176,13 @@ impl Engine {
         let datafusion_error = |e| QueryError::from_datafusion(e, &self.limits);
         let state = ctx.state();
         let dialect = state.config().options().sql_parser.dialect;
-        let mut statement = state.sql_to_statement(sql, &dialect).map_err(datafusion_error)?;
+        let sql = crate::timestream::interval_literals(sql);
+        let mut statement = state.sql_to_statement(&sql, &dialect).map_err(datafusion_error)?;
         if !is_query(&statement) {
             return Err(QueryError::StatementNotAllowed(statement.to_string()));
         }
         resolve_typed_columns(&mut statement);
+        crate::timestream::rewrite_functions(&mut statement).map_err(QueryError::InvalidSql)?;
         let plan = state.statement_to_plan(statement).await.map_err(datafusion_error)?;
         options.verify_plan(&plan).map_err(|e| QueryError::StatementNotAllowed(e.to_string()))?;
         ctx.execute_logical_plan(plan).await.map_err(datafusion_error)
@@ -193,6 +195,9 @@ impl Engine {
             RuntimeEnvBuilder::new().with_memory_pool(Arc::new(GreedyMemoryPool::new(self.limits.query_memory_bytes_max))).build_arc()?;
         let config = SessionConfig::new().with_information_schema(true);
         let ctx = SessionContext::new_with_config_rt(config, runtime);
+        for function in crate::timeseries::functions() {
+            ctx.register_udf(function);
+        }
         let catalog = ctx.catalog("datafusion").ok_or_else(|| DataFusionError::Internal("default catalog missing".into()))?;
         for (database, tables) in &snapshot.databases {
             let schema = Arc::new(MemorySchemaProvider::new());

@@ -9,6 +9,10 @@
 //!   rows the ingest workers hold in memory ([`memory::MemoryClient`]).
 //! - [`measure_value::resolve_typed_columns`]: resolves Timestream's `measure_value::double`
 //!   (parsed as a cast) to the typed column, in the syntax tree before planning.
+//! - [`timestream`]: Timestream's SQL before planning — interval literals (`5m`) and functions
+//!   DataFusion has under other names (`bin`, `ago`, `max_by`, `create_time_series`…);
+//!   [`timeseries`]: the functions on timeseries (`interpolate_*`, `derivative_linear`,
+//!   `integral_trapezoidal`).
 //! - [`api`]: the REST routes (`/v1/query`, `/v1/databases…`) and their JSON errors.
 //!
 //! Requests enter through [`api::router`]; data enters from the store's object store and the
@@ -23,5 +27,7 @@ pub mod engine;
 pub mod measure_value;
 pub mod memory;
 pub mod table;
+pub mod timeseries;
+pub mod timestream;
 
 pub use config::QueryConfig;

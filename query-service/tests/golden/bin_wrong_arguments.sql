@@ -1,0 +1,1 @@
+SELECT bin(time) FROM fleet.trucks
