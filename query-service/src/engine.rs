@@ -9,6 +9,12 @@ use datafusion::catalog::{MemorySchemaProvider, SchemaProvider};
 use datafusion::error::DataFusionError;
 use datafusion::execution::memory_pool::GreedyMemoryPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::execution::SessionStateBuilder;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::coop::CooperativeExec;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 use lodestone_store::{Snapshot, Store, StoreError, TableRef};
@@ -194,7 +200,13 @@ impl Engine {
         let runtime =
             RuntimeEnvBuilder::new().with_memory_pool(Arc::new(GreedyMemoryPool::new(self.limits.query_memory_bytes_max))).build_arc()?;
         let config = SessionConfig::new().with_information_schema(true);
-        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .with_physical_optimizer_rule(Arc::new(YieldEverywhere))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
         for function in crate::timeseries::functions() {
             ctx.register_udf(function);
         }
@@ -269,3 +281,31 @@ fn render(batches: &[RecordBatch]) -> Result<(Vec<Column>, Vec<Vec<serde_json::V
         .collect();
     Ok((columns, rows))
 }
+
+/// Wraps every operator of a physical plan in DataFusion's `CooperativeExec`, so that each batch
+/// it passes on spends the task's scheduling budget. Without it an operator that makes many
+/// batches out of few inputs (a cross join) never yields: dropping a cancelled query's stream
+/// (the query time limit) would not stop its tasks, which would keep a core busy to the end.
+#[derive(Debug)]
+struct YieldEverywhere;
+
+impl PhysicalOptimizerRule for YieldEverywhere {
+    fn optimize(&self, plan: Arc<dyn ExecutionPlan>, _config: &ConfigOptions) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
+        plan.transform_up(|node| {
+            if node.name() == "CooperativeExec" {
+                return Ok(Transformed::no(node));
+            }
+            Ok(Transformed::yes(Arc::new(CooperativeExec::new(node)) as Arc<dyn ExecutionPlan>))
+        })
+        .map(|transformed| transformed.data)
+    }
+
+    fn name(&self) -> &str {
+        "yield_everywhere"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
