@@ -204,10 +204,9 @@ impl Engine {
             .with_config(config)
             .with_runtime_env(runtime)
             .with_default_features()
-            .with_physical_optimizer_rule(Arc::new(YieldEverywhere))
-            .build();
-        let ctx = SessionContext::new_with_state(state);
-        for function in crate::timeseries::functions() {
+            .with_physical_optimizer_rule(Arc::new(YieldEverywhere));
+        let ctx = SessionContext::new_with_state(crate::gapfill::with_gap_filling(state).build());
+        for function in crate::timeseries::functions().into_iter().chain(crate::gapfill::functions()) {
             ctx.register_udf(function);
         }
         let catalog = ctx.catalog("datafusion").ok_or_else(|| DataFusionError::Internal("default catalog missing".into()))?;

@@ -24,6 +24,7 @@
 pub mod api;
 pub mod config;
 pub mod engine;
+pub mod gapfill;
 pub mod measure_value;
 pub mod memory;
 pub mod table;

@@ -17,6 +17,9 @@ const MEASURE_VALUE: &str = "measure_value";
 /// to a type without a column (`measure_value::date`) is left alone: planning then reports the
 /// missing column.
 pub fn resolve_typed_columns(statement: &mut Statement) {
+    if let Statement::Explain(explain) = statement {
+        return resolve_typed_columns(&mut explain.statement);
+    }
     let Statement::Statement(statement) = statement else { return };
     let _ = visit_expressions_mut(statement.as_mut(), |expr: &mut Expr| {
         if let Some(typed) = typed_column(expr) {

@@ -77,6 +77,9 @@ pub const REWRITES: [(&str, usize, &str); 9] = [
 
 /// Rewrites the calls of [`REWRITES`] in `statement`. Errors name the function and its usage.
 pub fn rewrite_functions(statement: &mut Statement) -> Result<(), String> {
+    if let Statement::Explain(explain) = statement {
+        return rewrite_functions(&mut explain.statement);
+    }
     let Statement::Statement(statement) = statement else { return Ok(()) };
     let flow = visit_expressions_mut(statement.as_mut(), |expr: &mut Expr| match rewritten(expr) {
         Ok(Some(replacement)) => {
