@@ -12,12 +12,14 @@ use lodestone_store::{StoreError, TableProperties, TableRef};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::engine::{Engine, QueryError};
+use crate::engine::{Engine, QueryError, QueryResult};
 
 pub fn router(engine: Arc<Engine>) -> Router {
     Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/v1/query", post(query))
+        .route("/v1/queries/{query_id}", get(query_progress).delete(cancel_query))
+        .route("/v1/openapi.json", get(openapi))
         .route("/v1/databases", get(list_databases).post(create_database))
         .route("/v1/databases/{database}", get(describe_database).delete(drop_database))
         .route("/v1/databases/{database}/tables", get(list_tables).post(create_table))
@@ -62,14 +64,77 @@ impl From<StoreError> for ApiError {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct QueryRequest {
-    sql: String,
+    /// The query; not needed with `next_token`.
+    #[serde(default)]
+    sql: Option<String>,
+    /// Rows per page (at most the service's `rows_max`).
     #[serde(default)]
     max_rows: Option<usize>,
+    /// The `next_token` of the previous page.
+    #[serde(default)]
+    next_token: Option<String>,
+    /// An id of the caller's choosing, to follow (`GET /v1/queries/{id}`) or cancel
+    /// (`DELETE /v1/queries/{id}`) the query from elsewhere while it runs.
+    #[serde(default)]
+    query_id: Option<String>,
 }
 
-async fn query(State(engine): State<Arc<Engine>>, Json(request): Json<QueryRequest>) -> Result<Response, ApiError> {
-    let result = engine.run(&request.sql, request.max_rows).await?;
-    Ok(Json(result).into_response())
+/// Answer formats, chosen by the Accept header.
+const CSV: &str = "text/csv";
+const ARROW: &str = "application/vnd.apache.arrow.stream";
+
+async fn query(State(engine): State<Arc<Engine>>, headers: axum::http::HeaderMap, Json(request): Json<QueryRequest>) -> Result<Response, ApiError> {
+    let page = match (&request.next_token, &request.sql) {
+        (Some(token), _) => engine.next_page(token, request.max_rows)?,
+        (None, Some(sql)) => engine.query(sql, request.max_rows, request.query_id.clone()).await?,
+        (None, None) => return Err(ApiError { status: StatusCode::BAD_REQUEST, code: "invalid_request", message: "give `sql`, or `next_token` for the next page".into() }),
+    };
+    let accept = headers.get(axum::http::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    if accept.contains(CSV) || accept.contains(ARROW) {
+        let internal = |e: datafusion::arrow::error::ArrowError| ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, code: "internal", message: e.to_string() };
+        let mut body = Vec::new();
+        let content_type = if accept.contains(ARROW) {
+            let mut writer = datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut body, &page.batch.schema()).map_err(internal)?;
+            writer.write(&page.batch).map_err(internal)?;
+            writer.finish().map_err(internal)?;
+            ARROW
+        } else {
+            let mut writer = datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(&mut body);
+            writer.write(&page.batch).map_err(internal)?;
+            CSV
+        };
+        let mut response = (StatusCode::OK, body).into_response();
+        let headers = response.headers_mut();
+        let header = |value: String| axum::http::HeaderValue::from_str(&value).expect("ids and numbers are valid header values");
+        headers.insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static(content_type));
+        headers.insert("x-lodestone-query-id", header(page.query_id.clone()));
+        headers.insert("x-lodestone-bytes-scanned", header(page.bytes_scanned.to_string()));
+        if let Some(token) = &page.next_token {
+            headers.insert("x-lodestone-next-token", header(token.clone()));
+        }
+        return Ok(response);
+    }
+    Ok(Json(QueryResult::of(&page)?).into_response())
+}
+
+async fn query_progress(State(engine): State<Arc<Engine>>, Path(query_id): Path<String>) -> Result<Response, ApiError> {
+    match engine.progress(&query_id) {
+        Some(progress) => Ok(Json(progress).into_response()),
+        None => Err(ApiError { status: StatusCode::NOT_FOUND, code: "query_not_found", message: format!("no query {query_id} is running here") }),
+    }
+}
+
+async fn cancel_query(State(engine): State<Arc<Engine>>, Path(query_id): Path<String>) -> Result<Response, ApiError> {
+    if engine.cancel(&query_id) {
+        Ok((StatusCode::ACCEPTED, Json(json!({"query_id": query_id, "state": "cancelling"}))).into_response())
+    } else {
+        Err(ApiError { status: StatusCode::NOT_FOUND, code: "query_not_found", message: format!("no query {query_id} is running here") })
+    }
+}
+
+/// The OpenAPI description of this API.
+async fn openapi() -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], include_str!("../openapi.json")).into_response()
 }
 
 #[derive(Deserialize)]

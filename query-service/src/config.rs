@@ -52,6 +52,10 @@ pub struct LimitsConfig {
     pub concurrent_queries_max: usize,
     /// Largest SQL text accepted, in bytes.
     pub sql_bytes_max: usize,
+    /// How long a `next_token` stays valid.
+    pub page_token_ttl_s: u64,
+    /// Memory for answers kept for paging; past it the oldest are dropped (`token_expired`).
+    pub paged_results_bytes_max: usize,
 }
 
 impl Default for QueryConfig {
@@ -74,6 +78,8 @@ impl Default for LimitsConfig {
             query_memory_bytes_max: 512 * 1024 * 1024,
             concurrent_queries_max: 16,
             sql_bytes_max: 256 * 1024,
+            page_token_ttl_s: 3_600,
+            paged_results_bytes_max: 256 * 1024 * 1024,
         }
     }
 }

@@ -44,6 +44,10 @@ pub enum QueryError {
     MemoryLimit { max_bytes: usize, detail: String },
     #[error("{running} queries are already running; retry later")]
     TooManyQueries { running: usize },
+    #[error("query {0} was cancelled")]
+    Cancelled(String),
+    #[error("next_token is unknown or expired (tokens stay valid {ttl_s} s, on the query service that issued them)")]
+    TokenExpired { ttl_s: u64 },
     #[error("store: {0}")]
     Store(#[from] StoreError),
     #[error("internal error: {0}")]
@@ -54,6 +58,8 @@ impl QueryError {
     pub fn code(&self) -> &'static str {
         match self {
             QueryError::InvalidSql(_) => "invalid_sql",
+            QueryError::Cancelled(_) => "query_cancelled",
+            QueryError::TokenExpired { .. } => "token_expired",
             QueryError::StatementNotAllowed(_) => "statement_not_allowed",
             QueryError::SqlTooLarge { .. } => "sql_too_large",
             QueryError::Timeout { .. } => "query_timeout",
@@ -67,7 +73,8 @@ impl QueryError {
 
     pub fn status(&self) -> u16 {
         match self {
-            QueryError::InvalidSql(_) | QueryError::StatementNotAllowed(_) => 400,
+            QueryError::InvalidSql(_) | QueryError::StatementNotAllowed(_) | QueryError::Cancelled(_) => 400,
+            QueryError::TokenExpired { .. } => 410,
             QueryError::Timeout { .. } => 408,
             QueryError::SqlTooLarge { .. } | QueryError::TooManyRows { .. } => 413,
             QueryError::MemoryLimit { .. } => 422,
@@ -104,9 +111,70 @@ pub struct QueryResult {
     pub rows: Vec<Vec<serde_json::Value>>,
     pub row_count: usize,
     pub elapsed_ms: u64,
+    /// Bytes of Parquet files and of workers' memory the query read.
+    pub bytes_scanned: u64,
     /// Ingest workers whose unpersisted rows could not be fetched: when not 0, the answer may
     /// miss rows written in the last persist interval.
     pub memory_workers_unreachable: usize,
+    /// Present when more rows follow: pass it as `next_token` for the next page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
+}
+
+impl QueryResult {
+    pub fn of(page: &Page) -> Result<QueryResult, QueryError> {
+        let (columns, rows) = render(&page.batch)?;
+        Ok(QueryResult {
+            query_id: page.query_id.clone(),
+            row_count: rows.len(),
+            columns,
+            rows,
+            elapsed_ms: page.elapsed_ms,
+            bytes_scanned: page.bytes_scanned,
+            memory_workers_unreachable: page.memory_workers_unreachable,
+            next_token: page.next_token.clone(),
+        })
+    }
+}
+
+/// One page of a query's answer.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub query_id: String,
+    pub batch: RecordBatch,
+    pub elapsed_ms: u64,
+    pub bytes_scanned: u64,
+    pub memory_workers_unreachable: usize,
+    pub next_token: Option<String>,
+}
+
+/// A running query, as `GET /v1/queries/{id}` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Progress {
+    pub query_id: String,
+    pub sql: String,
+    pub state: &'static str,
+    pub elapsed_ms: u64,
+    pub bytes_scanned: u64,
+    pub rows: u64,
+}
+
+struct Running {
+    sql: String,
+    started: Instant,
+    report: SharedReport,
+    rows: Arc<std::sync::atomic::AtomicU64>,
+    abort: futures::future::AbortHandle,
+}
+
+/// The rest of an answer, after a page: all its rows, where the next page starts, and when the
+/// token expires.
+struct Paged {
+    query_id: String,
+    rows: RecordBatch,
+    offset: usize,
+    expires: Instant,
+    bytes_scanned: u64,
 }
 
 pub struct Engine {
@@ -114,12 +182,14 @@ pub struct Engine {
     limits: LimitsConfig,
     running: Semaphore,
     memory: MemoryClient,
+    queries: std::sync::Mutex<std::collections::HashMap<String, Running>>,
+    pages: std::sync::Mutex<std::collections::HashMap<String, Paged>>,
 }
 
 impl Engine {
     pub fn new(store: Store, limits: LimitsConfig) -> Engine {
         let running = Semaphore::new(limits.concurrent_queries_max);
-        Engine { store, limits, running, memory: MemoryClient::none() }
+        Engine { store, limits, running, memory: MemoryClient::none(), queries: Default::default(), pages: Default::default() }
     }
 
     /// Unions every table with the rows the ingest workers hold in memory.
@@ -132,32 +202,129 @@ impl Engine {
         &self.store
     }
 
-    /// Runs `sql` against the latest catalog snapshot. Returns at most `max_rows` rows (and never
-    /// more than the configured `rows_max`).
+    /// Runs `sql` and answers its first page as JSON (see [`Engine::query`]).
     pub async fn run(&self, sql: &str, max_rows: Option<usize>) -> Result<QueryResult, QueryError> {
+        QueryResult::of(&self.query(sql, max_rows, None).await?)
+    }
+
+    /// Runs `sql` against the latest catalog snapshot, as query `query_id` (a fresh id when
+    /// `None`). The answer may have at most `rows_max` rows; it comes in pages of `max_rows`
+    /// (default and bound: `rows_max`), the first one now and the others by
+    /// [`Engine::next_page`].
+    pub async fn query(&self, sql: &str, max_rows: Option<usize>, query_id: Option<String>) -> Result<Page, QueryError> {
         if sql.len() > self.limits.sql_bytes_max {
             return Err(QueryError::SqlTooLarge { bytes: sql.len(), max: self.limits.sql_bytes_max });
         }
         let _permit = self.running.try_acquire().map_err(|_| QueryError::TooManyQueries { running: self.limits.concurrent_queries_max })?;
         let started = Instant::now();
-        let rows_max = max_rows.unwrap_or(self.limits.rows_max).min(self.limits.rows_max);
+        let page_rows = max_rows.unwrap_or(self.limits.rows_max).clamp(1, self.limits.rows_max);
         let timeout = Duration::from_millis(self.limits.query_timeout_ms);
+        let query_id = query_id.unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
         let report = SharedReport::default();
-        let batches = tokio::time::timeout(timeout, self.collect(sql, rows_max, &report))
-            .await
+        let rows = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (work, abort) = futures::future::abortable(tokio::time::timeout(timeout, self.collect(sql, self.limits.rows_max, &report, &rows)));
+        {
+            let mut queries = self.queries.lock().expect("queries lock");
+            if queries.contains_key(&query_id) {
+                return Err(QueryError::InvalidSql(format!("a query with id {query_id} is already running")));
+            }
+            queries.insert(query_id.clone(), Running { sql: sql.to_string(), started, report: report.clone(), rows: rows.clone(), abort });
+        }
+        let outcome = work.await;
+        self.queries.lock().expect("queries lock").remove(&query_id);
+        let batches = outcome
+            .map_err(|_| QueryError::Cancelled(query_id.clone()))?
             .map_err(|_| QueryError::Timeout { timeout_ms: self.limits.query_timeout_ms })??;
-        let (columns, rows) = render(&batches)?;
-        Ok(QueryResult {
-            query_id: format!("{:016x}", rand::random::<u64>()),
-            row_count: rows.len(),
-            columns,
-            rows,
-            elapsed_ms: started.elapsed().as_millis() as u64,
-            memory_workers_unreachable: report.unreachable.load(std::sync::atomic::Ordering::Relaxed),
+        let schema = match batches.first() {
+            Some(batch) => batch.schema(),
+            None => Arc::new(datafusion::arrow::datatypes::Schema::empty()),
+        };
+        let all = datafusion::arrow::compute::concat_batches(&schema, &batches).map_err(|e| QueryError::Internal(e.to_string()))?;
+        let bytes_scanned = report.bytes_scanned.load(std::sync::atomic::Ordering::Relaxed);
+        let paged = Paged { query_id: query_id.clone(), rows: all, offset: 0, expires: Instant::now(), bytes_scanned };
+        let mut page = self.page_of(paged, page_rows)?;
+        page.elapsed_ms = started.elapsed().as_millis() as u64;
+        page.memory_workers_unreachable = report.unreachable.load(std::sync::atomic::Ordering::Relaxed);
+        Ok(page)
+    }
+
+    /// The page after the one that handed out `token`, of `max_rows` rows (default and bound:
+    /// `rows_max`). A token stays valid `page_token_ttl_s` (an hour by default) and may be used
+    /// again within that time.
+    pub fn next_page(&self, token: &str, max_rows: Option<usize>) -> Result<Page, QueryError> {
+        let expired = || QueryError::TokenExpired { ttl_s: self.limits.page_token_ttl_s };
+        let paged = {
+            let pages = self.pages.lock().expect("pages lock");
+            let paged = pages.get(token).ok_or_else(expired)?;
+            if paged.expires < Instant::now() {
+                return Err(expired());
+            }
+            Paged { query_id: paged.query_id.clone(), rows: paged.rows.clone(), offset: paged.offset, expires: paged.expires, bytes_scanned: paged.bytes_scanned }
+        };
+        self.page_of(paged, max_rows.unwrap_or(self.limits.rows_max).clamp(1, self.limits.rows_max))
+    }
+
+    /// The page of `page_rows` rows at `paged.offset`; the rest, if any, is kept under a new
+    /// token. Results kept for paging are bounded by `paged_results_bytes_max`: the oldest go
+    /// first (their tokens then answer `token_expired`).
+    fn page_of(&self, paged: Paged, page_rows: usize) -> Result<Page, QueryError> {
+        let total = paged.rows.num_rows();
+        let take = page_rows.min(total - paged.offset);
+        let batch = paged.rows.slice(paged.offset, take);
+        let next = paged.offset + take;
+        let next_token = if next < total {
+            let token = format!("{:032x}", rand::random::<u128>());
+            let mut pages = self.pages.lock().expect("pages lock");
+            let now = Instant::now();
+            pages.retain(|_, p| p.expires >= now);
+            let size = |p: &Paged| p.rows.get_array_memory_size();
+            let mut kept: usize = pages.values().map(size).sum();
+            let incoming = paged.rows.get_array_memory_size();
+            while kept + incoming > self.limits.paged_results_bytes_max && !pages.is_empty() {
+                let oldest = pages.iter().min_by_key(|(_, p)| p.expires).map(|(t, _)| t.clone()).expect("not empty");
+                kept -= pages.remove(&oldest).map_or(0, |p| size(&p));
+            }
+            let expires = now + Duration::from_secs(self.limits.page_token_ttl_s);
+            pages.insert(token.clone(), Paged { query_id: paged.query_id.clone(), rows: paged.rows.clone(), offset: next, expires, bytes_scanned: paged.bytes_scanned });
+            Some(token)
+        } else {
+            None
+        };
+        Ok(Page { query_id: paged.query_id, batch, elapsed_ms: 0, bytes_scanned: paged.bytes_scanned, memory_workers_unreachable: 0, next_token })
+    }
+
+    /// A running query's progress; `None` when no query of that id is running here.
+    pub fn progress(&self, query_id: &str) -> Option<Progress> {
+        let queries = self.queries.lock().expect("queries lock");
+        let running = queries.get(query_id)?;
+        Some(Progress {
+            query_id: query_id.to_string(),
+            sql: running.sql.clone(),
+            state: "running",
+            elapsed_ms: running.started.elapsed().as_millis() as u64,
+            bytes_scanned: running.report.bytes_scanned.load(std::sync::atomic::Ordering::Relaxed),
+            rows: running.rows.load(std::sync::atomic::Ordering::Relaxed),
         })
     }
 
-    async fn collect(&self, sql: &str, rows_max: usize, report: &SharedReport) -> Result<Vec<RecordBatch>, QueryError> {
+    /// Cancels a running query (it then answers `query_cancelled`); false when none runs here.
+    pub fn cancel(&self, query_id: &str) -> bool {
+        match self.queries.lock().expect("queries lock").get(query_id) {
+            Some(running) => {
+                running.abort.abort();
+                true
+            }
+            None => false,
+        }
+    }
+
+    async fn collect(
+        &self,
+        sql: &str,
+        rows_max: usize,
+        report: &SharedReport,
+        rows_seen: &std::sync::atomic::AtomicU64,
+    ) -> Result<Vec<RecordBatch>, QueryError> {
         let snapshot = self.store.snapshot().await?;
         let ctx = self.session(&snapshot, report).map_err(|e| QueryError::from_datafusion(e, &self.limits))?;
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
@@ -168,6 +335,7 @@ impl Engine {
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(|e| QueryError::from_datafusion(e, &self.limits))?;
             rows += batch.num_rows();
+            rows_seen.store(rows as u64, std::sync::atomic::Ordering::Relaxed);
             if rows > rows_max {
                 return Err(QueryError::TooManyRows { max: rows_max });
             }
@@ -259,11 +427,9 @@ fn scalar_type(data_type: &datafusion::arrow::datatypes::DataType) -> String {
     name.to_string()
 }
 
-fn render(batches: &[RecordBatch]) -> Result<(Vec<Column>, Vec<Vec<serde_json::Value>>), QueryError> {
-    let Some(first) = batches.first() else {
-        return Ok((Vec::new(), Vec::new()));
-    };
-    let schema = first.schema();
+fn render(batch: &RecordBatch) -> Result<(Vec<Column>, Vec<Vec<serde_json::Value>>), QueryError> {
+    let batches = [batch.clone()];
+    let schema = batch.schema();
     let columns: Vec<Column> =
         schema.fields().iter().map(|f| Column { name: f.name().clone(), data_type: scalar_type(f.data_type()) }).collect();
     let mut buffer = Vec::new();

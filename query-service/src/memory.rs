@@ -72,6 +72,8 @@ impl MemoryClient {
 #[derive(Debug, Default)]
 pub struct MemoryReport {
     pub unreachable: AtomicUsize,
+    /// Bytes of files and of workers' memory read so far.
+    pub bytes_scanned: std::sync::atomic::AtomicU64,
 }
 
 pub type SharedReport = Arc<MemoryReport>;

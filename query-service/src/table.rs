@@ -81,7 +81,7 @@ impl TableProvider for StoreTable {
             return Ok(Arc::new(EmptyExec::new(schema)));
         }
         let partitions = state.config().target_partitions().max(1).min(units.len());
-        Ok(Arc::new(StoreScanExec::new(self.store.clone(), entry, request, schema, units, partitions)))
+        Ok(Arc::new(StoreScanExec::new(self.store.clone(), entry, request, schema, units, partitions, self.report.clone())))
     }
 }
 
@@ -166,6 +166,8 @@ pub struct StoreScanExec {
     /// Units of each partition, balanced by bytes.
     partitions: Vec<Vec<ScanUnit>>,
     properties: Arc<PlanProperties>,
+    /// Where the bytes read are counted (the query's progress).
+    report: SharedReport,
 }
 
 impl StoreScanExec {
@@ -176,6 +178,7 @@ impl StoreScanExec {
         schema: SchemaRef,
         mut units: Vec<ScanUnit>,
         partitions: usize,
+        report: SharedReport,
     ) -> StoreScanExec {
         let bytes = |unit: &ScanUnit| unit.files.iter().map(|f| f.bytes).sum::<u64>();
         units.sort_by_key(|u| std::cmp::Reverse(bytes(u)));
@@ -197,6 +200,7 @@ impl StoreScanExec {
             request,
             partitions: assigned.into_iter().map(|(_, units)| units).collect(),
             properties: Arc::new(properties),
+            report,
         }
     }
 }
@@ -239,11 +243,17 @@ impl ExecutionPlan for StoreScanExec {
     fn execute(&self, partition: usize, _context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
         let units =
             self.partitions.get(partition).cloned().ok_or_else(|| DataFusionError::Internal(format!("no partition {partition}")))?;
-        let (store, schema, request) = (self.store.clone(), self.entry.schema.clone(), self.request.clone());
+        let (store, schema, request, report) = (self.store.clone(), self.entry.schema.clone(), self.request.clone(), self.report.clone());
         let batches = futures::stream::iter(units)
             .then(move |unit| {
-                let (store, schema, request) = (store.clone(), schema.clone(), request.clone());
-                async move { store.read_unit(&schema, &unit, &request).await }
+                let (store, schema, request, report) = (store.clone(), schema.clone(), request.clone(), report.clone());
+                async move {
+                    let bytes = unit.files.iter().map(|f| f.bytes).sum::<u64>()
+                        + unit.memory.iter().map(|b| b.get_array_memory_size() as u64).sum::<u64>();
+                    let batches = store.read_unit(&schema, &unit, &request).await;
+                    report.bytes_scanned.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+                    batches
+                }
             })
             .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
             .map_err(|e| DataFusionError::External(Box::new(e)))

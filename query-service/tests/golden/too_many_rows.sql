@@ -1,2 +1,2 @@
--- max_rows: 5
+-- 100 rows where the service allows 50 (rows_max) in one answer.
 SELECT * FROM fleet.trucks

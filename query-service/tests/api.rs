@@ -1,0 +1,132 @@
+//! The REST API over real HTTP: paging with next_token, CSV and Arrow answers, a running query's
+//! progress and its cancellation, and the OpenAPI document.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use query_service::config::LimitsConfig;
+use query_service::engine::Engine;
+use serde_json::{json, Value};
+
+mod common;
+
+struct Service {
+    url: String,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(limits: LimitsConfig) -> Service {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Arc::new(Engine::new(common::fleet_store(dir.path()).await, limits));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, query_service::api::router(engine)).await });
+    Service { url, http: reqwest::Client::new(), _dir: dir }
+}
+
+impl Service {
+    async fn post(&self, body: Value) -> (u16, Value) {
+        let response = self.http.post(format!("{}/v1/query", self.url)).json(&body).send().await.unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+}
+
+const ALL: &str = "SELECT truck, time, measure_name FROM fleet.trucks ORDER BY truck, time, measure_name";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_follow_next_token_to_the_whole_answer() {
+    let service = start(LimitsConfig::default()).await;
+    let (status, whole) = service.post(json!({"sql": ALL})).await;
+    assert_eq!(status, 200, "{whole}");
+    assert_eq!(whole["row_count"], 100);
+    assert!(whole.get("next_token").is_none());
+    assert!(whole["bytes_scanned"].as_u64().unwrap() > 0, "{whole}");
+
+    let (mut rows, mut sizes) = (Vec::new(), Vec::new());
+    let (_, mut page) = service.post(json!({"sql": ALL, "max_rows": 30})).await;
+    let first_token = page["next_token"].as_str().unwrap().to_string();
+    loop {
+        sizes.push(page["row_count"].as_u64().unwrap());
+        rows.extend(page["rows"].as_array().unwrap().iter().cloned());
+        let Some(token) = page["next_token"].as_str() else { break };
+        let (status, next) = service.post(json!({"next_token": token, "max_rows": 30})).await;
+        assert_eq!(status, 200, "{next}");
+        assert_eq!(next["query_id"], page["query_id"], "pages belong to one query");
+        page = next;
+    }
+    assert_eq!(sizes, [30, 30, 30, 10]);
+    assert_eq!(Value::Array(rows), whole["rows"], "the pages are the whole answer, in order");
+
+    // A token may be used again while it is valid; an unknown one is gone.
+    let (status, again) = service.post(json!({"next_token": first_token, "max_rows": 30})).await;
+    assert_eq!((status, again["rows"][0].clone()), (200, whole["rows"][30].clone()));
+    let (status, gone) = service.post(json!({"next_token": "no-such-token"})).await;
+    assert_eq!((status, gone["error"]["code"].as_str()), (410, Some("token_expired")));
+    let (status, empty) = service.post(json!({})).await;
+    assert_eq!((status, empty["error"]["code"].as_str()), (400, Some("invalid_request")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_and_arrow_answers_by_the_accept_header() {
+    let service = start(LimitsConfig::default()).await;
+    let body = json!({"sql": "SELECT truck, count(*) AS records FROM fleet.trucks GROUP BY truck ORDER BY truck", "max_rows": 1});
+    let response = service.http.post(format!("{}/v1/query", service.url)).header("accept", "text/csv").json(&body).send().await.unwrap();
+    assert_eq!(response.headers()["content-type"], "text/csv");
+    assert!(response.headers().contains_key("x-lodestone-query-id"));
+    let token = response.headers()["x-lodestone-next-token"].to_str().unwrap().to_string();
+    assert_eq!(response.text().await.unwrap(), "truck,records\nt1,50\n");
+    let next = json!({"next_token": token});
+    let response = service.http.post(format!("{}/v1/query", service.url)).header("accept", "text/csv").json(&next).send().await.unwrap();
+    assert!(!response.headers().contains_key("x-lodestone-next-token"), "the last page");
+    assert_eq!(response.text().await.unwrap(), "truck,records\nt2,50\n");
+
+    let arrow = "application/vnd.apache.arrow.stream";
+    let response = service.http.post(format!("{}/v1/query", service.url)).header("accept", arrow).json(&json!({"sql": ALL})).send().await.unwrap();
+    assert_eq!(response.headers()["content-type"], arrow);
+    let bytes = response.bytes().await.unwrap();
+    let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).unwrap();
+    let rows: usize = reader.map(|batch| batch.unwrap().num_rows()).sum();
+    assert_eq!(rows, 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_query_shows_progress_and_can_be_cancelled() {
+    let service = Arc::new(start(LimitsConfig { query_timeout_ms: 60_000, ..LimitsConfig::default() }).await);
+    let runaway = {
+        let service = service.clone();
+        tokio::spawn(async move {
+            let sql = "SELECT count(*) FROM fleet.trucks a, fleet.trucks b, fleet.trucks c, fleet.trucks d, fleet.trucks e";
+            service.post(json!({"sql": sql, "query_id": "runaway-1"})).await
+        })
+    };
+    let progress_url = format!("{}/v1/queries/runaway-1", service.url);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let progress: Value = loop {
+        let response = service.http.get(&progress_url).send().await.unwrap();
+        if response.status() == 200 {
+            break response.json().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "the query never showed up as running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((progress["state"].as_str(), progress["query_id"].as_str()), (Some("running"), Some("runaway-1")), "{progress}");
+    let cancelled_at = Instant::now();
+    let response = service.http.delete(&progress_url).send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    let (status, answer) = runaway.await.unwrap();
+    assert_eq!((status, answer["error"]["code"].as_str()), (400, Some("query_cancelled")), "{answer}");
+    assert!(cancelled_at.elapsed() < Duration::from_secs(5), "cancelled after {:?}", cancelled_at.elapsed());
+    assert_eq!(service.http.get(&progress_url).send().await.unwrap().status(), 404, "no longer running");
+    assert_eq!(service.http.delete(&progress_url).send().await.unwrap().status(), 404);
+}
+
+#[tokio::test]
+async fn the_openapi_document_names_every_route() {
+    let service = start(LimitsConfig::default()).await;
+    let document: Value = service.http.get(format!("{}/v1/openapi.json", service.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(document["openapi"], "3.0.3");
+    for path in ["/v1/query", "/v1/queries/{query_id}", "/v1/databases", "/v1/databases/{database}/tables/{table}", "/v1/openapi.json"] {
+        assert!(document["paths"].get(path).is_some(), "{path} is not documented");
+    }
+}
