@@ -130,3 +130,46 @@ async fn the_openapi_document_names_every_route() {
         assert!(document["paths"].get(path).is_some(), "{path} is not documented");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_limit_answers_with_its_code() {
+    let limits = LimitsConfig {
+        query_timeout_ms: 20_000,
+        query_memory_bytes_max: 4 * 1024 * 1024,
+        concurrent_queries_max: 1,
+        sql_bytes_max: 300,
+        rows_max: 60,
+        ..LimitsConfig::default()
+    };
+    let service = Arc::new(start(limits).await);
+    let code = |answer: &(u16, Value)| (answer.0, answer.1["error"]["code"].as_str().map(str::to_string));
+
+    // SQL text past its bound.
+    let long = format!("SELECT 1 AS x{}", " ".repeat(300));
+    assert_eq!(code(&service.post(json!({"sql": long})).await), (413, Some("sql_too_large".into())));
+    // Rows past rows_max, and at it.
+    assert_eq!(code(&service.post(json!({"sql": "SELECT * FROM fleet.trucks"})).await), (413, Some("too_many_rows".into())));
+    let (status, _) = service.post(json!({"sql": "SELECT * FROM fleet.trucks LIMIT 60"})).await;
+    assert_eq!(status, 200);
+    // Memory: an array of ten million values does not fit in 4 MiB.
+    let distinct = "SELECT array_length(array_agg(value), 1) FROM generate_series(1, 10000000)";
+    assert_eq!(code(&service.post(json!({"sql": distinct})).await), (422, Some("memory_limit".into())));
+    // Concurrency: one query at a time; a second one while it runs is refused.
+    let runaway = {
+        let service = service.clone();
+        tokio::spawn(async move {
+            let sql = "SELECT count(*) FROM fleet.trucks a, fleet.trucks b, fleet.trucks c, fleet.trucks d, fleet.trucks e";
+            service.post(json!({"sql": sql, "query_id": "busy"})).await
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while service.http.get(format!("{}/v1/queries/busy", service.url)).send().await.unwrap().status() != 200 {
+        assert!(Instant::now() < deadline, "the first query never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(code(&service.post(json!({"sql": "SELECT 1"})).await), (503, Some("too_many_queries".into())));
+    service.http.delete(format!("{}/v1/queries/busy", service.url)).send().await.unwrap();
+    assert_eq!(code(&runaway.await.unwrap()), (400, Some("query_cancelled".into())));
+    // Not a query.
+    assert_eq!(code(&service.post(json!({"sql": "DROP TABLE fleet.trucks"})).await), (400, Some("statement_not_allowed".into())));
+}
