@@ -326,6 +326,9 @@ impl Engine {
         rows_seen: &std::sync::atomic::AtomicU64,
     ) -> Result<Vec<RecordBatch>, QueryError> {
         let snapshot = self.store.snapshot().await?;
+        if let Some(answer) = crate::show::answer(sql, &snapshot) {
+            return Ok(vec![answer.map_err(QueryError::InvalidSql)?]);
+        }
         let ctx = self.session(&snapshot, report).map_err(|e| QueryError::from_datafusion(e, &self.limits))?;
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
         let frame = self.plan(&ctx, sql, options).await?;
@@ -408,7 +411,7 @@ fn is_query(statement: &datafusion::sql::parser::Statement) -> bool {
 /// Turns record batches into column descriptions and rows of JSON values.
 /// The Timestream scalar type name of an Arrow type (`VARCHAR`, `BIGINT`, `DOUBLE`, …), as
 /// Timestream's query API reports column types; other types keep Arrow's name.
-fn scalar_type(data_type: &datafusion::arrow::datatypes::DataType) -> String {
+pub fn scalar_type(data_type: &datafusion::arrow::datatypes::DataType) -> String {
     use datafusion::arrow::datatypes::DataType::*;
     let name = match data_type {
         Utf8 | Utf8View | LargeUtf8 => "VARCHAR",

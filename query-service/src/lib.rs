@@ -26,6 +26,7 @@ pub mod config;
 pub mod engine;
 pub mod gapfill;
 pub mod measure_value;
+pub mod show;
 pub mod memory;
 pub mod table;
 pub mod timeseries;

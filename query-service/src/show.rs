@@ -1,0 +1,179 @@
+//! Timestream's catalog statements, answered from the catalog snapshot:
+//!
+//! - `SHOW DATABASES [LIKE 'pattern']` → `Database`
+//! - `SHOW TABLES [FROM database] [LIKE 'pattern']` → `Table` (and `Database` without FROM)
+//! - `SHOW MEASURES FROM database.table [LIKE 'pattern']` → `measure_name`, `data_type`,
+//!   `dimensions` (the table's dimension names)
+//! - `DESCRIBE database.table` → `Column`, `Type`, `Timestream attribute type`
+//!
+//! Other SHOW and DESCRIBE forms go to DataFusion (`SHOW COLUMNS`, `DESCRIBE` of a query…).
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, ListBuilder, RecordBatch, StringArray, StringBuilder};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+use lodestone_store::{arrow_schema, Snapshot, TableRef, TIME_COLUMN, VERSION_COLUMN};
+
+/// The answer to `sql` if it is one of the statements above; `Err` names what is wrong with it.
+pub fn answer(sql: &str, snapshot: &Snapshot) -> Option<Result<RecordBatch, String>> {
+    let tokens: Vec<Token> = Tokenizer::new(&GenericDialect {}, sql)
+        .tokenize()
+        .ok()?
+        .into_iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_) | Token::SemiColon | Token::EOF))
+        .collect();
+    let word = |i: usize| match tokens.get(i) {
+        Some(Token::Word(w)) if w.quote_style.is_none() => Some(w.value.to_ascii_uppercase()),
+        _ => None,
+    };
+    match (word(0).as_deref(), word(1).as_deref()) {
+        (Some("SHOW"), Some("DATABASES")) => Some(like(&tokens[2..]).and_then(|pattern| databases(snapshot, pattern.as_deref()))),
+        (Some("SHOW"), Some("TABLES")) => Some(show_tables(&tokens[2..], snapshot)),
+        (Some("SHOW"), Some("MEASURES")) => Some(show_measures(&tokens[2..], snapshot)),
+        (Some("DESCRIBE" | "DESC"), _) => {
+            let (table, rest) = table_name(&tokens[1..])?;
+            if !rest.is_empty() {
+                return None;
+            }
+            Some(describe(snapshot, &table))
+        }
+        _ => None,
+    }
+}
+
+/// `LIKE 'pattern'` or nothing.
+fn like(tokens: &[Token]) -> Result<Option<String>, String> {
+    match tokens {
+        [] => Ok(None),
+        [Token::Word(w), Token::SingleQuotedString(pattern)] if w.value.eq_ignore_ascii_case("like") => Ok(Some(pattern.clone())),
+        _ => Err("expected nothing or LIKE 'pattern' here".into()),
+    }
+}
+
+/// SQL LIKE: `%` any run, `_` any one character.
+fn matches(pattern: &str, text: &str) -> bool {
+    fn go(p: &[char], t: &[char]) -> bool {
+        match (p.first(), t.first()) {
+            (None, None) => true,
+            (Some('%'), _) => go(&p[1..], t) || (!t.is_empty() && go(p, &t[1..])),
+            (Some('_'), Some(_)) => go(&p[1..], &t[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &t[1..]),
+            _ => false,
+        }
+    }
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    go(&p, &t)
+}
+
+/// `database.table` (each part quoted or not) and the tokens after it.
+fn table_name(tokens: &[Token]) -> Option<(TableRef, &[Token])> {
+    match tokens {
+        [Token::Word(database), Token::Period, Token::Word(table), rest @ ..] => {
+            Some((TableRef { database: database.value.clone(), table: table.value.clone() }, rest))
+        }
+        _ => None,
+    }
+}
+
+fn strings(name: &str, values: Vec<String>) -> (String, ArrayRef) {
+    (name.to_string(), Arc::new(StringArray::from(values)) as ArrayRef)
+}
+
+fn batch(columns: Vec<(String, ArrayRef)>) -> Result<RecordBatch, String> {
+    RecordBatch::try_from_iter(columns).map_err(|e| e.to_string())
+}
+
+fn databases(snapshot: &Snapshot, pattern: Option<&str>) -> Result<RecordBatch, String> {
+    let names = snapshot.databases.keys().filter(|d| pattern.is_none_or(|p| matches(p, d))).cloned().collect();
+    batch(vec![strings("Database", names)])
+}
+
+fn show_tables(tokens: &[Token], snapshot: &Snapshot) -> Result<RecordBatch, String> {
+    let (database, rest) = match tokens {
+        [Token::Word(from), Token::Word(database), rest @ ..] if from.value.eq_ignore_ascii_case("from") || from.value.eq_ignore_ascii_case("in") => {
+            (Some(database.value.clone()), rest)
+        }
+        rest => (None, rest),
+    };
+    let pattern = like(rest)?;
+    let mut found: Vec<(String, String)> = Vec::new();
+    for (name, tables) in &snapshot.databases {
+        if database.as_ref().is_some_and(|d| d != name) {
+            continue;
+        }
+        found.extend(tables.keys().filter(|t| pattern.as_deref().is_none_or(|p| matches(p, t))).map(|t| (name.clone(), t.clone())));
+    }
+    if let Some(database) = &database {
+        if !snapshot.databases.contains_key(database) {
+            return Err(format!("database {database:?} not found"));
+        }
+        return batch(vec![strings("Table", found.into_iter().map(|(_, t)| t).collect())]);
+    }
+    let (databases, tables) = found.into_iter().unzip();
+    batch(vec![strings("Database", databases), strings("Table", tables)])
+}
+
+fn show_measures(tokens: &[Token], snapshot: &Snapshot) -> Result<RecordBatch, String> {
+    let usage = || "SHOW MEASURES FROM database.table [LIKE 'pattern']".to_string();
+    let [Token::Word(from), rest @ ..] = tokens else { return Err(usage()) };
+    if !from.value.eq_ignore_ascii_case("from") {
+        return Err(usage());
+    }
+    let (table, rest) = table_name(rest).ok_or_else(usage)?;
+    let pattern = like(rest)?;
+    let entry = snapshot.table(&table).ok_or_else(|| format!("table {table} not found"))?;
+    let (mut names, mut types) = (Vec::new(), Vec::new());
+    let mut dimensions = ListBuilder::new(StringBuilder::new());
+    for (name, ty) in &entry.schema.measures {
+        if pattern.as_deref().is_some_and(|p| !matches(p, name)) {
+            continue;
+        }
+        names.push(name.clone());
+        types.push(ty.to_string().to_lowercase());
+        for dimension in &entry.schema.dimensions {
+            dimensions.values().append_value(dimension);
+        }
+        dimensions.append(true);
+    }
+    batch(vec![strings("measure_name", names), strings("data_type", types), ("dimensions".into(), Arc::new(dimensions.finish()))])
+}
+
+fn describe(snapshot: &Snapshot, table: &TableRef) -> Result<RecordBatch, String> {
+    let entry = snapshot.table(table).ok_or_else(|| format!("table {table} not found"))?;
+    let schema = arrow_schema(&entry.schema);
+    let (mut columns, mut types, mut kinds) = (Vec::new(), Vec::new(), Vec::new());
+    for field in schema.fields() {
+        let name = field.name();
+        let kind = if entry.schema.dimensions.contains(name) {
+            "DIMENSION"
+        } else if name == "measure_name" {
+            "MEASURE_NAME"
+        } else if name == TIME_COLUMN {
+            "TIMESTAMP"
+        } else if name == VERSION_COLUMN {
+            "VERSION"
+        } else if name.starts_with("measure_value::") {
+            "MEASURE_VALUE"
+        } else {
+            "MULTI"
+        };
+        columns.push(name.clone());
+        types.push(crate::engine::scalar_type(field.data_type()).to_lowercase());
+        kinds.push(kind.to_string());
+    }
+    batch(vec![strings("Column", columns), strings("Type", types), strings("Timestream attribute type", kinds)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_patterns() {
+        assert!(matches("t%", "trucks"));
+        assert!(matches("%ck_", "trucks"));
+        assert!(!matches("t_", "trucks"));
+        assert!(matches("%", ""));
+    }
+}

@@ -1,0 +1,1 @@
+SHOW MEASURES FROM fleet.trucks LIKE 's%'
