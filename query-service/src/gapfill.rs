@@ -32,7 +32,7 @@ use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::{
-    BinaryExpr, ColumnarValue, Expr, Extension, LogicalPlan, Operator, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, UserDefinedLogicalNode,
+    ColumnarValue, Expr, Extension, LogicalPlan, Operator, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, UserDefinedLogicalNode,
     UserDefinedLogicalNodeCore, Volatility,
 };
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
@@ -44,6 +44,8 @@ use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, Phy
 use futures::TryStreamExt;
 
 use lodestone_store::TIME_COLUMN;
+
+use crate::table::{column_comparison, timestamp_ns};
 
 /// Most bins one group may be filled with: a range and interval that ask for more are refused.
 pub const BINS_PER_GROUP_MAX: i64 = 1_000_000;
@@ -277,15 +279,7 @@ fn time_range(plan: &LogicalPlan) -> Result<Option<(i64, i64)>> {
     plan.apply(|node| {
         if let LogicalPlan::Filter(filter) = node {
             for conjunct in datafusion::logical_expr::utils::split_conjunction(&filter.predicate) {
-                let Expr::BinaryExpr(BinaryExpr { left, op, right }) = conjunct else { continue };
-                let (column, op, value) = match (left.as_ref(), right.as_ref()) {
-                    (Expr::Column(c), Expr::Literal(v, _)) => (c, *op, v),
-                    (Expr::Literal(v, _), Expr::Column(c)) => match op.swap() {
-                        Some(op) => (c, op, v),
-                        None => continue,
-                    },
-                    _ => continue,
-                };
+                let Some((column, op, value)) = column_comparison(conjunct) else { continue };
                 if column.name != TIME_COLUMN {
                     continue;
                 }
@@ -302,16 +296,6 @@ fn time_range(plan: &LogicalPlan) -> Result<Option<(i64, i64)>> {
         Ok(TreeNodeRecursion::Continue)
     })?;
     Ok(from.zip(to))
-}
-
-fn timestamp_ns(value: &ScalarValue) -> Option<i64> {
-    match value {
-        ScalarValue::TimestampNanosecond(Some(v), _) => Some(*v),
-        ScalarValue::TimestampMicrosecond(Some(v), _) => v.checked_mul(1_000),
-        ScalarValue::TimestampMillisecond(Some(v), _) => v.checked_mul(1_000_000),
-        ScalarValue::TimestampSecond(Some(v), _) => v.checked_mul(1_000_000_000),
-        _ => None,
-    }
 }
 
 fn interval_ns(value: &ScalarValue) -> Result<i64> {
@@ -359,30 +343,23 @@ impl QueryPlanner for LodestoneQueryPlanner {
 #[derive(Debug)]
 pub struct GapFillExec {
     input: Arc<dyn ExecutionPlan>,
-    time: usize,
-    groups: Vec<usize>,
-    extra: Vec<(usize, Fill)>,
-    stride_ns: i64,
-    from_ns: i64,
-    to_ns: i64,
-    schema: SchemaRef,
+    filler: Filler,
     properties: Arc<PlanProperties>,
 }
 
 impl GapFillExec {
     fn new(node: &GapFill, input: Arc<dyn ExecutionPlan>) -> GapFillExec {
         let schema: SchemaRef = Arc::new(node.schema.as_arrow().clone());
-        GapFillExec {
-            input,
+        let filler = Filler {
+            schema: schema.clone(),
             time: node.time,
             groups: node.groups.clone(),
             extra: node.extra.iter().map(|(source, fill, _)| (*source, *fill)).collect(),
             stride_ns: node.stride_ns,
             from_ns: node.from_ns,
             to_ns: node.to_ns,
-            properties: Arc::new(Self::properties_of(schema.clone())),
-            schema,
-        }
+        };
+        GapFillExec { input, filler, properties: Arc::new(Self::properties_of(schema)) }
     }
 
     fn properties_of(schema: SchemaRef) -> PlanProperties {
@@ -392,7 +369,8 @@ impl GapFillExec {
 
 impl DisplayAs for GapFillExec {
     fn fmt_as(&self, _format: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "GapFillExec: stride_ns={}, range=[{}, {}), filled={:?}", self.stride_ns, self.from_ns, self.to_ns, self.extra)
+        let filler = &self.filler;
+        write!(f, "GapFillExec: stride_ns={}, range=[{}, {}), filled={:?}", filler.stride_ns, filler.from_ns, filler.to_ns, filler.extra)
     }
 }
 
@@ -418,43 +396,26 @@ impl ExecutionPlan for GapFillExec {
     }
 
     fn with_new_children(self: Arc<Self>, mut children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(Arc::new(GapFillExec {
-            input: children.swap_remove(0),
-            time: self.time,
-            groups: self.groups.clone(),
-            extra: self.extra.clone(),
-            stride_ns: self.stride_ns,
-            from_ns: self.from_ns,
-            to_ns: self.to_ns,
-            schema: self.schema.clone(),
-            properties: self.properties.clone(),
-        }))
+        Ok(Arc::new(GapFillExec { input: children.swap_remove(0), filler: self.filler.clone(), properties: self.properties.clone() }))
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        let input_schema = self.input.schema();
         let input = self.input.execute(partition, context)?;
         let schema = self.schema();
-        let filler = Filler {
-            schema: schema.clone(),
-            input_schema: self.input.schema(),
-            time: self.time,
-            groups: self.groups.clone(),
-            extra: self.extra.clone(),
-            stride_ns: self.stride_ns,
-            from_ns: self.from_ns,
-            to_ns: self.to_ns,
-        };
+        let filler = self.filler.clone();
         let output = futures::stream::once(async move {
             let batches: Vec<RecordBatch> = input.try_collect().await?;
-            filler.fill(&concat_batches(&filler.input_schema, &batches)?)
+            filler.fill(&concat_batches(&input_schema, &batches)?)
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, output)))
     }
 }
 
+/// What a [`GapFillExec`] emits: the bins of the range, per group, and the filled columns.
+#[derive(Debug, Clone)]
 struct Filler {
     schema: SchemaRef,
-    input_schema: SchemaRef,
     time: usize,
     groups: Vec<usize>,
     extra: Vec<(usize, Fill)>,

@@ -91,15 +91,8 @@ fn pushed_down(filters: &[Expr], entry: &TableEntry) -> ScanRequest {
     let mut request = ScanRequest::time_range(i64::MIN, i64::MAX);
     for filter in filters {
         match filter {
-            Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
-                let (column, op, value) = match (left.as_ref(), right.as_ref()) {
-                    (Expr::Column(c), Expr::Literal(v, _)) => (c, *op, v),
-                    (Expr::Literal(v, _), Expr::Column(c)) => match op.swap() {
-                        Some(swapped) => (c, swapped, v),
-                        None => continue,
-                    },
-                    _ => continue,
-                };
+            Expr::BinaryExpr(_) => {
+                let Some((column, op, value)) = column_comparison(filter) else { continue };
                 if column.name == TIME_COLUMN {
                     let Some(ns) = timestamp_ns(value) else {
                         continue;
@@ -140,7 +133,18 @@ fn pushed_down(filters: &[Expr], entry: &TableEntry) -> ScanRequest {
     request
 }
 
-fn timestamp_ns(value: &ScalarValue) -> Option<i64> {
+/// `column op literal` (or `literal op column`, turned around), if `expr` is one.
+pub(crate) fn column_comparison(expr: &Expr) -> Option<(&datafusion::common::Column, Operator, &ScalarValue)> {
+    let Expr::BinaryExpr(BinaryExpr { left, op, right }) = expr else { return None };
+    match (left.as_ref(), right.as_ref()) {
+        (Expr::Column(c), Expr::Literal(v, _)) => Some((c, *op, v)),
+        (Expr::Literal(v, _), Expr::Column(c)) => Some((c, op.swap()?, v)),
+        _ => None,
+    }
+}
+
+/// A timestamp literal of any unit, in nanoseconds.
+pub(crate) fn timestamp_ns(value: &ScalarValue) -> Option<i64> {
     match value {
         ScalarValue::TimestampNanosecond(Some(v), _) => Some(*v),
         ScalarValue::TimestampMicrosecond(Some(v), _) => v.checked_mul(1_000),
