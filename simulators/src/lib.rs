@@ -8,6 +8,8 @@
 //!   idempotent producer (as Kafka-native producers do).
 //! - [`agent::run_agent`]: sensors posting JSON records to an edge agent's write endpoint.
 //!
+//! [`tsbs::TruckFleet`] generates TSBS's iot data (a truck fleet) for the benchmarks.
+//!
 //! Each returns a [`Summary`] — per series, how many readings were sent and their exact sum —
 //! that `lodestone-sim` prints as one JSON line, so a test can compare it with what the query
 //! service answers.
@@ -33,6 +35,7 @@ pub mod mqtt;
 pub mod rate;
 mod series;
 mod summary;
+pub mod tsbs;
 mod window;
 pub mod wire;
 

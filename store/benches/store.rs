@@ -7,132 +7,22 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use lodestone_model::{Dimension, MeasureValue, Record, Scalar};
+use lodestone_model::Record;
+use lodestone_simulators::tsbs::{points, TruckFleet};
 use lodestone_store::{CompactionPolicy, DimensionFilter, HotTier, PersistBatch, ScanRequest, Store, TableProperties, TableRef};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 
 const TRUCKS: usize = 1_000;
 const STEP_NS: i64 = 10_000_000_000;
 const HOURS: i64 = 3;
 
-/// One field of a truck: a clamped random walk rounded to `decimals`, as TSBS's iot use case
-/// generates them (`pkg/data/usecases/iot`): its start, step range, bounds and precision.
-struct Walk {
-    name: &'static str,
-    value: f64,
-    step: (f64, f64),
-    bounds: (f64, f64),
-    decimals: i32,
-}
-
-impl Walk {
-    fn advance(&mut self, rng: &mut StdRng) -> f64 {
-        self.value = (self.value + rng.gen_range(self.step.0..=self.step.1)).clamp(self.bounds.0, self.bounds.1);
-        let factor = 10f64.powi(self.decimals);
-        (self.value * factor).round() / factor
-    }
-}
-
-/// A truck's state: `readings` (7 fields), and `diagnostics` (fuel_state, current_load, status).
-struct Truck {
-    tags: Vec<Dimension>,
-    readings: Vec<Walk>,
-    fuel: Walk,
-    load: f64,
-    status: Walk,
-}
-
-impl Truck {
-    fn new(index: usize, rng: &mut StdRng) -> Truck {
-        let fleets = ["East", "West", "North", "South"];
-        let models = ["F-150", "G-2000", "H-2"];
-        let tag = |name: &str, value: String| Dimension { name: name.into(), value };
-        let tags = vec![
-            tag("device_version", format!("v{}.0", index % 3)),
-            tag("driver", format!("Driver-{}", index % 97)),
-            tag("fleet", fleets[index % 4].into()),
-            tag("fuel_capacity", format!("{}", 100 + 50 * (index % 4))),
-            tag("load_capacity", format!("{}", 1000 + 500 * (index % 5))),
-            tag("model", models[index % 3].into()),
-            tag("name", format!("truck_{index}")),
-            tag("nominal_fuel_consumption", format!("{}", 10 + index % 15)),
-        ];
-        let walk = |name, value, step, bounds, decimals| Walk { name, value, step, bounds, decimals };
-        let readings = vec![
-            walk("latitude", rng.gen_range(0.0..90.0), (-0.005, 0.005), (-90.0, 90.0), 5),
-            walk("longitude", rng.gen_range(0.0..180.0), (-0.005, 0.005), (-180.0, 180.0), 5),
-            walk("elevation", rng.gen_range(0.0..500.0), (-10.0, 10.0), (0.0, 5000.0), 0),
-            walk("velocity", 0.0, (-10.0, 10.0), (0.0, 100.0), 0),
-            walk("heading", rng.gen_range(0.0..360.0), (-5.0, 5.0), (0.0, 360.0), 0),
-            walk("grade", 0.0, (-5.0, 5.0), (0.0, 100.0), 0),
-            walk("fuel_consumption", 25.0, (-5.0, 5.0), (0.0, 50.0), 1),
-        ];
-        Truck {
-            tags,
-            readings,
-            fuel: walk("fuel_state", 1.0, (-0.001, 0.0), (0.0, 1.0), 1),
-            load: rng.gen_range(0.0..5000.0f64).round(),
-            status: walk("status", 0.0, (-1.0, 1.0), (0.0, 5.0), 0),
-        }
-    }
-
-    fn readings(&mut self, rng: &mut StdRng) -> Vec<(String, Scalar)> {
-        // Multi-measure values are kept sorted by name.
-        let mut values: Vec<_> = self.readings.iter_mut().map(|w| (w.name.to_string(), Scalar::Double(w.advance(rng)))).collect();
-        values.sort_by(|a, b| a.0.cmp(&b.0));
-        values
-    }
-
-    fn diagnostics(&mut self, rng: &mut StdRng) -> Vec<(String, Scalar)> {
-        let mut fuel = self.fuel.advance(rng);
-        if self.fuel.value <= 0.0 {
-            self.fuel.value = 1.0; // refuelled
-            fuel = 1.0;
-        }
-        if rng.gen_bool(0.05) {
-            self.load = rng.gen_range(0.0..5000.0f64).round();
-        }
-        let status = self.status.advance(rng) as i64;
-        vec![
-            ("current_load".into(), Scalar::Double(self.load)),
-            ("fuel_state".into(), Scalar::Double(fuel)),
-            ("status".into(), Scalar::Bigint(status)),
-        ]
-    }
-}
-
 /// The fleet's records in arrival order, and how many points (field values) they hold.
 fn fleet(start_ns: i64) -> (Vec<Record>, u64) {
-    let mut rng = StdRng::seed_from_u64(7);
-    let steps = HOURS * 3600 * 1_000_000_000 / STEP_NS;
-    let mut trucks: Vec<Truck> = (0..TRUCKS).map(|i| Truck::new(i, &mut rng)).collect();
-    let mut records = Vec::with_capacity(TRUCKS * steps as usize * 2);
-    let mut late = Vec::new();
-    let mut points = 0;
-    for step in 0..steps {
-        let time_ns = start_ns + step * STEP_NS;
-        for truck in trucks.iter_mut() {
-            let readings = truck.readings(&mut rng);
-            let diagnostics = truck.diagnostics(&mut rng);
-            for (measure, values) in [("readings", readings), ("diagnostics", diagnostics)] {
-                if rng.gen_bool(0.01) {
-                    continue; // missing
-                }
-                points += values.len() as u64;
-                let record = Record { dimensions: truck.tags.clone(), measure_name: measure.into(), value: MeasureValue::Multi(values), time_ns, version: 1 };
-                if rng.gen_bool(0.01) {
-                    late.push(record); // out of order: arrives a few steps later
-                } else {
-                    records.push(record);
-                }
-            }
-        }
-        if step % 5 == 4 {
-            records.append(&mut late);
-        }
+    let mut fleet = TruckFleet::new(TRUCKS, start_ns, STEP_NS, HOURS * 3600 * 1_000_000_000 / STEP_NS, 7);
+    let mut records = Vec::new();
+    while let Some(step) = fleet.next_step() {
+        records.extend(step);
     }
-    records.append(&mut late);
+    let points = records.iter().map(points).sum();
     (records, points)
 }
 
