@@ -7,7 +7,7 @@ export CARGO_TARGET_DIR ?= $(LODESTONE_CACHE)/target
 export TANSU_BIN ?= $(LODESTONE_CACHE)/tansu-0.6.0/bin/tansu
 export MOTO_SERVER ?= $(LODESTONE_CACHE)/moto-venv/bin/moto_server
 
-.PHONY: up test setup build bench-store
+.PHONY: up test setup build bench-store bench-query
 
 setup:
 	@scripts/setup.sh
@@ -27,3 +27,9 @@ test: build
 ## Store benchmark on TSBS-iot-style data; prints `figure <name> <value> <unit>` lines.
 bench-store:
 	cargo bench -p lodestone-store --bench store
+
+## TSBS iot queries on 1,000 trucks x 3 days, through the REST API and in DuckDB over the same
+## Parquet files; the answers must match. Prints `figure query_<name>_ms` and `figure duckdb_<name>_ms`.
+bench-query: setup
+	DUCKDB_PYTHON=$$(scripts/ensure-duckdb.sh) cargo bench -p query-service --bench tsbs
+

@@ -36,6 +36,10 @@ pub struct CompactionPolicy {
     pub files_min: usize,
     /// Most input bytes merged in memory at once per partition; the smallest files go first.
     pub input_bytes_max: u64,
+    /// Most rows of fresh files merged at once per partition. Parquet files decompress about
+    /// seventy-fold here, so rows, not bytes, bound the merge's memory (about 1 KiB per row in
+    /// all, compacted slices included).
+    pub input_rows_max: u64,
     /// Replaced files stay this long before they are deleted (queries may still read them).
     pub garbage_grace_ns: i64,
     /// Time span of one compacted file: a window scan reads only the slices it overlaps.
@@ -50,6 +54,7 @@ impl Default for CompactionPolicy {
         CompactionPolicy {
             files_min: 8,
             input_bytes_max: 256 * 1024 * 1024,
+            input_rows_max: 2_000_000,
             garbage_grace_ns: 5 * 60 * 1_000_000_000,
             file_span_ns: 3_600 * 1_000_000_000,
             fresh_age_max_ns: 60 * 1_000_000_000,
@@ -296,7 +301,7 @@ fn conflict_rejections(table: &TableRef, schema: &TableSchema, conflicts: &Recor
 
 /// The files of one partition to compact, oldest content first: once it has `files_min` level-0
 /// files or its oldest level-0 file is `fresh_age_max_ns` old, a prefix of them in commit order
-/// (within `input_bytes_max`), preceded by the level-1 files whose time range overlaps theirs
+/// (within `input_bytes_max` and `input_rows_max`), preceded by the level-1 files whose time range overlaps theirs
 /// (late data merges into its slice).
 fn select_inputs(files: &[&FileMeta], policy: &CompactionPolicy, now_ns: i64) -> Option<Vec<FileMeta>> {
     let fresh: Vec<&FileMeta> = files.iter().copied().filter(|f| f.level == 0).collect();
@@ -305,13 +310,14 @@ fn select_inputs(files: &[&FileMeta], policy: &CompactionPolicy, now_ns: i64) ->
     if fresh.len() < policy.files_min.max(2) && !aged {
         return None;
     }
-    let mut budget = policy.input_bytes_max;
+    let (mut bytes, mut rows) = (policy.input_bytes_max, policy.input_rows_max);
     let mut chosen: Vec<&FileMeta> = Vec::new();
     for file in fresh {
-        if !chosen.is_empty() && file.bytes > budget {
+        if !chosen.is_empty() && (file.bytes > bytes || file.rows > rows) {
             break;
         }
-        budget = budget.saturating_sub(file.bytes);
+        bytes = bytes.saturating_sub(file.bytes);
+        rows = rows.saturating_sub(file.rows);
         chosen.push(file);
     }
     let from = chosen.iter().map(|f| f.min_time_ns).min()?;
