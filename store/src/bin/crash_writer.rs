@@ -21,7 +21,7 @@ async fn main() {
     let snapshot = store.ensure_table(&table(), TableProperties { magnetic_store_writes: true, ..Default::default() }).await.unwrap();
     let entry = snapshot.table(&table()).unwrap().clone();
     let mut next_id = snapshot.watermarks.get("next_id").copied().unwrap_or(0);
-    let policy = CompactionPolicy { files_min: 3, input_bytes_max: u64::MAX, garbage_grace_ns: 0, file_span_ns: 1_000, fresh_age_max_ns: i64::MAX };
+    let policy = CompactionPolicy { files_min: 3, input_bytes_max: u64::MAX, input_rows_max: u64::MAX, garbage_grace_ns: 0, file_span_ns: 1_000, fresh_age_max_ns: i64::MAX };
     let mut rng = rand::rngs::StdRng::seed_from_u64(next_id);
     loop {
         let mut hot = HotTier::new(10_000);
