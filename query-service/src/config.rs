@@ -52,6 +52,8 @@ pub struct LimitsConfig {
     pub concurrent_queries_max: usize,
     /// Largest SQL text accepted, in bytes.
     pub sql_bytes_max: usize,
+    /// Most bytes (in memory, before encoding) one answer's page may carry: 413 `response_too_large`.
+    pub response_bytes_max: usize,
     /// How long a `next_token` stays valid.
     pub page_token_ttl_s: u64,
     /// Memory for answers kept for paging; past it the oldest are dropped (`token_expired`).
@@ -78,6 +80,7 @@ impl Default for LimitsConfig {
             query_memory_bytes_max: 512 * 1024 * 1024,
             concurrent_queries_max: 16,
             sql_bytes_max: 256 * 1024,
+            response_bytes_max: 64 * 1024 * 1024,
             page_token_ttl_s: 3_600,
             paged_results_bytes_max: 256 * 1024 * 1024,
         }

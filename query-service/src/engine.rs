@@ -40,10 +40,14 @@ pub enum QueryError {
     Timeout { timeout_ms: u64 },
     #[error("query returns more than {max} rows; add a LIMIT or a narrower time range")]
     TooManyRows { max: usize },
-    #[error("query needs more than {max_bytes} bytes of memory: {detail}")]
+    /// `detail` is DataFusion's account of the failed reservation; it goes to the log, not to the
+    /// caller (it varies from run to run).
+    #[error("query needs more than {max_bytes} bytes of memory; narrow the time range, aggregate more, or select fewer columns")]
     MemoryLimit { max_bytes: usize, detail: String },
     #[error("{running} queries are already running; retry later")]
     TooManyQueries { running: usize },
+    #[error("a page of {bytes} bytes is more than the {max} bytes one answer may carry; ask for fewer rows (max_rows) or columns")]
+    ResponseTooLarge { bytes: usize, max: usize },
     #[error("query {0} was cancelled")]
     Cancelled(String),
     #[error("next_token is unknown or expired (tokens stay valid {ttl_s} s, on the query service that issued them)")]
@@ -59,6 +63,7 @@ impl QueryError {
         match self {
             QueryError::InvalidSql(_) => "invalid_sql",
             QueryError::Cancelled(_) => "query_cancelled",
+            QueryError::ResponseTooLarge { .. } => "response_too_large",
             QueryError::TokenExpired { .. } => "token_expired",
             QueryError::StatementNotAllowed(_) => "statement_not_allowed",
             QueryError::SqlTooLarge { .. } => "sql_too_large",
@@ -76,7 +81,7 @@ impl QueryError {
             QueryError::InvalidSql(_) | QueryError::StatementNotAllowed(_) | QueryError::Cancelled(_) => 400,
             QueryError::TokenExpired { .. } => 410,
             QueryError::Timeout { .. } => 408,
-            QueryError::SqlTooLarge { .. } | QueryError::TooManyRows { .. } => 413,
+            QueryError::SqlTooLarge { .. } | QueryError::TooManyRows { .. } | QueryError::ResponseTooLarge { .. } => 413,
             QueryError::MemoryLimit { .. } => 422,
             QueryError::TooManyQueries { .. } => 503,
             QueryError::Store(_) | QueryError::Internal(_) => 500,
@@ -86,6 +91,7 @@ impl QueryError {
     fn from_datafusion(error: DataFusionError, limits: &LimitsConfig) -> QueryError {
         match error.find_root() {
             DataFusionError::ResourcesExhausted(detail) => {
+                tracing::info!(%detail, "a query reached its memory limit");
                 QueryError::MemoryLimit { max_bytes: limits.query_memory_bytes_max, detail: detail.clone() }
             }
             DataFusionError::SQL(..) | DataFusionError::Plan(_) | DataFusionError::SchemaError(..) | DataFusionError::NotImplemented(_) => {
@@ -271,6 +277,11 @@ impl Engine {
         let total = paged.rows.num_rows();
         let take = page_rows.min(total - paged.offset);
         let batch = paged.rows.slice(paged.offset, take);
+        // The page's own bytes (a slice shares its buffers with the whole answer).
+        let bytes: usize = batch.columns().iter().map(|c| c.to_data().get_slice_memory_size().unwrap_or(0)).sum();
+        if bytes > self.limits.response_bytes_max {
+            return Err(QueryError::ResponseTooLarge { bytes, max: self.limits.response_bytes_max });
+        }
         let next = paged.offset + take;
         let next_token = if next < total {
             let token = format!("{:032x}", rand::random::<u128>());
