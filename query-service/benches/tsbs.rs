@@ -89,22 +89,10 @@ fn queries(end_ns: i64) -> Vec<Query> {
             end_ns,
             10 * minute,
         ),
-        query(
-            "long-driving-sessions",
-            &format!("SELECT name, driver FROM (SELECT name, driver, {{BIN10}} AS ten FROM {{T}} WHERE measure_name = 'readings' \
-              AND fleet = '{FLEET}' AND time >= {{FROM}} AND time < {{TO}} GROUP BY name, driver, {{BIN10}} HAVING avg(velocity) > 1) s \
-              GROUP BY name, driver HAVING count(*) > 22 ORDER BY name"),
-            end_ns,
-            240 * minute,
-        ),
-        query(
-            "long-daily-sessions",
-            &format!("SELECT name, driver FROM (SELECT name, driver, {{BIN10}} AS ten FROM {{T}} WHERE measure_name = 'readings' \
-              AND fleet = '{FLEET}' AND time >= {{FROM}} AND time < {{TO}} GROUP BY name, driver, {{BIN10}} HAVING avg(velocity) > 1) s \
-              GROUP BY name, driver HAVING count(*) > 60 ORDER BY name"),
-            end_ns,
-            1440 * minute,
-        ),
+        // Driving more than 22 ten-minute periods of the last 4 hours (resting 5 minutes an hour),
+        // and more than 60 of the last 24 (resting 35), as TSBS counts them.
+        driving_sessions("long-driving-sessions", 22, end_ns, 240 * minute),
+        driving_sessions("long-daily-sessions", 60, end_ns, 1440 * minute),
         query(
             "avg-load",
             "SELECT fleet, model, load_capacity, avg(avg_load / CAST(load_capacity AS DOUBLE)) AS avg_load_percentage FROM \
@@ -132,6 +120,17 @@ fn queries(end_ns: i64) -> Vec<Query> {
             0,
         ),
     ]
+}
+
+/// Trucks of the fleet with more than `periods` ten-minute periods of driving (average velocity
+/// above 1) in the window.
+fn driving_sessions(name: &'static str, periods: u32, end_ns: i64, window_ns: i64) -> Query {
+    let sql = format!(
+        "SELECT name, driver FROM (SELECT name, driver, {{BIN10}} AS ten FROM {{T}} WHERE measure_name = 'readings' \
+         AND fleet = '{FLEET}' AND time >= {{FROM}} AND time < {{TO}} GROUP BY name, driver, {{BIN10}} HAVING avg(velocity) > 1) s \
+         GROUP BY name, driver HAVING count(*) > {periods} ORDER BY name"
+    );
+    query(name, &sql, end_ns, window_ns)
 }
 
 fn figure(name: &str, value: f64, unit: &str) {
