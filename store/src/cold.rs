@@ -22,8 +22,11 @@ use crate::schema::{arrow_schema, TableSchema, MEASURE_VALUE_COLUMNS};
 use crate::{day_of, DAY_NS};
 
 /// Rows per Parquet row group; also the granularity of row-group pruning.
-const ROW_GROUP_ROWS_MAX: usize = 128 * 1024;
-const ZSTD_LEVEL: i32 = 3;
+const ROW_GROUP_ROWS_MAX: usize = 384 * 1024;
+/// zstd level of persisted files: fast, compaction rewrites them soon.
+pub const ZSTD_LEVEL_FRESH: i32 = 3;
+/// zstd level of compacted files, written once in the background and kept.
+pub const ZSTD_LEVEL_COMPACTED: i32 = 19;
 
 /// Writes `rows` (sorted by series, then time) as one file per day partition under
 /// `{database}/{table}/day={day}/`. Returns after every file is on the object store; the files are
@@ -42,7 +45,7 @@ pub async fn write_partition_file(
     for (day, indexes) in by_day {
         let batch = build_batch(schema, indexes.iter().map(|&i| (rows[i].0.as_ref(), rows[i].1, &rows[i].2)))?;
         let path = file_path(table, day);
-        let bytes = encode_parquet(&batch).map_err(|detail| StoreError::Parquet { path: path.clone(), detail })?;
+        let bytes = encode_parquet(&batch, ZSTD_LEVEL_FRESH).map_err(|detail| StoreError::Parquet { path: path.clone(), detail })?;
         let size = bytes.len() as u64;
         objects.put(&Path::from(path.clone()), PutPayload::from(bytes)).await?;
         let times = indexes.iter().map(|&i| rows[i].1);
@@ -172,9 +175,9 @@ pub fn build_batch<'a>(schema: &TableSchema, rows: impl Iterator<Item = (&'a Ser
 /// byte-stream split (doubles).
 const DICTIONARY_RUN_MIN: usize = 8;
 
-fn writer_properties(batch: &RecordBatch) -> WriterProperties {
+fn writer_properties(batch: &RecordBatch, zstd_level: i32) -> WriterProperties {
     let mut builder = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(ZSTD_LEVEL).expect("valid zstd level")))
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(zstd_level).expect("valid zstd level")))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS_MAX));
     for (field, values) in batch.schema().fields().iter().zip(batch.columns()) {
@@ -273,19 +276,30 @@ fn scale_doubles(batch: &RecordBatch) -> Result<RecordBatch, String> {
                 columns.push(scaled);
             }
             None => {
-                fields.push(field.as_ref().clone());
-                columns.push(column.clone());
+                // BIGINT values that fit 32 bits are stored as INT32, delta-packed in the smaller
+                // blocks; reading casts them back (`align` brings every column to the table's type).
+                let narrow = column.as_any().downcast_ref::<arrow::array::Int64Array>().is_some_and(|ints| {
+                    ints.iter().flatten().all(|v| i32::try_from(v).is_ok())
+                });
+                if narrow {
+                    fields.push(Field::new(field.name(), DataType::Int32, field.is_nullable()));
+                    columns.push(arrow::compute::cast(column, &DataType::Int32).map_err(|e| e.to_string())?);
+                } else {
+                    fields.push(field.as_ref().clone());
+                    columns.push(column.clone());
+                }
             }
         }
     }
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| e.to_string())
 }
 
-/// Undoes [`scale_doubles`]: DECIMAL columns read back as the DOUBLE values they were. The
-/// division is the one [`decimal_scale`] checked, so every value comes back bit for bit.
-/// (Files written before Decimal64 hold Decimal128 columns; arrow's cast divides the same way.)
+/// Undoes [`scale_doubles`]: DECIMAL columns read back as the DOUBLE values they were (the
+/// division is the one [`decimal_scale`] checked, so every value comes back bit for bit; files
+/// written before Decimal64 hold Decimal128 columns, which arrow's cast divides the same way), and
+/// INT32 columns, narrowed BIGINTs (the table shape has no other), as BIGINT.
 pub fn unscale_doubles(batch: RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
-    let is_decimal = |t: &DataType| matches!(t, DataType::Decimal32(..) | DataType::Decimal64(..) | DataType::Decimal128(..));
+    let is_decimal = |t: &DataType| matches!(t, DataType::Decimal32(..) | DataType::Decimal64(..) | DataType::Decimal128(..) | DataType::Int32);
     if !batch.schema().fields().iter().any(|f| is_decimal(f.data_type())) {
         return Ok(batch);
     }
@@ -295,6 +309,11 @@ pub fn unscale_doubles(batch: RecordBatch) -> Result<RecordBatch, arrow::error::
         if !is_decimal(field.data_type()) {
             fields.push(field.as_ref().clone());
             columns.push(column.clone());
+            continue;
+        }
+        if field.data_type() == &DataType::Int32 {
+            fields.push(Field::new(field.name(), DataType::Int64, field.is_nullable()));
+            columns.push(arrow::compute::cast(column, &DataType::Int64)?);
             continue;
         }
         fields.push(Field::new(field.name(), DataType::Float64, field.is_nullable()));
@@ -326,10 +345,10 @@ pub fn reading_schema(file_schema: &Schema) -> SchemaRef {
 }
 
 /// Encodes `batch` as one Parquet file (see [`writer_properties`] and [`scale_doubles`]).
-pub fn encode_parquet(batch: &RecordBatch) -> Result<Vec<u8>, String> {
+pub fn encode_parquet(batch: &RecordBatch, zstd_level: i32) -> Result<Vec<u8>, String> {
     let batch = &scale_doubles(batch)?;
     let mut out = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut out, batch.schema(), Some(writer_properties(batch))).map_err(|e| e.to_string())?;
+    let mut writer = ArrowWriter::try_new(&mut out, batch.schema(), Some(writer_properties(batch, zstd_level))).map_err(|e| e.to_string())?;
     writer.write(batch).map_err(|e| e.to_string())?;
     writer.close().map_err(|e| e.to_string())?;
     Ok(out)
@@ -385,6 +404,19 @@ mod tests {
         let walk = arrow::array::Int64Array::from(vec![1, 2, 3, 4]);
         assert_eq!(average_run(&walk), 1);
         assert_eq!(average_run(&arrow::array::StringArray::from(vec!["a", "a"])), 0, "only fixed-width columns");
+    }
+
+    #[test]
+    fn bigints_that_fit_32_bits_are_stored_narrow_and_read_back_wide() {
+        let values = arrow::array::Int64Array::from(vec![Some(5), None, Some(-7)]);
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, true)]));
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(values.clone())]).unwrap();
+        let stored = scale_doubles(&batch).unwrap();
+        assert_eq!(stored.schema().field(0).data_type(), &DataType::Int32);
+        assert_eq!(unscale_doubles(stored).unwrap(), batch);
+        let wide = arrow::array::Int64Array::from(vec![i64::from(i32::MAX) + 1]);
+        let batch = RecordBatch::try_new(schema, vec![Arc::new(wide)]).unwrap();
+        assert_eq!(scale_doubles(&batch).unwrap().schema().field(0).data_type(), &DataType::Int64);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use object_store::{ObjectStoreExt, PutPayload};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::catalog::{FileMeta, Store, TableRef};
-use crate::cold::{encode_parquet, file_path, unscale_doubles};
+use crate::cold::{encode_parquet, file_path, unscale_doubles, ZSTD_LEVEL_COMPACTED};
 use crate::error::StoreError;
 use crate::schema::{arrow_schema, TableSchema, MEASURE_NAME_COLUMN, TIME_COLUMN, VERSION_COLUMN};
 use crate::rejected::{records_of, rejected_records_properties, rejected_records_table, Rejected, REJECTED_RECORDS_DATABASE};
@@ -186,7 +186,7 @@ impl Store {
     /// Writes one compacted slice; invisible until committed.
     async fn write_compacted(&self, table: &TableRef, day: i64, slice: &RecordBatch, now_ns: i64) -> Result<FileMeta, StoreError> {
         let path = file_path(table, day);
-        let bytes = encode_parquet(slice).map_err(|detail| StoreError::Parquet { path: path.clone(), detail })?;
+        let bytes = encode_parquet(slice, ZSTD_LEVEL_COMPACTED).map_err(|detail| StoreError::Parquet { path: path.clone(), detail })?;
         let times = time_column(slice)?;
         let output = FileMeta {
             path: path.clone(),
