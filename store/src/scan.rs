@@ -16,7 +16,7 @@ use bytes::Bytes;
 use object_store::path::Path;
 use object_store::ObjectStoreExt;
 use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
-use parquet::arrow::arrow_reader::{ArrowPredicateFn, ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowFilter};
+use parquet::arrow::arrow_reader::{ArrowPredicateFn, ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder, RowFilter};
 use parquet::arrow::ProjectionMask;
 use parquet::file::metadata::PageIndexPolicy;
 
@@ -198,15 +198,14 @@ impl Store {
         let plan = Arc::new(plan);
         let mut tasks = Vec::new();
         for row_groups in plan.row_groups.chunks(chunk) {
-            let (bytes, metadata, plan, row_groups) = (bytes.clone(), metadata.clone(), plan.clone(), row_groups.to_vec());
-            tasks.push(tokio::task::spawn_blocking(move || plan.decode(bytes, metadata, row_groups)));
+            let (bytes, metadata, plan, row_groups, output, path) =
+                (bytes.clone(), metadata.clone(), plan.clone(), row_groups.to_vec(), output.clone(), file.path.clone());
+            tasks.push(tokio::task::spawn_blocking(move || plan.decode(bytes, metadata, row_groups, &output, &path)));
         }
         let mut batches = Vec::new();
         for task in tasks {
             let decoded = task.await.map_err(|e| StoreError::Parquet { path: file.path.clone(), detail: e.to_string() })?;
-            for batch in decoded.map_err(parquet_error)? {
-                batches.push(align(&unscale_doubles(batch)?, output)?);
-            }
+            batches.extend(decoded?);
         }
         Ok(batches)
     }
@@ -296,7 +295,22 @@ impl FilePlan {
         }))
     }
 
-    fn decode(&self, bytes: Bytes, metadata: ArrowReaderMetadata, row_groups: Vec<usize>) -> parquet::errors::Result<Vec<RecordBatch>> {
+    /// Decodes `row_groups` into batches of `output`'s shape: scaled doubles restored, columns
+    /// the file lacks (or that were not decoded because they are all null) filled with nulls.
+    /// Runs on a blocking thread, so all per-row work of a scan is spread across the cores.
+    fn decode(&self, bytes: Bytes, metadata: ArrowReaderMetadata, row_groups: Vec<usize>, output: &SchemaRef, path: &str) -> Result<Vec<RecordBatch>, StoreError> {
+        let parquet_error = |e: parquet::errors::ParquetError| StoreError::Parquet { path: path.to_string(), detail: e.to_string() };
+        let reader = self.reader(bytes, metadata, row_groups).map_err(parquet_error)?;
+        let mut nulls = NullColumns::default();
+        let mut batches = Vec::new();
+        for batch in reader {
+            let batch = unscale_doubles(batch?)?;
+            batches.push(nulls.align(&batch, output)?);
+        }
+        Ok(batches)
+    }
+
+    fn reader(&self, bytes: Bytes, metadata: ArrowReaderMetadata, row_groups: Vec<usize>) -> parquet::errors::Result<ParquetRecordBatchReader> {
         let parquet = metadata.parquet_schema().clone();
         let mut builder = ParquetRecordBatchReaderBuilder::new_with_metadata(bytes, metadata)
             .with_row_groups(row_groups)
@@ -309,7 +323,40 @@ impl FilePlan {
             });
             builder = builder.with_row_filter(RowFilter::new(vec![Box::new(predicate)]));
         }
-        builder.build()?.collect::<Result<Vec<_>, _>>().map_err(Into::into)
+        builder.build()
+    }
+}
+
+/// Null columns for [`align`]ing many batches of one scan: one all-null array per output column,
+/// allocated once and sliced, instead of a zeroed buffer per batch.
+#[derive(Default)]
+struct NullColumns {
+    arrays: Vec<Option<ArrayRef>>,
+}
+
+impl NullColumns {
+    fn align(&mut self, batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, StoreError> {
+        if batch.num_columns() == schema.fields().len() {
+            return align(batch, schema);
+        }
+        self.arrays.resize(schema.fields().len(), None);
+        let rows = batch.num_rows();
+        let mut columns = Vec::with_capacity(schema.fields().len());
+        for (field, cached) in schema.fields().iter().zip(self.arrays.iter_mut()) {
+            let column = match batch.column_by_name(field.name()) {
+                Some(column) if column.data_type() == field.data_type() => column.clone(),
+                Some(column) => arrow::compute::cast(column, field.data_type())?,
+                None => {
+                    if cached.as_ref().is_none_or(|a| a.len() < rows) {
+                        *cached = Some(arrow::array::new_null_array(field.data_type(), rows.max(BATCH_ROWS)));
+                    }
+                    cached.as_ref().expect("just filled").slice(0, rows)
+                }
+            };
+            columns.push(column);
+        }
+        let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(rows));
+        Ok(RecordBatch::try_new_with_options(schema.clone(), columns, &options)?)
     }
 }
 
