@@ -7,7 +7,7 @@ export CARGO_TARGET_DIR ?= $(LODESTONE_CACHE)/target
 export TANSU_BIN ?= $(LODESTONE_CACHE)/tansu-0.6.0/bin/tansu
 export MOTO_SERVER ?= $(LODESTONE_CACHE)/moto-venv/bin/moto_server
 
-.PHONY: up test setup build bench-store bench-query
+.PHONY: up test test-faults setup build bench-store bench-query
 
 setup:
 	@scripts/setup.sh
@@ -23,6 +23,11 @@ up: build
 ## Runs the whole test suite: unit tests of every crate and the end-to-end tests in tests/.
 test: build
 	cargo test --workspace --no-fail-fast -- --test-threads=2
+
+## The fault tests alone (also part of `make test`): kill -9, restarts, cut links, bad payloads,
+## each checked against the load's ledger. Prints `figure <test>_lost` and `figure <test>_duplicated`.
+test-faults: build
+	cargo test -p lodestone-tests --test faults -- --nocapture
 
 ## Store benchmark on TSBS-iot-style data; prints `figure <name> <value> <unit>` lines.
 bench-store:

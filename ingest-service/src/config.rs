@@ -53,6 +53,12 @@ pub struct KafkaConfig {
     pub group_id: String,
     pub ingest_topic: String,
     pub dead_letter_topic: String,
+    /// This worker's static group membership (`group.instance.id`): a name unique in the group
+    /// and stable across restarts, e.g. the host or pod name. A worker restarted within the
+    /// session timeout takes its partitions back without a rebalance. Empty: dynamic membership.
+    /// Needed on tansu 0.6.0, whose coordinator can leave a crashed member's partitions assigned
+    /// to it for good (ARCHITECTURE.md, departures).
+    pub instance_id: String,
     /// Extra librdkafka properties for the consumer and the dead-letter producer.
     pub properties: BTreeMap<String, String>,
 }
@@ -94,6 +100,7 @@ impl Default for KafkaConfig {
             group_id: "lodestone-ingest".into(),
             ingest_topic: "lodestone.ingest".into(),
             dead_letter_topic: "lodestone.dead-letter".into(),
+            instance_id: String::new(),
             properties: BTreeMap::new(),
         }
     }

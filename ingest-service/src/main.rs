@@ -47,8 +47,11 @@ async fn main() -> anyhow::Result<()> {
         client.set(key, value);
     }
     let rebalances = Arc::new(Rebalances::default());
-    let consumer: Arc<StreamConsumer<Rebalances>> = client
-        .clone()
+    let mut consumer_config = client.clone();
+    if !config.kafka.instance_id.is_empty() {
+        consumer_config.set("group.instance.id", &config.kafka.instance_id);
+    }
+    let consumer: Arc<StreamConsumer<Rebalances>> = consumer_config
         .set("group.id", &config.kafka.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -64,7 +67,7 @@ async fn main() -> anyhow::Result<()> {
         .set("linger.ms", "5")
         .create()
         .context("creating the dead-letter producer")?;
-    tracing::info!(topic = %config.kafka.ingest_topic, group = %config.kafka.group_id, "consuming");
+    tracing::info!(topic = %config.kafka.ingest_topic, group = %config.kafka.group_id, instance = %config.kafka.instance_id, "consuming");
     let worker = Worker {
         ingestor,
         consumer,
@@ -108,10 +111,16 @@ impl ClientContext for Rebalances {}
 
 impl ConsumerContext for Rebalances {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let partitions = match rebalance {
-            Rebalance::Assign(list) | Rebalance::Revoke(list) => list.elements(),
-            Rebalance::Error(_) => return,
+        let (partitions, what) = match rebalance {
+            Rebalance::Assign(list) => (list.elements(), "assigned"),
+            Rebalance::Revoke(list) => (list.elements(), "revoked"),
+            Rebalance::Error(error) => {
+                tracing::warn!(%error, "rebalance error");
+                return;
+            }
         };
+        let names: Vec<String> = partitions.iter().map(|p| format!("{}/{}", p.topic(), p.partition())).collect();
+        tracing::info!(partitions = ?names, "{what}");
         let mut changes = self.changes.lock().expect("rebalance lock");
         changes.extend(partitions.iter().map(|p| (p.topic().to_string(), p.partition())));
     }
@@ -220,6 +229,8 @@ impl Worker {
         if !self.seen_partitions.contains(&key) {
             self.ingestor.refresh().await.context("loading the catalog")?;
             self.seen_partitions.insert(key);
+            let through = self.ingestor.persisted_through(&watermark_key(&origin.topic, origin.partition));
+            tracing::info!(topic = %origin.topic, partition = origin.partition, offset = origin.offset, watermark = ?through, "reading a partition");
         }
         let through = self.ingestor.persisted_through(&watermark_key(&origin.topic, origin.partition));
         Ok(through.is_some_and(|next| (origin.offset as u64) < next))

@@ -64,11 +64,13 @@ pub struct Process {
 impl Process {
     pub fn spawn(name: &str, program: &Path, args: &[&str], env: &[(String, String)], dir: &Path) -> Process {
         let log = dir.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).expect("log file");
+        // Appends: a restarted process continues its log.
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
         let child = Command::new(program)
             .args(args)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            // tansu logs every request at `info` (hundreds of MB in a load test).
+            .env("RUST_LOG", if name == "tansu" { "warn".into() } else { std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()) })
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log file"))
@@ -95,6 +97,18 @@ impl Process {
             std::thread::sleep(Duration::from_millis(50));
         }
         None
+    }
+
+    /// SIGKILL, as a crash: no handler runs. Waits for the exit.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// The last lines of the process's log, for failure messages.
@@ -143,6 +157,31 @@ pub struct Stack {
     /// first ones, reads their memory.
     pub ingest_ports: Vec<u16>,
     ingest_env: Vec<(String, String)>,
+    agent_env: Vec<(String, String)>,
+    /// How each process was started, by name, so it can be started again.
+    specs: Vec<Spec>,
+    kafka_storage: KafkaStorage,
+}
+
+/// How to (re)start one process of a stack.
+#[derive(Clone)]
+struct Spec {
+    name: String,
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    /// Healthy when GET /health answers 2xx on this port; `None`: when the TCP port listens.
+    http_port: Option<u16>,
+    tcp_port: u16,
+}
+
+/// Where tansu keeps its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KafkaStorage {
+    /// Lost when tansu stops (fastest; most tests).
+    Memory,
+    /// A SQLite file in the stack's folder: survives a tansu restart.
+    Sqlite,
 }
 
 pub struct StackOptions {
@@ -150,11 +189,23 @@ pub struct StackOptions {
     pub ingest_workers: usize,
     /// The ingest workers' persist interval (their default when `None`).
     pub persist_interval_ms: Option<u64>,
+    pub kafka_storage: KafkaStorage,
+    /// Extra environment for every ingest worker.
+    pub ingest_env: Vec<(String, String)>,
+    /// Extra environment for every edge agent.
+    pub agent_env: Vec<(String, String)>,
 }
 
 impl Default for StackOptions {
     fn default() -> Self {
-        StackOptions { edge_agent: true, ingest_workers: 1, persist_interval_ms: None }
+        StackOptions {
+            edge_agent: true,
+            ingest_workers: 1,
+            persist_interval_ms: None,
+            kafka_storage: KafkaStorage::Memory,
+            ingest_env: Vec::new(),
+            agent_env: Vec::new(),
+        }
     }
 }
 
@@ -169,8 +220,19 @@ impl Stack {
             query_http: free_port(),
             agent_http: free_port(),
         };
-        let ingest_env = options.persist_interval_ms.map(|ms| env("LODESTONE_INGEST__PERSIST__INTERVAL_MS", ms.to_string())).into_iter().collect();
-        let mut stack = Stack { dir, ports, processes: Vec::new(), http: reqwest::Client::new(), ingest_ports: Vec::new(), ingest_env };
+        let mut ingest_env: Vec<_> = options.persist_interval_ms.map(|ms| env("LODESTONE_INGEST__PERSIST__INTERVAL_MS", ms.to_string())).into_iter().collect();
+        ingest_env.extend(options.ingest_env);
+        let mut stack = Stack {
+            dir,
+            ports,
+            processes: Vec::new(),
+            http: reqwest::Client::new(),
+            ingest_ports: Vec::new(),
+            ingest_env,
+            specs: Vec::new(),
+            kafka_storage: options.kafka_storage,
+            agent_env: options.agent_env,
+        };
         stack.start_tansu().await;
         stack.start_bridge().await;
         for worker in 0..options.ingest_workers {
@@ -193,11 +255,20 @@ impl Stack {
 
     async fn start_tansu(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.ports.kafka);
-        let args = ["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"];
-        let process = Process::spawn("tansu", &tansu_bin(), &args, &[], self.dir.path());
-        self.processes.push(process);
-        let port = self.ports.kafka;
-        self.wait_tcp("tansu", port).await;
+        let storage = match self.kafka_storage {
+            KafkaStorage::Memory => "memory://tansu/".to_string(),
+            KafkaStorage::Sqlite => format!("sqlite://{}", self.dir.path().join("tansu.db").display()),
+        };
+        let args = ["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", &storage];
+        let spec = Spec {
+            name: "tansu".into(),
+            program: tansu_bin(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: Vec::new(),
+            http_port: None,
+            tcp_port: self.ports.kafka,
+        };
+        self.launch(spec).await;
         create_topics(&self.bootstrap(), &[(INGEST_TOPIC, INGEST_PARTITIONS), (DEAD_LETTER_TOPIC, 1)]).await;
     }
 
@@ -223,6 +294,7 @@ impl Stack {
             env("LODESTONE_INGEST__KAFKA__GROUP_ID", group.to_string()),
             env("LODESTONE_INGEST__STORE__PATH", self.store_path()),
             env("LODESTONE_INGEST__HTTP__LISTEN", format!("127.0.0.1:{port}")),
+            env("LODESTONE_INGEST__KAFKA__INSTANCE_ID", name.to_string()),
         ];
         env.extend(self.ingest_env.iter().cloned());
         self.spawn_service(name, "ingest-service", env, port).await;
@@ -254,12 +326,43 @@ impl Stack {
             env("LODESTONE_AGENT__MQTT__PORT", self.ports.mqtt.to_string()),
             env("LODESTONE_AGENT__OUTBOX__PATH", self.dir.path().join(format!("outbox-{device_id}")).display().to_string()),
         ];
+        let env = env.into_iter().chain(self.agent_env.iter().cloned()).collect();
         self.spawn_service(&format!("agent-{device_id}"), "edge-agent", env, self.ports.agent_http).await;
     }
 
     async fn spawn_service(&mut self, name: &str, binary: &str, env: Vec<(String, String)>, http_port: u16) {
-        let process = Process::spawn(name, &bin_dir().join(binary), &[], &env, self.dir.path());
+        let spec = Spec { name: name.into(), program: bin_dir().join(binary), args: Vec::new(), env, http_port: Some(http_port), tcp_port: http_port };
+        self.launch(spec).await;
+    }
+
+    /// Starts `spec`'s process and waits until it is ready; remembers it for [`Stack::restart`].
+    async fn launch(&mut self, spec: Spec) {
+        let args: Vec<&str> = spec.args.iter().map(String::as_str).collect();
+        let process = Process::spawn(&spec.name, &spec.program, &args, &spec.env, self.dir.path());
+        self.processes.retain(|p| p.name != spec.name);
         self.processes.push(process);
+        let (name, http_port, tcp_port) = (spec.name.clone(), spec.http_port, spec.tcp_port);
+        self.specs.retain(|s| s.name != spec.name);
+        self.specs.push(spec);
+        match http_port {
+            Some(port) => self.wait_healthy(&name, port).await,
+            None => self.wait_tcp(&name, tcp_port).await,
+        }
+    }
+
+    /// Kills process `name` with SIGKILL (a crash) and waits for it to be gone.
+    pub fn kill9(&mut self, name: &str) {
+        self.process(name).kill9();
+    }
+
+    /// Starts process `name` again, as it was first started (same ports, folders and settings),
+    /// and waits until it is ready.
+    pub async fn restart(&mut self, name: &str) {
+        let spec = self.specs.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no process {name}")).clone();
+        self.launch(spec).await;
+    }
+
+    async fn wait_healthy(&mut self, name: &str, http_port: u16) {
         let url = format!("http://127.0.0.1:{http_port}/health");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -342,5 +445,134 @@ pub async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
         if let Err((topic, code)) = result {
             assert_eq!(code, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists, "creating {topic}");
         }
+    }
+}
+
+/// What a load generator says it sent (and had acknowledged), per device: the number of readings
+/// and their exact sum. Built from `lodestone-sim`'s JSON summary.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Ledger {
+    pub devices: std::collections::BTreeMap<String, (i64, f64)>,
+}
+
+impl Ledger {
+    pub fn from_summary(summary: &Value) -> Ledger {
+        let devices = summary["devices"]
+            .as_object()
+            .expect("a simulator summary has `devices`")
+            .iter()
+            .map(|(device, totals)| (device.clone(), (totals["count"].as_i64().unwrap(), totals["sum"].as_f64().unwrap())))
+            .collect();
+        Ledger { devices }
+    }
+
+    pub fn total(&self) -> i64 {
+        self.devices.values().map(|(count, _)| count).sum()
+    }
+}
+
+/// The store checked against a [`Ledger`] with SQL.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Audit {
+    /// Readings in the ledger that no row holds.
+    pub lost: i64,
+    /// Rows beyond one per reading (the same device and time twice).
+    pub duplicated: i64,
+    /// Devices whose stored values do not add up to what was sent (a reading stored with the
+    /// wrong value), or that were never sent.
+    pub wrong_devices: Vec<String>,
+}
+
+impl Stack {
+    /// Compares `table` (dimension `id_dimension`, one double per reading) with `ledger`.
+    pub async fn audit(&self, table: &str, id_dimension: &str, ledger: &Ledger) -> Audit {
+        let sql = format!(
+            "SELECT {id_dimension}, count(*), count(DISTINCT time), sum(measure_value::double) FROM {table} GROUP BY {id_dimension}"
+        );
+        let answer = self.query(&sql).await;
+        let mut audit = Audit { lost: 0, duplicated: 0, wrong_devices: Vec::new() };
+        let mut seen = std::collections::BTreeSet::new();
+        for row in answer["rows"].as_array().expect("rows") {
+            let device = row[0].as_str().expect("device id").to_string();
+            let (rows, distinct, sum) = (row[1].as_i64().unwrap(), row[2].as_i64().unwrap(), row[3].as_f64().unwrap_or(0.0));
+            audit.duplicated += rows - distinct;
+            match ledger.devices.get(&device) {
+                Some((count, sent_sum)) => {
+                    audit.lost += (count - distinct).max(0);
+                    if (sum - sent_sum).abs() > 1e-6 * sent_sum.abs().max(1.0) {
+                        audit.wrong_devices.push(device.clone());
+                    }
+                }
+                None => audit.wrong_devices.push(device.clone()),
+            }
+            seen.insert(device);
+        }
+        audit.lost += ledger.devices.iter().filter(|(d, _)| !seen.contains(*d)).map(|(_, (count, _))| count).sum::<i64>();
+        audit
+    }
+
+    /// Polls `count(*)` of `table` until it reaches `expected` or stops growing for `stall`;
+    /// returns the last count. For fault tests, which must report a loss rather than time out.
+    pub async fn settle_count(&self, table: &str, expected: i64, stall: Duration) -> i64 {
+        let sql = format!("SELECT count(*) FROM {table}");
+        let mut last = (-1, Instant::now());
+        loop {
+            let count = self.try_rows(&sql).await.and_then(|rows| rows.first()?.first()?.as_i64()).unwrap_or(0);
+            if count >= expected {
+                return count;
+            }
+            if count != last.0 {
+                eprintln!("{table}: {count} of {expected} rows");
+                last = (count, Instant::now());
+            } else if last.1.elapsed() > stall {
+                return count;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// Prints a fault test's figures and asserts the audit is clean.
+pub fn report(test: &str, audit: &Audit) {
+    println!("figure {test}_lost {} readings", audit.lost);
+    println!("figure {test}_duplicated {} readings", audit.duplicated);
+    assert_eq!((audit.lost, audit.duplicated), (0, 0), "{test}: {audit:?}");
+    assert!(audit.wrong_devices.is_empty(), "{test}: devices with wrong values {:?}", audit.wrong_devices);
+}
+
+/// Runs `lodestone-sim` with `args` in the background (the caller injects faults meanwhile);
+/// the task ends with the run's JSON summary, and panics if the run failed.
+pub fn sim(args: &[&str]) -> tokio::task::JoinHandle<Value> {
+    let child = tokio::process::Command::new(bin_dir().join("lodestone-sim"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("lodestone-sim starts");
+    tokio::spawn(async move {
+        let output = child.wait_with_output().await.expect("lodestone-sim runs");
+        assert!(output.status.success(), "simulator failed ({}): {}", output.status, String::from_utf8_lossy(&output.stdout));
+        serde_json::from_slice(output.stdout.trim_ascii()).expect("one JSON summary line")
+    })
+}
+
+impl Drop for Stack {
+    /// When a test fails, its processes' logs are copied to `$TMPDIR/lodestone-failed-<pid>-<n>/`
+    /// (the stack's own folder is deleted), and the path is printed.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        static FAILED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = FAILED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let keep = std::env::temp_dir().join(format!("lodestone-failed-{}-{n}", std::process::id()));
+        if std::fs::create_dir_all(&keep).is_err() {
+            return;
+        }
+        for process in &self.processes {
+            let _ = std::fs::copy(&process.log, keep.join(process.log.file_name().unwrap_or_default()));
+        }
+        eprintln!("logs of the failed stack: {}", keep.display());
     }
 }
