@@ -257,7 +257,8 @@ impl Stack {
         let url = format!("tcp://127.0.0.1:{}", self.ports.kafka);
         let storage = match self.kafka_storage {
             KafkaStorage::Memory => "memory://tansu/".to_string(),
-            KafkaStorage::Sqlite => format!("sqlite://{}", self.dir.path().join("tansu.db").display()),
+            // Relative to the process's folder (the stack's): tansu resolves the path that way.
+            KafkaStorage::Sqlite => "sqlite://tansu.db".to_string(),
         };
         let args = ["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", &storage];
         let spec = Spec {

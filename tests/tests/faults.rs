@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use lodestone_tests::{report, sim, Ledger, Stack, StackOptions};
+use lodestone_tests::{report, sim, KafkaStorage, Ledger, Stack, StackOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -18,28 +18,33 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// How long the store may stop growing before a test reports what is missing.
 const STALL: Duration = Duration::from_secs(90);
 
-/// The simulator's readings for `devices` × `per_device` at 100 ms apart (so the whole run lies
-/// within the tables' memory retention), `rate` readings/s in total.
-fn load_args(devices: u64, per_device: u64, rate: u64, table: &str) -> Vec<String> {
-    [
-        "--devices",
-        &devices.to_string(),
-        "--readings-per-device",
-        &per_device.to_string(),
-        "--interval-ms",
-        "100",
-        "--rate",
-        &rate.to_string(),
-        "--database",
-        "faults",
-        "--table",
-        table,
-        "--timeout-s",
-        "900",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+/// `lodestone-sim` arguments: `subcommand` with its own `args`, then the data shared by every
+/// test: readings 100 ms apart (so a whole run lies within the tables' memory retention), `rate`
+/// readings/s in total, into `faults.{table}`.
+fn sim_args(subcommand: &str, args: &[&str], rate: u64, table: &str) -> Vec<String> {
+    let rate = rate.to_string();
+    let data = ["--interval-ms", "100", "--rate", &rate, "--database", "faults", "--table", table, "--timeout-s", "900"];
+    std::iter::once(subcommand).chain(args.iter().copied()).chain(data).map(str::to_string).collect()
+}
+
+fn start_sim(args: &[String]) -> tokio::task::JoinHandle<serde_json::Value> {
+    sim(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// Waits `delay` (a fault schedule, not a synchronisation) and checks the load is still running.
+async fn mid_load(load: &tokio::task::JoinHandle<serde_json::Value>, delay: Duration) {
+    tokio::time::sleep(delay).await;
+    assert!(!load.is_finished(), "the load ended before the fault; make it longer");
+}
+
+/// Audits `faults.{table}` against the load's summary and prints the test's figures.
+async fn settle_and_report(stack: &Stack, test: &str, table: &str, id_dimension: &str, summary: &serde_json::Value, expected: i64) {
+    let ledger = Ledger::from_summary(summary);
+    assert_eq!(ledger.total(), expected, "the load's acknowledged readings");
+    let table = format!("faults.{table}");
+    stack.settle_count(&table, ledger.total(), STALL).await;
+    let audit = stack.audit(&table, id_dimension, &ledger).await;
+    report(test, &audit);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,9 +52,9 @@ async fn ingest_workers_killed_every_20_to_40_s_lose_and_duplicate_nothing() {
     let _serial = SERIAL.lock().await;
     let mut stack = Stack::start(StackOptions { edge_agent: false, ingest_workers: 2, ..Default::default() }).await;
     // 1,000,000 readings at 10,000/s: about 100 s of load, so 2 to 5 kills land in it.
-    let mut args = vec!["kafka".to_string(), "--bootstrap".into(), stack.bootstrap(), "--batch".into(), "500".into()];
-    args.extend(load_args(100, 10_000, 10_000, "ingest_kill"));
-    let mut load = sim(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let bootstrap = stack.bootstrap();
+    let args = ["--bootstrap", &bootstrap, "--batch", "500", "--devices", "100", "--readings-per-device", "10000"];
+    let mut load = start_sim(&sim_args("kafka", &args, 10_000, "ingest_kill"));
     let mut rng = StdRng::seed_from_u64(20);
     let mut kills = 0;
     let summary = loop {
@@ -66,10 +71,62 @@ async fn ingest_workers_killed_every_20_to_40_s_lose_and_duplicate_nothing() {
         }
     };
     assert!(kills >= 2, "the load ended after {kills} kills; it must span at least two");
-    let ledger = Ledger::from_summary(&summary);
-    assert_eq!(ledger.total(), 1_000_000);
-    stack.settle_count("faults.ingest_kill", ledger.total(), STALL).await;
-    let audit = stack.audit("faults.ingest_kill", "device_id", &ledger).await;
     println!("figure ingest_kill_kills {kills} kills");
-    report("ingest_kill", &audit);
+    settle_and_report(&stack, "ingest_kill", "ingest_kill", "device_id", &summary, 1_000_000).await;
+}
+
+/// MQTT devices keep publishing while the bridge (rumqttd inside, memory only) is killed and
+/// restarted: devices reconnect and resend what was not acknowledged end to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_bridge_killed_mid_load_loses_and_duplicates_nothing() {
+    let _serial = SERIAL.lock().await;
+    let mut stack = Stack::start(StackOptions { edge_agent: false, ..Default::default() }).await;
+    let port = stack.ports.mqtt.to_string();
+    let args = ["--port", &port, "--batch", "50", "--devices", "50", "--readings-per-device", "2000", "--resend-after-ms", "3000"];
+    let load = start_sim(&sim_args("mqtt", &args, 2_000, "bridge_kill"));
+    for _ in 0..2 {
+        mid_load(&load, Duration::from_secs(12)).await;
+        eprintln!("kill -9 broker-bridge");
+        stack.kill9("broker-bridge");
+        stack.restart("broker-bridge").await;
+    }
+    let summary = load.await.expect("the load task");
+    settle_and_report(&stack, "bridge_kill", "bridge_kill", "device_id", &summary, 100_000).await;
+}
+
+/// tansu (SQLite storage) is killed and restarted under MQTT load: the bridge holds its acks
+/// while Kafka is away, devices resend, and the ingest workers resume from committed offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tansu_killed_and_restarted_mid_load_loses_and_duplicates_nothing() {
+    let _serial = SERIAL.lock().await;
+    let mut stack = Stack::start(StackOptions { edge_agent: false, kafka_storage: KafkaStorage::Sqlite, ..Default::default() }).await;
+    let port = stack.ports.mqtt.to_string();
+    let args = ["--port", &port, "--batch", "50", "--devices", "50", "--readings-per-device", "2000", "--resend-after-ms", "3000"];
+    let load = start_sim(&sim_args("mqtt", &args, 2_000, "tansu_kill"));
+    mid_load(&load, Duration::from_secs(15)).await;
+    eprintln!("kill -9 tansu");
+    stack.kill9("tansu");
+    stack.restart("tansu").await;
+    let summary = load.await.expect("the load task");
+    settle_and_report(&stack, "tansu_kill", "tansu_kill", "device_id", &summary, 100_000).await;
+}
+
+/// The edge agent is killed 20 times while sensors post to it: every write it answered with
+/// success is in its LMDB outbox and reaches the store after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_agent_killed_20_times_mid_publish_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let mut stack = Stack::start(StackOptions::default()).await;
+    let url = format!("http://127.0.0.1:{}", stack.ports.agent_http);
+    let args = ["--url", &url, "--batch", "50", "--sensors", "20", "--readings-per-sensor", "5000"];
+    let load = start_sim(&sim_args("agent", &args, 2_000, "agent_kill"));
+    let mut rng = StdRng::seed_from_u64(21);
+    for kill in 0..20 {
+        mid_load(&load, Duration::from_millis(rng.gen_range(500..2_000))).await;
+        eprintln!("kill -9 edge agent ({})", kill + 1);
+        stack.kill9("agent-edge-1");
+        stack.restart("agent-edge-1").await;
+    }
+    let summary = load.await.expect("the load task");
+    settle_and_report(&stack, "agent_kill", "agent_kill", "sensor_id", &summary, 100_000).await;
 }
