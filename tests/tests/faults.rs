@@ -130,3 +130,85 @@ async fn edge_agent_killed_20_times_mid_publish_loses_nothing() {
     let summary = load.await.expect("the load task");
     settle_and_report(&stack, "agent_kill", "agent_kill", "sensor_id", &summary, 100_000).await;
 }
+
+/// 10,000 bad payloads (9,800 undecodable, 200 over the bridge's payload bound) from one device,
+/// among 50,000 valid readings from 20 others: each bad one is on the dead-letter topic with its
+/// reason, every valid one is stored, and the bad device is never disconnected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_bad_payloads_go_to_the_dead_letter_topic_and_valid_traffic_lands() {
+    const MALFORMED: usize = 9_800;
+    const OVERSIZED: usize = 200;
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::start(StackOptions { edge_agent: false, ..Default::default() }).await;
+    let port = stack.ports.mqtt.to_string();
+    let args = ["--port", &port, "--batch", "50", "--devices", "20", "--readings-per-device", "2500"];
+    let load = start_sim(&sim_args("mqtt", &args, 2_000, "bad_payloads"));
+
+    let mut options = rumqttc::MqttOptions::new("bad-device", "127.0.0.1", stack.ports.mqtt);
+    options.set_max_packet_size(64 * 1024, 512 * 1024); // (incoming, outgoing)
+    options.set_inflight(100);
+    let (client, mut events) = rumqttc::AsyncClient::new(options, 200);
+    let link = tokio::spawn(async move {
+        let (mut connacks, mut pubacks) = (0, 0);
+        while pubacks < MALFORMED + OVERSIZED {
+            match events.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => connacks += 1,
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => pubacks += 1,
+                Ok(_) => {}
+                Err(error) => panic!("the bad device lost its connection: {error}"),
+            }
+        }
+        connacks
+    });
+    let topic = lodestone_model::topic::data_topic("faults", "bad_payloads", "bad-device");
+    for i in 0..MALFORMED + OVERSIZED {
+        let payload = if i % 49 == 0 && i / 49 < OVERSIZED {
+            vec![b'{'; 270 * 1024] // over payload_bytes_max (256 KiB), under packet_bytes_max
+        } else {
+            format!("\u{fffd} not an envelope #{i}").into_bytes()
+        };
+        client.publish(&topic, rumqttc::QoS::AtLeastOnce, false, payload).await.expect("queued");
+    }
+    let connacks = tokio::time::timeout(Duration::from_secs(300), link).await.expect("every bad payload acknowledged").expect("link task");
+    assert_eq!(connacks, 1, "the bad device connected once: no reconnect loop");
+
+    let reasons = dead_letter_reasons(&stack.bootstrap(), "bad-device", MALFORMED + OVERSIZED).await;
+    println!("figure bad_payloads_dead_letters {} messages", reasons.values().sum::<usize>());
+    assert_eq!(reasons.get("payload_too_large"), Some(&OVERSIZED), "{reasons:?}");
+    assert_eq!(reasons.get("malformed_payload"), Some(&MALFORMED), "{reasons:?}");
+
+    let summary = load.await.expect("the load task");
+    settle_and_report(&stack, "bad_payloads", "bad_payloads", "device_id", &summary, 50_000).await;
+}
+
+/// Reads the dead-letter topic from the start until `count` letters of `device_id` arrived (or
+/// 5 minutes passed); their count per `reason` header.
+async fn dead_letter_reasons(bootstrap: &str, device_id: &str, count: usize) -> std::collections::BTreeMap<String, usize> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::{Headers, Message};
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "fault-test-dead-letters")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[lodestone_tests::DEAD_LETTER_TOPIC]).expect("subscribe");
+    let header = |message: &rdkafka::message::BorrowedMessage, name: &str| {
+        message.headers().and_then(|h| h.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned()))
+    };
+    let mut reasons = std::collections::BTreeMap::new();
+    let mut seen = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    while seen < count {
+        let Ok(message) = tokio::time::timeout_at(deadline, consumer.recv()).await else {
+            panic!("only {seen} of {count} dead letters arrived: {reasons:?}");
+        };
+        let message = message.expect("a dead letter");
+        if header(&message, "device_id").as_deref() == Some(device_id) {
+            *reasons.entry(header(&message, "reason").unwrap_or_default()).or_insert(0) += 1;
+            seen += 1;
+        }
+    }
+    reasons
+}
