@@ -212,3 +212,25 @@ async fn dead_letter_reasons(bootstrap: &str, device_id: &str, count: usize) -> 
     }
     reasons
 }
+
+/// Sensors post to the edge agent while each service in turn gets SIGTERM, must exit cleanly
+/// within 10 s, and is started again: nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_to_each_service_under_load_exits_within_10_s_and_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let mut stack = Stack::start(StackOptions::default()).await;
+    let url = format!("http://127.0.0.1:{}", stack.ports.agent_http);
+    let args = ["--url", &url, "--batch", "50", "--sensors", "20", "--readings-per-sensor", "4000"];
+    let load = start_sim(&sim_args("agent", &args, 1_500, "sigterm"));
+    for service in ["agent-edge-1", "broker-bridge", "ingest-0", "query-service"] {
+        mid_load(&load, Duration::from_secs(8)).await;
+        let started = std::time::Instant::now();
+        let status = stack.process(service).terminate(Duration::from_secs(10));
+        let Some(status) = status else { panic!("{service} still running 10 s after SIGTERM:\n{}", stack.process(service).tail()) };
+        assert!(status.success(), "{service} exited with {status} after SIGTERM:\n{}", stack.process(service).tail());
+        println!("figure sigterm_{}_exit_ms {} ms", service.replace('-', "_"), started.elapsed().as_millis());
+        stack.restart(service).await;
+    }
+    let summary = load.await.expect("the load task");
+    settle_and_report(&stack, "sigterm", "sigterm", "sensor_id", &summary, 80_000).await;
+}
