@@ -54,7 +54,7 @@ impl Agent {
     pub async fn start(config: AgentConfig) -> Result<Agent, AgentError> {
         let boot_id = new_boot_id();
         let source = Source { device_id: config.device_id.clone(), boot_id: boot_id.clone() };
-        let outbox = Outbox::open(&config.outbox.path, config.outbox.bytes_max, source.clone())?;
+        let outbox = Outbox::open(&config.outbox.path, config.outbox.bytes_max, source.clone())?.with_full_policy(config.outbox.full_policy);
         let status = outbox.status()?;
         let outbox_closed = outbox.closing_event();
         tracing::info!(

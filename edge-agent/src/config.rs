@@ -57,12 +57,27 @@ pub struct OutboxConfig {
     /// `outbox_full` once the stored readings would take more than 90% of it (the rest is kept
     /// for LMDB's copy-on-write pages, so that acknowledgements can always delete).
     pub bytes_max: u64,
+    /// What a write does when the outbox is full: `reject_new` refuses it (507 `outbox_full`,
+    /// counted as `rejected`); `drop_oldest` deletes the oldest unacknowledged readings to make
+    /// room (counted as `dropped`) and stores it.
+    pub full_policy: FullPolicy,
     /// Most records the writer puts into one commit (one group commit, ~2 fsyncs). A single
     /// request larger than this is still committed whole.
     pub commit_batch_max: usize,
     /// Writes waiting for the next commit. At the bound, writers wait (backpressure); nothing is
     /// refused.
     pub pending_requests_max: usize,
+}
+
+/// The outbox's behaviour at its quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FullPolicy {
+    /// Refuse new writes; the caller keeps the reading and retries (backpressure).
+    #[default]
+    RejectNew,
+    /// Keep the newest readings: delete the oldest unacknowledged ones to make room.
+    DropOldest,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -137,6 +152,7 @@ impl Default for OutboxConfig {
         OutboxConfig {
             path: PathBuf::from("data/edge-agent/outbox"),
             bytes_max: 1 << 30,
+            full_policy: FullPolicy::RejectNew,
             commit_batch_max: 10_000,
             pending_requests_max: 1024,
         }

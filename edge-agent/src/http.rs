@@ -144,6 +144,7 @@ async fn status(State(state): State<Arc<HttpState>>) -> Response {
             "forwarded": Telemetry::get(&telemetry.forwarded),
             "acked": Telemetry::get(&telemetry.acked),
             "rejected": Telemetry::get(&telemetry.rejected),
+            "dropped": state.outbox.dropped_total(),
         },
     }))
     .into_response()

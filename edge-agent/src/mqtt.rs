@@ -46,6 +46,8 @@ pub struct Forwarder {
     /// The next sequence number the outbox will assign; changes after each commit.
     pub committed: watch::Receiver<u64>,
     pub telemetry: Arc<Telemetry>,
+    /// The outbox's `dropped_total` when this forwarder last changed its boot id.
+    dropped_seen: u64,
 }
 
 enum LinkEvent {
@@ -71,6 +73,7 @@ impl Forwarder {
             writer,
             committed,
             telemetry,
+            dropped_seen: 0,
         }
     }
 
@@ -180,6 +183,7 @@ impl Forwarder {
     /// Publishes outbox entries while the window has room and the outbox has entries.
     async fn fill_window(&mut self, client: &AsyncClient, window: &mut ForwardWindow) -> Result<(), SessionEnd> {
         loop {
+            self.start_new_epoch_after_drops(window);
             let Some(from) = window.next_seq() else { return Ok(()) };
             if from >= *self.committed.borrow() {
                 return Ok(());
@@ -208,6 +212,21 @@ impl Forwarder {
                 window.skip_through(scanned_through);
             }
         }
+    }
+
+    /// After the outbox dropped readings to make room (`full_policy = "drop_oldest"`), the
+    /// sequence this agent was sending has a hole the bridge would wait on forever: its acks
+    /// cover only gap-free runs. The agent therefore continues under a new boot id, a fresh
+    /// sequence space for the bridge, and resends everything still unacknowledged under it.
+    fn start_new_epoch_after_drops(&mut self, window: &mut ForwardWindow) {
+        let dropped = self.outbox.dropped_total();
+        if dropped == self.dropped_seen {
+            return;
+        }
+        self.dropped_seen = dropped;
+        self.source.boot_id = crate::agent::new_boot_id();
+        tracing::warn!(dropped_total = dropped, boot_id = %self.source.boot_id, "the outbox dropped its oldest readings; forwarding continues under a new boot id");
+        window.rewind();
     }
 
     fn publish(&self, client: &AsyncClient, group: Vec<StoredEntry>) -> Result<(), SessionEnd> {

@@ -17,6 +17,8 @@ use heed::types::{Bytes, Str, U64};
 use heed::{Database, Env, EnvOpenOptions, RoTxn};
 use lodestone_model::{ContentType, Envelope, Limits, Record, Source};
 
+pub use crate::config::FullPolicy;
+
 type SeqKey = U64<BigEndian>;
 
 const META_NEXT_SEQ: &str = "next_seq";
@@ -84,6 +86,8 @@ pub struct Committed {
     pub released: u64,
     /// The next sequence number to be assigned, after this commit.
     pub next_seq: u64,
+    /// Unacknowledged entries deleted to make room ([`FullPolicy::DropOldest`]).
+    pub dropped: u64,
 }
 
 /// A stored reading, as read back for forwarding.
@@ -125,6 +129,10 @@ pub struct Outbox {
     source: Source,
     admission_bytes_max: u64,
     bytes_max: u64,
+    full_policy: FullPolicy,
+    /// Entries dropped by this process (all clones share it); a change tells the forwarder that
+    /// the sequence it was sending has a hole.
+    dropped_total: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Outbox {
@@ -149,7 +157,27 @@ impl Outbox {
         let entries = env.create_database(&mut txn, Some("entries"))?;
         let meta: Database<Str, SeqKey> = env.create_database(&mut txn, Some("meta"))?;
         txn.commit()?;
-        Ok(Outbox { env, entries, meta, source, admission_bytes_max: map_bytes / 10 * 9, bytes_max })
+        Ok(Outbox {
+            env,
+            entries,
+            meta,
+            source,
+            admission_bytes_max: map_bytes / 10 * 9,
+            bytes_max,
+            full_policy: FullPolicy::RejectNew,
+            dropped_total: Default::default(),
+        })
+    }
+
+    /// What a commit does when the appended readings would not fit (reject by default).
+    pub fn with_full_policy(mut self, policy: FullPolicy) -> Outbox {
+        self.full_policy = policy;
+        self
+    }
+
+    /// Entries this process dropped to make room, since it opened the outbox.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped_total.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Appends `appends` in order, each under consecutive sequence numbers, in ONE transaction.
@@ -180,24 +208,69 @@ impl Outbox {
                 self.meta.put(&mut txn, META_ACKED_THROUGH, &through)?;
             }
         }
+        let first_appended = next_seq;
+        let encoded: Vec<(u64, Vec<u8>)> = appends
+            .iter()
+            .flat_map(|append| append.records.iter().map(move |record| (append, record)))
+            .enumerate()
+            .map(|(i, (append, record))| (first_appended + i as u64, self.encode(first_appended + i as u64, &append.destination, record)))
+            .collect();
+        let mut dropped = 0;
+        if self.full_policy == FullPolicy::DropOldest && !encoded.is_empty() {
+            // Room first, so that the puts below do not fill the map: each entry takes about
+            // twice its bytes in pages (keys, page headers, half-full leaves).
+            let incoming: u64 = encoded.iter().map(|(_, value)| 2 * (value.len() as u64 + 16)).sum();
+            dropped += self.drop_oldest(&mut txn, self.admission_bytes_max.saturating_sub(incoming), first_appended)?;
+        }
+        for (seq, value) in &encoded {
+            self.entries.put(&mut txn, seq, value).map_err(|e| self.full_or(e))?;
+        }
+        next_seq += encoded.len() as u64;
         let mut ranges = Vec::with_capacity(appends.len());
+        let mut first = first_appended;
         for append in appends {
-            let first = next_seq;
-            for record in &append.records {
-                let value = self.encode(next_seq, &append.destination, record);
-                self.entries.put(&mut txn, &next_seq, &value).map_err(|e| self.full_or(e))?;
-                next_seq += 1;
-            }
-            ranges.push(SeqRange { first, last: next_seq - 1 });
+            let last = first + append.records.len() as u64;
+            ranges.push(SeqRange { first, last: last.wrapping_sub(1) });
+            first = last;
         }
         if !appends.is_empty() {
             if self.entries_bytes(&txn)? > self.admission_bytes_max {
-                return Err(OutboxError::Full { bytes_max: self.bytes_max });
+                match self.full_policy {
+                    FullPolicy::RejectNew => return Err(OutboxError::Full { bytes_max: self.bytes_max }),
+                    FullPolicy::DropOldest => dropped += self.drop_oldest(&mut txn, self.admission_bytes_max, first_appended)?,
+                }
             }
             self.meta.put(&mut txn, META_NEXT_SEQ, &next_seq).map_err(|e| self.full_or(e))?;
         }
         txn.commit().map_err(|e| self.full_or(e))?;
-        Ok(Committed { ranges, released, next_seq })
+        if dropped > 0 {
+            self.dropped_total.fetch_add(dropped, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(Committed { ranges, released, next_seq, dropped })
+    }
+
+    /// Deletes the oldest entries (all below `keep_from`, the first one being appended) until
+    /// the stored entries take at most `bytes` of pages; their count. [`OutboxError::Full`] when
+    /// even that is not enough: a write larger than the whole quota.
+    fn drop_oldest(&self, txn: &mut heed::RwTxn, bytes: u64, keep_from: u64) -> Result<u64, OutboxError> {
+        let mut dropped = 0;
+        loop {
+            let used = self.entries_bytes(txn)?;
+            if used <= bytes {
+                return Ok(dropped);
+            }
+            let Some((oldest, _)) = self.entries.first(txn)? else { return Ok(dropped) };
+            if oldest >= keep_from {
+                return Err(OutboxError::Full { bytes_max: self.bytes_max });
+            }
+            // Pages per entry vary; aim at the excess plus 1% of the entries, so that a commit
+            // takes a few rounds at most.
+            let count = self.entries.len(txn)?.max(1);
+            let per_entry = (used / count).max(1);
+            let batch = ((used - bytes) / per_entry + 1).max(count / 100).max(1);
+            let through = (oldest + batch - 1).min(keep_from - 1);
+            dropped += self.entries.delete_range(txn, &(oldest..=through))? as u64;
+        }
     }
 
     /// Reads up to `max_entries` entries with sequence numbers from `from` on, oldest first.
@@ -333,7 +406,7 @@ mod tests {
         let status = outbox.status().unwrap();
         assert_eq!((status.entries, status.next_seq, status.acked_through), (2, 6, 3));
         let committed = outbox.commit(&[append("a", 1)], Some(5)).unwrap();
-        assert_eq!(committed, Committed { ranges: vec![SeqRange { first: 6, last: 6 }], released: 2, next_seq: 7 });
+        assert_eq!(committed, Committed { ranges: vec![SeqRange { first: 6, last: 6 }], released: 2, next_seq: 7, dropped: 0 });
         assert_eq!(seqs(&outbox), vec![6]);
     }
 
@@ -372,5 +445,26 @@ mod tests {
         assert_eq!(outbox.status().unwrap().entries, stored, "the refused append stored nothing");
         assert_eq!(outbox.release_through(stored).unwrap(), stored);
         assert_eq!(outbox.append(&[append("a", 100)]).unwrap(), vec![SeqRange { first: stored + 1, last: stored + 100 }]);
+    }
+
+    #[test]
+    fn drop_oldest_keeps_the_newest_readings_within_the_quota_and_counts_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(dir.path(), MIB, source()).unwrap().with_full_policy(FullPolicy::DropOldest);
+        let mut dropped = 0;
+        for _ in 0..200 {
+            let committed = outbox.commit(&[append("a", 100)], None).unwrap();
+            dropped += committed.dropped;
+            assert!(outbox.status().unwrap().bytes <= MIB / 10 * 9, "within the admission bound after every commit");
+        }
+        assert!(dropped > 0, "20,000 readings do not fit in 1 MiB");
+        assert_eq!(outbox.dropped_total(), dropped);
+        let kept = seqs(&outbox);
+        assert_eq!(kept.len() as u64 + dropped, 20_000, "every reading is kept or counted as dropped");
+        let expected: Vec<u64> = (dropped + 1..=20_000).collect();
+        assert_eq!(kept, expected, "the newest are kept, gap-free");
+        // A write larger than the whole quota is still refused, and drops nothing.
+        assert_eq!(outbox.commit(&[append("a", 20_000)], None).unwrap_err(), OutboxError::Full { bytes_max: MIB });
+        assert_eq!(seqs(&outbox), expected);
     }
 }

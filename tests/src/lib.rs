@@ -320,15 +320,25 @@ impl Stack {
     }
 
     pub async fn start_agent(&mut self, device_id: &str) {
+        self.start_agent_via(device_id, self.ports.mqtt, &[]).await;
+    }
+
+    /// Starts an edge agent named `agent-{device_id}` that reaches the broker at `mqtt_port` (a
+    /// [`Relay`]'s, say), with `extra_env` over the stack's agent settings. The first agent
+    /// listens on `ports.agent_http`, later ones on free ports; returns the agent's HTTP port.
+    pub async fn start_agent_via(&mut self, device_id: &str, mqtt_port: u16, extra_env: &[(String, String)]) -> u16 {
+        let first = !self.processes.iter().any(|p| p.name.starts_with("agent-"));
+        let http_port = if first { self.ports.agent_http } else { free_port() };
         let env = vec![
             env("LODESTONE_AGENT__DEVICE_ID", device_id.to_string()),
-            env("LODESTONE_AGENT__HTTP__LISTEN", format!("127.0.0.1:{}", self.ports.agent_http)),
+            env("LODESTONE_AGENT__HTTP__LISTEN", format!("127.0.0.1:{http_port}")),
             env("LODESTONE_AGENT__MQTT__HOST", "127.0.0.1".to_string()),
-            env("LODESTONE_AGENT__MQTT__PORT", self.ports.mqtt.to_string()),
+            env("LODESTONE_AGENT__MQTT__PORT", mqtt_port.to_string()),
             env("LODESTONE_AGENT__OUTBOX__PATH", self.dir.path().join(format!("outbox-{device_id}")).display().to_string()),
         ];
-        let env = env.into_iter().chain(self.agent_env.iter().cloned()).collect();
-        self.spawn_service(&format!("agent-{device_id}"), "edge-agent", env, self.ports.agent_http).await;
+        let env = env.into_iter().chain(self.agent_env.iter().cloned()).chain(extra_env.iter().cloned()).collect();
+        self.spawn_service(&format!("agent-{device_id}"), "edge-agent", env, http_port).await;
+        http_port
     }
 
     async fn spawn_service(&mut self, name: &str, binary: &str, env: Vec<(String, String)>, http_port: u16) {
@@ -575,5 +585,59 @@ impl Drop for Stack {
             let _ = std::fs::copy(&process.log, keep.join(process.log.file_name().unwrap_or_default()));
         }
         eprintln!("logs of the failed stack: {}", keep.display());
+    }
+}
+
+/// A TCP relay on 127.0.0.1 that a test can cut, to take a client off the network while both
+/// ends keep running (a fault the real components cannot produce on demand). While cut, it
+/// closes every relayed connection and refuses new ones (accepts and closes at once).
+pub struct Relay {
+    pub port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Bumped by every cut: connections of an older generation close.
+    generation: tokio::sync::watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    pub async fn start(upstream_port: u16) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("relay listener");
+        let port = listener.local_addr().expect("relay address").port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (generation, watch) = tokio::sync::watch::channel(0u64);
+        let is_cut = cut.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if is_cut.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let mut watch = watch.clone();
+                let born = *watch.borrow_and_update();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = async { while watch.changed().await.is_ok() && *watch.borrow() == born {} } => {}
+                    }
+                });
+            }
+        });
+        Relay { port, cut, generation, task }
+    }
+
+    /// Closes every relayed connection and refuses new ones until [`Relay::restore`].
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    pub fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use lodestone_tests::{report, sim, KafkaStorage, Ledger, Stack, StackOptions};
+use lodestone_tests::{report, sim, KafkaStorage, Ledger, Relay, Stack, StackOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -233,4 +233,107 @@ async fn sigterm_to_each_service_under_load_exits_within_10_s_and_loses_nothing(
     }
     let summary = load.await.expect("the load task");
     settle_and_report(&stack, "sigterm", "sigterm", "sensor_id", &summary, 80_000).await;
+}
+
+/// Two edge agents are cut off from the broker for 5 minutes, each taking 2,000 readings/s.
+/// - `edge-1` (quota 64 MiB, `reject_new`) never exceeds its quota and counts the writes it
+///   refused; after the link returns, its backlog drains and every reading it accepted is stored.
+/// - `edge-2` (quota 8 MiB, `drop_oldest`) accepts everything and drops its oldest readings: the
+///   readings missing from the store are exactly as many as it reports dropped, and for every
+///   sensor they are its oldest (what is stored is a gap-free run up to its last reading).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_agents_cut_off_for_5_minutes_stay_within_their_quotas_and_lose_only_what_they_drop() {
+    const QUOTA_BYTES: u64 = 64 * 1024 * 1024;
+    const SMALL_QUOTA_BYTES: u64 = 8 * 1024 * 1024;
+    const CUT: Duration = Duration::from_secs(300);
+    let _serial = SERIAL.lock().await;
+    let mut stack = Stack::start(StackOptions { edge_agent: false, ..Default::default() }).await;
+    let relay = Relay::start(stack.ports.mqtt).await;
+    let quota = |bytes: u64, policy: &str| {
+        vec![
+            ("LODESTONE_AGENT__OUTBOX__BYTES_MAX".to_string(), bytes.to_string()),
+            ("LODESTONE_AGENT__OUTBOX__FULL_POLICY".to_string(), policy.to_string()),
+        ]
+    };
+    let port_1 = stack.start_agent_via("edge-1", relay.port, &quota(QUOTA_BYTES, "reject_new")).await;
+    let port_2 = stack.start_agent_via("edge-2", relay.port, &quota(SMALL_QUOTA_BYTES, "drop_oldest")).await;
+    let (url_1, url_2) = (format!("http://127.0.0.1:{port_1}"), format!("http://127.0.0.1:{port_2}"));
+    let args = ["--url", &url_1, "--batch", "50", "--sensors", "20", "--readings-per-sensor", "35000"];
+    let load_1 = start_sim(&sim_args("agent", &args, 2_000, "agent_cut"));
+    let status = |url: String| {
+        let http = stack.http.clone();
+        async move {
+            let response = http.get(format!("{url}/v1/status")).send().await.ok()?;
+            assert!(response.status().is_success(), "GET {url}/v1/status: {}", response.status());
+            response.json::<serde_json::Value>().await.ok()
+        }
+    };
+
+    mid_load(&load_1, Duration::from_secs(10)).await;
+    eprintln!("cutting the agents off the broker for {CUT:?}");
+    relay.cut();
+    let cut_at = std::time::Instant::now();
+    // edge-2's whole load arrives while it is cut off, so nothing it drops was ever delivered.
+    let args = ["--url", &url_2, "--batch", "50", "--sensors", "20", "--readings-per-sensor", "25000", "--seed", "2"];
+    let load_2 = start_sim(&sim_args("agent", &args, 2_000, "agent_drop"));
+    let (mut bytes_max_seen, mut entries_max_seen, mut small_bytes_max_seen, mut samples) = (0, 0, 0, 0);
+    // Sampling both outboxes once a second for the length of the cut (a measurement, not a wait
+    // for a condition).
+    while cut_at.elapsed() < CUT {
+        if let (Some(one), Some(two)) = (status(url_1.clone()).await, status(url_2.clone()).await) {
+            assert_eq!((&one["connected"], &two["connected"]), (&false.into(), &false.into()), "an agent reached the broker while cut off");
+            bytes_max_seen = bytes_max_seen.max(one["outbox"]["bytes"].as_u64().unwrap_or(0));
+            entries_max_seen = entries_max_seen.max(one["outbox"]["entries"].as_u64().unwrap_or(0));
+            small_bytes_max_seen = small_bytes_max_seen.max(two["outbox"]["bytes"].as_u64().unwrap_or(0));
+            samples += 1;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(load_2.is_finished(), "edge-2's load must end while it is cut off");
+    relay.restore();
+    let restored_at = std::time::Instant::now();
+    assert!(samples >= CUT.as_secs() / 2, "only {samples} samples of the outboxes during the cut");
+    assert!(entries_max_seen > 0, "the backlog never grew: the cut did not hold");
+    assert!(bytes_max_seen <= QUOTA_BYTES, "edge-1's outbox took {bytes_max_seen} bytes, over its quota of {QUOTA_BYTES}");
+    assert!(small_bytes_max_seen <= SMALL_QUOTA_BYTES, "edge-2's outbox took {small_bytes_max_seen} bytes, over its quota");
+
+    let summary_1 = load_1.await.expect("the load task");
+    let summary_2 = load_2.await.expect("the load task");
+    let drained = |url: String| {
+        let status = &status;
+        async move {
+            lodestone_tests::poll_until("an agent's backlog to drain", Duration::from_secs(600), || async {
+                status(url.clone()).await.filter(|s| s["outbox"]["entries"] == 0)
+            })
+            .await
+        }
+    };
+    let (one, two) = (drained(url_1.clone()).await, drained(url_2.clone()).await);
+    println!("figure agent_cut_backlog_max {entries_max_seen} readings");
+    println!("figure agent_cut_outbox_max {bytes_max_seen} bytes");
+    println!("figure agent_cut_refused_writes {} readings", one["counters"]["rejected"]);
+    println!("figure agent_cut_drain_s {:.1} s", restored_at.elapsed().as_secs_f64());
+    settle_and_report(&stack, "agent_cut", "agent_cut", "sensor_id", &summary_1, 700_000).await;
+
+    // edge-2: the gap in the store equals what it dropped, and it is each sensor's oldest.
+    let dropped = two["counters"]["dropped"].as_i64().expect("edge-2 reports `dropped`");
+    let ledger = Ledger::from_summary(&summary_2);
+    assert_eq!(ledger.total(), 500_000);
+    assert!(dropped > 0, "an 8 MiB outbox cannot hold 500,000 readings");
+    stack.settle_count("faults.agent_drop", ledger.total() - dropped, STALL).await;
+    let audit = stack.audit("faults.agent_drop", "sensor_id", &ledger).await;
+    println!("figure agent_drop_dropped {dropped} readings");
+    println!("figure agent_drop_gap {} readings", audit.lost);
+    println!("figure agent_drop_duplicated {} readings", audit.duplicated);
+    assert_eq!((audit.lost, audit.duplicated), (dropped, 0), "the gap is exactly the dropped readings");
+    let runs = stack
+        .query("SELECT sensor_id, count(*), min(CAST(time AS BIGINT)), max(CAST(time AS BIGINT)) FROM faults.agent_drop GROUP BY sensor_id")
+        .await;
+    let rows = runs["rows"].as_array().expect("rows").clone();
+    let last = rows.iter().map(|r| r[3].as_i64().unwrap()).max().expect("edge-2 delivered something");
+    for row in &rows {
+        let (count, first, latest) = (row[1].as_i64().unwrap(), row[2].as_i64().unwrap(), row[3].as_i64().unwrap());
+        assert_eq!(latest, last, "sensor {}: its newest reading is kept", row[0]);
+        assert_eq!((latest - first) / 100_000_000 + 1, count, "sensor {}: what is kept is gap-free", row[0]);
+    }
 }
