@@ -7,7 +7,7 @@ export CARGO_TARGET_DIR ?= $(LODESTONE_CACHE)/target
 export TANSU_BIN ?= $(LODESTONE_CACHE)/tansu-0.6.0/bin/tansu
 export MOTO_SERVER ?= $(LODESTONE_CACHE)/moto-venv/bin/moto_server
 
-.PHONY: up test test-faults setup build bench-store bench-query
+.PHONY: up test test-faults setup build bench-store bench-query bench-e2e
 
 setup:
 	@scripts/setup.sh
@@ -38,3 +38,8 @@ bench-store:
 bench-query: setup
 	DUCKDB_PYTHON=$$(scripts/ensure-duckdb.sh) cargo bench -p query-service --bench tsbs
 
+## The whole stack from a release build, driven by configs/scenarios/steady.toml (lodestone-sim
+## load): prints e2e_readings_per_sec, e2e_p99_latency_ms and devices_connected. SCENARIO=… runs
+## another scenario. Uses the local stack's ports.
+bench-e2e: setup
+	scripts/bench-e2e.sh

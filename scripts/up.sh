@@ -5,11 +5,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bin="${CARGO_TARGET_DIR:-target}/debug"
+bin="${LODESTONE_BIN_DIR:-${CARGO_TARGET_DIR:-target}/debug}"
+# LODESTONE_STACK_DIR: where data and logs go; LODESTONE_FLEET=0: no simulated fleet or sensors
+# (`make bench-e2e` drives the stack with its own load).
+stack="${LODESTONE_STACK_DIR:-.stack}"
+fleet="${LODESTONE_FLEET:-1}"
 tansu="${TANSU_BIN:-$(scripts/ensure-tansu.sh)}"
 devices="${FLEET_DEVICES:-50}"
 rate="${FLEET_RATE:-500}"
-mkdir -p .stack/logs
+mkdir -p "$stack/logs"
 pids=()
 
 stop() {
@@ -23,14 +27,14 @@ stop() {
     for _ in $(seq 1 150); do kill -0 "${pids[$i]}" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "${pids[$i]}" 2>/dev/null && echo "process ${pids[$i]} did not stop within 15 s; killed" || true
   done
-  echo "stopped; data is kept in .stack/ (delete it to start afresh)"
+  echo "stopped; data is kept in $stack/ (delete it to start afresh)"
 }
 trap stop INT TERM EXIT
 
 start() { # name, command…
   local name=$1; shift
   # In its own session, so that Ctrl-C reaches only this script, which stops them in order.
-  setsid "$@" >".stack/logs/$name.log" 2>&1 &
+  setsid "$@" >"$stack/logs/$name.log" 2>&1 &
   pids+=($!)
 }
 
@@ -41,41 +45,45 @@ wait_for() { # name, url or host:port
     else (exec 3<>"/dev/tcp/${target%:*}/${target#*:}") 2>/dev/null && return 0; fi
     sleep 0.2
   done
-  echo "$name did not come up; see .stack/logs/$name.log" >&2
+  echo "$name did not come up; see $stack/logs/$name.log" >&2
   exit 1
 }
 
 start tansu "$tansu" broker --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 \
-  --storage-engine "sqlite://.stack/tansu.db"
+  --storage-engine "sqlite://$stack/tansu.db"
 wait_for tansu 127.0.0.1:9092
 for topic in lodestone.ingest:4 lodestone.dead-letter:1; do
   "$tansu" topic create "${topic%:*}" --partitions "${topic#*:}" --broker tcp://127.0.0.1:9092 >/dev/null 2>&1 || true
 done
 
-start ingest-service "$bin/ingest-service" --config configs/local-stack/ingest-service.toml
-start query-service "$bin/query-service" --config configs/local-stack/query-service.toml
+start ingest-service env LODESTONE_INGEST__STORE__PATH="$stack/store" "$bin/ingest-service" --config configs/local-stack/ingest-service.toml
+start query-service env LODESTONE_QUERY__STORE__PATH="$stack/store" "$bin/query-service" --config configs/local-stack/query-service.toml
 start broker-bridge "$bin/broker-bridge" --config configs/broker-bridge.example.toml
 wait_for ingest-service http://127.0.0.1:9281/health
 wait_for query-service http://127.0.0.1:8080/health
 wait_for broker-bridge http://127.0.0.1:9181/health
-start edge-agent "$bin/edge-agent" --config configs/local-stack/edge-agent.toml
+simulated=true; [[ $fleet == 0 ]] && simulated=false
+start edge-agent env LODESTONE_AGENT__OUTBOX__PATH="$stack/edge-agent/outbox" LODESTONE_AGENT__SIMULATED__ENABLED=$simulated \
+  "$bin/edge-agent" --config configs/local-stack/edge-agent.toml
 wait_for edge-agent http://127.0.0.1:8181/health
-# The fleet runs in rounds of about ten minutes, each starting at the current time, so that the
-# readings' times follow the clock (a round may not reach more than 15 minutes into the future).
-interval_ms=$(( 1000 * devices / rate ))
-per_round=$(( 600000 / interval_ms ))
-start fleet bash -c '
-  trap "kill \$round 2>/dev/null; exit 0" INT TERM
-  while true; do
-    "$0" mqtt --host 127.0.0.1 --port 1883 --devices "$1" --readings-per-device "$2" --rate "$3" \
-      --interval-ms "$4" --start-ns "$(date +%s%N)" --database fleet --table trucks --timeout-s 900 &
-    round=$!
-    wait $round
-  done' "$bin/lodestone-sim" "$devices" "$per_round" "$rate" "$interval_ms"
+if [[ $fleet != 0 ]]; then
+  # The fleet runs in rounds of about ten minutes, each starting at the current time, so that the
+  # readings' times follow the clock (a round may not reach more than 15 minutes into the future).
+  interval_ms=$(( 1000 * devices / rate ))
+  per_round=$(( 600000 / interval_ms ))
+  start fleet bash -c '
+    trap "kill \$round 2>/dev/null; exit 0" INT TERM
+    while true; do
+      "$0" mqtt --host 127.0.0.1 --port 1883 --devices "$1" --readings-per-device "$2" --rate "$3" \
+        --interval-ms "$4" --start-ns "$(date +%s%N)" --database fleet --table trucks --timeout-s 900 &
+      round=$!
+      wait $round
+    done' "$bin/lodestone-sim" "$devices" "$per_round" "$rate" "$interval_ms"
+fi
 
 cat <<TXT
 
-Lodestone is up (logs in .stack/logs/):
+Lodestone is up (logs in $stack/logs/):
   query service  http://127.0.0.1:8080   (REST: POST /v1/query, GET /v1/databases)
   edge agent     http://127.0.0.1:8181   (POST /v1/write — JSON or line protocol)
   MQTT broker    127.0.0.1:1883          (topics lodestone/v1/{database}/{table}/{device_id})

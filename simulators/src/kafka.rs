@@ -87,12 +87,17 @@ impl KafkaRun {
 /// Sends every device's envelopes and awaits every delivery, or stops at `run.timeout`.
 /// Returns the summary; `unacked > 0` means deliveries failed or the timeout ended the run.
 pub async fn run_kafka(run: KafkaRun) -> Result<Summary, SimError> {
+    let progress = Arc::new(Progress::new(run.fleet.planned_total(), false));
+    run_kafka_observed(run, progress).await
+}
+
+/// [`run_kafka`], counting into `progress` (which a load test samples meanwhile).
+pub async fn run_kafka_observed(run: KafkaRun, progress: Arc<Progress>) -> Result<Summary, SimError> {
     let producer: FutureProducer = run
         .client_config()
         .create()
         .map_err(|source| SimError::KafkaProducer { bootstrap: run.bootstrap.clone(), source })?;
     let start = Instant::now();
-    let progress = Arc::new(Progress::new(run.fleet.planned_total(), false));
     let reporter = progress.report_every(PROGRESS_EVERY);
     let limiter = RateLimiter::start(run.rate_per_s, run.fleet.batch_records_max);
     let mut fleet = ProducerFleet::new(&run, progress.clone());

@@ -31,6 +31,7 @@ pub mod agent;
 mod error;
 mod fdlimit;
 pub mod kafka;
+pub mod load;
 pub mod mqtt;
 pub mod rate;
 mod series;

@@ -27,6 +27,10 @@ struct Cli {
 enum Command {
     /// Devices with one MQTT connection each, publishing envelopes and awaiting the bridge's acks.
     Mqtt(MqttArgs),
+    /// Runs a scenario (configs/scenarios/*.toml) against a running stack and measures throughput,
+    /// publish-to-queryable latency and each service's CPU and memory: a live progress line, then
+    /// a table, a JSON report, an SVG chart and `figure` lines.
+    Load(LoadArgs),
     /// The same envelopes written straight to the Kafka ingest topic.
     Kafka(KafkaArgs),
     /// Sensors posting JSON records to an edge agent's POST /v1/write.
@@ -159,6 +163,56 @@ struct AgentArgs {
     data: DataArgs,
 }
 
+#[derive(Args)]
+struct LoadArgs {
+    /// The scenario file.
+    #[arg(long)]
+    scenario: std::path::PathBuf,
+    /// Kafka bootstrap servers (phases with `transport = "kafka"`, and probes).
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    bootstrap: String,
+    #[arg(long, default_value = "lodestone.ingest")]
+    topic: String,
+    /// The broker-bridge's MQTT listener (phases with `transport = "mqtt"`).
+    #[arg(long, default_value = "127.0.0.1")]
+    mqtt_host: String,
+    #[arg(long, default_value_t = 1883)]
+    mqtt_port: u16,
+    /// The query service, polled for probes and row counts.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    query_url: String,
+    /// Where the JSON report goes.
+    #[arg(long, default_value = "load-report.json")]
+    report: std::path::PathBuf,
+    /// Where the SVG chart goes.
+    #[arg(long, default_value = "load-report.svg")]
+    chart: std::path::PathBuf,
+    /// Process names (as in /proc/PID/comm) whose CPU and memory are sampled; repeatable.
+    #[arg(long = "watch", default_values = ["tansu", "broker-bridge", "ingest-service", "query-service", "edge-agent"])]
+    watch: Vec<String>,
+}
+
+async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
+    let scenario = lodestone_simulators::load::Scenario::load(&args.scenario)?;
+    let target = lodestone_simulators::load::Target {
+        bootstrap: args.bootstrap,
+        topic: args.topic,
+        mqtt_host: args.mqtt_host,
+        mqtt_port: args.mqtt_port,
+        query_url: args.query_url,
+        watch: args.watch,
+    };
+    let report = lodestone_simulators::load::run_load(&scenario, &target).await?;
+    print!("{}", report.table());
+    std::fs::write(&args.report, serde_json::to_vec_pretty(&report)?).with_context(|| format!("writing {}", args.report.display()))?;
+    std::fs::write(&args.chart, report.svg()).with_context(|| format!("writing {}", args.chart.display()))?;
+    for (name, value, unit) in report.figures() {
+        println!("figure {name} {value:.1} {unit}");
+    }
+    eprintln!("report: {}, chart: {}", args.report.display(), args.chart.display());
+    Ok(())
+}
+
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
     let (key, value) = text.split_once('=').ok_or_else(|| format!("{text:?} is not KEY=VALUE"))?;
     Ok((key.trim().to_owned(), value.trim().to_owned()))
@@ -183,6 +237,8 @@ fn boot_id(given: Option<String>) -> String {
 
 async fn run(command: Command, now_ns: i64) -> anyhow::Result<(Summary, &'static str, u64)> {
     match command {
+        // Handled by `main` before: it prints a report, not a summary.
+        Command::Load(_) => anyhow::bail!("`load` does not produce a summary"),
         Command::Mqtt(args) => {
             let run = MqttRun {
                 host: args.host,
@@ -249,6 +305,12 @@ async fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
+    if let Command::Load(args) = cli.command {
+        return match run_load(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => fail(error),
+        };
+    }
     let now_ns = match SystemTime::now().duration_since(UNIX_EPOCH) {
         Ok(since_epoch) => since_epoch.as_nanos() as i64,
         Err(_) => return fail(anyhow::anyhow!("the system clock is before 1970")),

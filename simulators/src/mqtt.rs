@@ -120,11 +120,16 @@ fn request_channel_capacity(inflight_envelopes_max: u16) -> usize {
 /// Runs the fleet until every device's last envelope is acked or `run.timeout` passes.
 /// Returns the summary; `unacked > 0` means the timeout ended the run.
 pub async fn run_mqtt(run: MqttRun) -> Result<Summary, SimError> {
+    let progress = Arc::new(Progress::new(run.fleet.planned_total(), true));
+    run_mqtt_observed(run, progress).await
+}
+
+/// [`run_mqtt`], counting into `progress` (which a load test samples meanwhile).
+pub async fn run_mqtt_observed(run: MqttRun, progress: Arc<Progress>) -> Result<Summary, SimError> {
     let open_files = ensure_open_files(run.fleet.series_count)?;
     tracing::debug!(open_files, "open-files soft limit");
     let start = Instant::now();
     let deadline = start + run.timeout;
-    let progress = Arc::new(Progress::new(run.fleet.planned_total(), true));
     let reporter = progress.report_every(PROGRESS_EVERY);
     let limiter = RateLimiter::start(run.rate_per_s, run.fleet.batch_records_max);
     let run = Arc::new(run);

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# `make bench-e2e`: starts the whole stack from a release build (scripts/up.sh, no simulated
+# fleet, data in a fresh temporary folder), runs configs/scenarios/steady.toml against it with
+# `lodestone-sim load`, prints the report's table and `figure` lines, and stops the stack.
+# Uses the local stack's fixed ports (9092, 1883, 8080, 8181, 9181, 9281): stop `make up` first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo build --release --workspace --bins
+bin="${CARGO_TARGET_DIR:-target}/release"
+out="${LODESTONE_CACHE:-/var/cache/lodestone}/bench-e2e"
+mkdir -p "$out"
+stack_dir="$(mktemp -d /tmp/lodestone-bench-e2e.XXXXXX)"
+LODESTONE_BIN_DIR="$bin" LODESTONE_STACK_DIR="$stack_dir" LODESTONE_FLEET=0 scripts/up.sh >"$out/up.log" 2>&1 &
+up=$!
+finish() {
+  kill -TERM "$up" 2>/dev/null || true
+  wait "$up" 2>/dev/null || true
+  rm -rf "$stack_dir"
+}
+trap finish EXIT
+for _ in $(seq 1 600); do
+  curl -fsS http://127.0.0.1:8181/health >/dev/null 2>&1 && break # the edge agent starts last
+  kill -0 "$up" 2>/dev/null || { cat "$out/up.log"; exit 1; }
+  sleep 0.5
+done
+"$bin/lodestone-sim" load --scenario "${SCENARIO:-configs/scenarios/steady.toml}" \
+  --report "$out/report.json" --chart "$out/chart.svg"
