@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make bench-e2e`: starts the whole stack from a release build (scripts/up.sh, no simulated
-# fleet, data in a fresh temporary folder), runs configs/scenarios/steady.toml against it with
+# fleet, data in a fresh .stack-bench-e2e/), runs configs/scenarios/steady.toml against it with
 # `lodestone-sim load`, prints the report's table and `figure` lines, and stops the stack.
 # Uses the local stack's fixed ports (9092, 1883, 8080, 8181, 9181, 9281): stop `make up` first.
 set -euo pipefail
@@ -10,12 +10,15 @@ cargo build --release --workspace --bins
 bin="${CARGO_TARGET_DIR:-target}/release"
 out="${LODESTONE_CACHE:-/var/cache/lodestone}/bench-e2e"
 mkdir -p "$out"
-stack_dir="$(mktemp -d /tmp/lodestone-bench-e2e.XXXXXX)"
+# Inside the clone: tansu resolves its sqlite:// path relative to its working folder.
+stack_dir=.stack-bench-e2e
+rm -rf "$stack_dir"
 LODESTONE_BIN_DIR="$bin" LODESTONE_STACK_DIR="$stack_dir" LODESTONE_FLEET=0 scripts/up.sh >"$out/up.log" 2>&1 &
 up=$!
 finish() {
   kill -TERM "$up" 2>/dev/null || true
   wait "$up" 2>/dev/null || true
+  cp "$stack_dir"/logs/*.log "$out/" 2>/dev/null || true
   rm -rf "$stack_dir"
 }
 trap finish EXIT

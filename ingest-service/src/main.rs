@@ -48,6 +48,11 @@ async fn main() -> anyhow::Result<()> {
     }
     let rebalances = Arc::new(Rebalances::default());
     let mut consumer_config = client.clone();
+    // librdkafka's default (500 ms) is the floor of publish-to-queryable latency on tansu, which
+    // holds a fetch for the whole wait when a partition has nothing new.
+    if !config.kafka.properties.contains_key("fetch.wait.max.ms") {
+        consumer_config.set("fetch.wait.max.ms", "50");
+    }
     if !config.kafka.instance_id.is_empty() {
         consumer_config.set("group.instance.id", &config.kafka.instance_id);
     }
