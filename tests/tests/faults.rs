@@ -31,6 +31,14 @@ fn start_sim(args: &[String]) -> tokio::task::JoinHandle<serde_json::Value> {
     sim(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
+/// 100,000 readings from 50 MQTT devices at 2,000/s into `faults.{table}`; devices resend what
+/// is not acknowledged within 3 s.
+fn mqtt_load(stack: &Stack, table: &str) -> tokio::task::JoinHandle<serde_json::Value> {
+    let port = stack.ports.mqtt.to_string();
+    let args = ["--port", &port, "--batch", "50", "--devices", "50", "--readings-per-device", "2000", "--resend-after-ms", "3000"];
+    start_sim(&sim_args("mqtt", &args, 2_000, table))
+}
+
 /// Waits `delay` (a fault schedule, not a synchronisation) and checks the load is still running.
 async fn mid_load(load: &tokio::task::JoinHandle<serde_json::Value>, delay: Duration) {
     tokio::time::sleep(delay).await;
@@ -81,9 +89,7 @@ async fn ingest_workers_killed_every_20_to_40_s_lose_and_duplicate_nothing() {
 async fn broker_bridge_killed_mid_load_loses_and_duplicates_nothing() {
     let _serial = SERIAL.lock().await;
     let mut stack = Stack::start(StackOptions { edge_agent: false, ..Default::default() }).await;
-    let port = stack.ports.mqtt.to_string();
-    let args = ["--port", &port, "--batch", "50", "--devices", "50", "--readings-per-device", "2000", "--resend-after-ms", "3000"];
-    let load = start_sim(&sim_args("mqtt", &args, 2_000, "bridge_kill"));
+    let load = mqtt_load(&stack, "bridge_kill");
     for _ in 0..2 {
         mid_load(&load, Duration::from_secs(12)).await;
         eprintln!("kill -9 broker-bridge");
@@ -100,9 +106,7 @@ async fn broker_bridge_killed_mid_load_loses_and_duplicates_nothing() {
 async fn tansu_killed_and_restarted_mid_load_loses_and_duplicates_nothing() {
     let _serial = SERIAL.lock().await;
     let mut stack = Stack::start(StackOptions { edge_agent: false, kafka_storage: KafkaStorage::Sqlite, ..Default::default() }).await;
-    let port = stack.ports.mqtt.to_string();
-    let args = ["--port", &port, "--batch", "50", "--devices", "50", "--readings-per-device", "2000", "--resend-after-ms", "3000"];
-    let load = start_sim(&sim_args("mqtt", &args, 2_000, "tansu_kill"));
+    let load = mqtt_load(&stack, "tansu_kill");
     mid_load(&load, Duration::from_secs(15)).await;
     eprintln!("kill -9 tansu");
     stack.kill9("tansu");
@@ -314,6 +318,10 @@ async fn edge_agents_cut_off_for_5_minutes_stay_within_their_quotas_and_lose_onl
     println!("figure agent_cut_refused_writes {} readings", one["counters"]["rejected"]);
     println!("figure agent_cut_drain_s {:.1} s", restored_at.elapsed().as_secs_f64());
     settle_and_report(&stack, "agent_cut", "agent_cut", "sensor_id", &summary_1, 700_000).await;
+    for device in ["edge-1", "edge-2"] {
+        let envelopes = assert_sent_in_order(&stack.bootstrap(), device).await;
+        println!("figure agent_cut_{}_envelopes_in_order {envelopes} envelopes", device.replace('-', "_"));
+    }
 
     // edge-2: the gap in the store equals what it dropped, and it is each sensor's oldest.
     let dropped = two["counters"]["dropped"].as_i64().expect("edge-2 reports `dropped`");
@@ -336,4 +344,65 @@ async fn edge_agents_cut_off_for_5_minutes_stay_within_their_quotas_and_lose_onl
         assert_eq!(latest, last, "sensor {}: its newest reading is kept", row[0]);
         assert_eq!((latest - first) / 100_000_000 + 1, count, "sensor {}: what is kept is gap-free", row[0]);
     }
+}
+
+/// Reads every message of `device_id` on the ingest topic and checks that the device's readings
+/// left in order: within a boot, an envelope never starts past the highest sequence number sent
+/// before it plus one. A resend may go back; nothing may skip ahead. Returns the envelopes read.
+async fn assert_sent_in_order(bootstrap: &str, device_id: &str) -> usize {
+    use lodestone_model::{ContentType, Envelope, Limits};
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    let (bootstrap, device_id) = (bootstrap.to_string(), device_id.to_string());
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", "fault-test-order")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let topic = lodestone_tests::INGEST_TOPIC;
+        let mut assignment = rdkafka::TopicPartitionList::new();
+        let mut ends = std::collections::BTreeMap::new();
+        for partition in 0..lodestone_tests::INGEST_PARTITIONS {
+            let (_, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)).expect("watermarks");
+            ends.insert(partition, high);
+            assignment.add_partition_offset(topic, partition, rdkafka::Offset::Beginning).expect("assignment");
+        }
+        consumer.assign(&assignment).expect("assign");
+        let mut done: std::collections::BTreeSet<i32> = ends.iter().filter(|(_, high)| **high == 0).map(|(p, _)| *p).collect();
+        let mut next_by_boot: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+        let mut envelopes = 0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while done.len() < ends.len() {
+            assert!(std::time::Instant::now() < deadline, "the ingest topic was not read to its end within 2 minutes");
+            let Some(message) = consumer.poll(Duration::from_millis(500)) else { continue };
+            let message = message.expect("a message");
+            if message.offset() + 1 >= ends[&message.partition()] {
+                done.insert(message.partition());
+            }
+            if message.key() != Some(device_id.as_bytes()) {
+                continue;
+            }
+            let content_type = message.headers().and_then(|h| {
+                h.iter().find(|h| h.key == "content-type").and_then(|h| ContentType::from_mime(std::str::from_utf8(h.value?).ok()?))
+            });
+            let envelope = Envelope::decode(message.payload().unwrap_or_default(), content_type, &Limits::default(), i64::MAX).expect("an envelope");
+            let sent = (envelope.records.len() + envelope.rejected.len()) as u64;
+            let next = next_by_boot.entry(envelope.source.boot_id.clone()).or_insert(envelope.first_seq);
+            assert!(
+                envelope.first_seq <= *next,
+                "{device_id} sent {}.. of boot {} before {}: out of order",
+                envelope.first_seq,
+                envelope.source.boot_id,
+                next
+            );
+            *next = (*next).max(envelope.first_seq + sent);
+            envelopes += 1;
+        }
+        assert!(envelopes > 0, "no envelope of {device_id} on the ingest topic");
+        envelopes
+    })
+    .await
+    .expect("the order check")
 }
