@@ -214,6 +214,9 @@ mod tests {
         assert_eq!(body["connected"], false);
         assert_eq!(body["counters"]["received"], 2 + 1 + 2 + 4 + 1 + 1);
         assert_eq!(body["counters"]["rejected"], 2 + 4 + 1 + 1);
+        let by_code = body["counters"]["rejected_by_code"].as_object().expect("rejected_by_code");
+        assert_eq!(by_code.values().map(|n| n.as_u64().unwrap()).sum::<u64>(), 2 + 4 + 1 + 1, "{by_code:?}");
+        assert_eq!((&by_code["too_many_records"], &by_code["invalid_destination"]), (&serde_json::json!(4), &serde_json::json!(1)));
         agent.shutdown().await;
 
         let agent = Agent::start(config(dir.path())).await.unwrap();

@@ -144,6 +144,7 @@ async fn status(State(state): State<Arc<HttpState>>) -> Response {
             "forwarded": Telemetry::get(&telemetry.forwarded),
             "acked": Telemetry::get(&telemetry.acked),
             "rejected": Telemetry::get(&telemetry.rejected),
+            "rejected_by_code": telemetry.rejected_by_code(),
             "dropped": state.outbox.dropped_total(),
         },
     }))

@@ -211,7 +211,7 @@ impl Intake {
         Telemetry::add(&self.telemetry.received, count as u64);
         let result = self.store(destination, records, now_ns).await;
         if let Err(error) = &result {
-            Telemetry::add(&self.telemetry.rejected, error.records(count) as u64);
+            self.telemetry.reject(error.code(), error.records(count) as u64);
         }
         result
     }
@@ -220,7 +220,7 @@ impl Intake {
     pub fn refused(&self, error: &IntakeError) {
         let records = error.records(0) as u64;
         Telemetry::add(&self.telemetry.received, records);
-        Telemetry::add(&self.telemetry.rejected, records);
+        self.telemetry.reject(error.code(), records);
     }
 
     async fn store(&self, destination: Destination, records: Vec<Record>, now_ns: i64) -> Result<SeqRange, IntakeError> {

@@ -14,6 +14,8 @@ pub struct Telemetry {
     pub acked: AtomicU64,
     /// Records refused: every record of a refused write (invalid, outbox full, too large, …).
     pub rejected: AtomicU64,
+    /// `rejected` by the refusal's error code (`outbox_full`, `too_many_records`, …).
+    pub rejected_by_code: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
     /// Whether the MQTT connection is up and subscribed to the ack topic.
     pub connected: AtomicBool,
 }
@@ -25,6 +27,16 @@ impl Telemetry {
 
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// Counts `records` refused with error `code`.
+    pub fn reject(&self, code: &'static str, records: u64) {
+        Telemetry::add(&self.rejected, records);
+        *self.rejected_by_code.lock().expect("telemetry lock").entry(code).or_insert(0) += records;
+    }
+
+    pub fn rejected_by_code(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.rejected_by_code.lock().expect("telemetry lock").clone()
     }
 
     pub fn set_connected(&self, connected: bool) {
