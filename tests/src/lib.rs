@@ -608,11 +608,13 @@ impl Relay {
         let is_cut = cut.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
+                // The generation is read before the flag: a cut landing between the two still
+                // bumps the generation past `born`, so the connection closes.
+                let mut watch = watch.clone();
+                let born = *watch.borrow_and_update();
                 if is_cut.load(std::sync::atomic::Ordering::SeqCst) {
                     continue; // dropped: closed at once
                 }
-                let mut watch = watch.clone();
-                let born = *watch.borrow_and_update();
                 tokio::spawn(async move {
                     let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await else { return };
                     tokio::select! {

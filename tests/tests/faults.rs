@@ -277,6 +277,13 @@ async fn edge_agents_cut_off_for_5_minutes_stay_within_their_quotas_and_lose_onl
     eprintln!("cutting the agents off the broker for {CUT:?}");
     relay.cut();
     let cut_at = std::time::Instant::now();
+    // An agent learns of the cut when its connection's read fails; only then must it stay down.
+    for url in [&url_1, &url_2] {
+        lodestone_tests::poll_until("an agent to notice the cut", Duration::from_secs(30), || async {
+            status(url.clone()).await.filter(|s| s["connected"] == false)
+        })
+        .await;
+    }
     // edge-2's whole load arrives while it is cut off, so nothing it drops was ever delivered.
     let args = ["--url", &url_2, "--batch", "50", "--sensors", "20", "--readings-per-sensor", "25000", "--seed", "2"];
     let load_2 = start_sim(&sim_args("agent", &args, 2_000, "agent_drop"));
