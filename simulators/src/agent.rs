@@ -1,7 +1,9 @@
 //! The edge-agent path: sensors that post their readings as JSON to an agent's
 //! `POST /v1/write?database=DB&table=TBL` (body `{"records": [...]}`). One tokio task per sensor
 //! posts its batches in order, each after the previous one was answered; the agent, not the
-//! simulator, owns sequence numbers and acks from there on.
+//! simulator, owns sequence numbers and acks from there on. With several agents (`--url` given
+//! more than once), sensor `i` posts to agent `(i - 1) mod M`: M agents each fronting a share
+//! of the sensors.
 //!
 //! A 2xx answer confirms a batch (the agent has it in its outbox). 408, 429 and 5xx answers and
 //! transport errors are retried with backoff until the run's timeout; any other answer means the
@@ -30,8 +32,8 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// One `lodestone-sim agent` run.
 #[derive(Debug, Clone)]
 pub struct AgentRun {
-    /// The agent's base URL, e.g. `http://127.0.0.1:8181`.
-    pub url: String,
+    /// The agents' base URLs, e.g. `http://127.0.0.1:8181`; sensors are spread over them.
+    pub urls: Vec<String>,
     pub fleet: FleetSpec,
     pub database: String,
     pub table: String,
@@ -45,8 +47,11 @@ impl AgentRun {
     pub fn validate(&self, now_ns: i64) -> Result<(), SimError> {
         self.fleet.validate(now_ns)?;
         validate_destination(&self.database, &self.table)?;
-        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
-            return Err(SimError::InvalidArgument { flag: "url", detail: format!("{:?} is not an http:// URL", self.url) });
+        if self.urls.is_empty() {
+            return Err(SimError::InvalidArgument { flag: "url", detail: "give at least one agent URL".into() });
+        }
+        if let Some(url) = self.urls.iter().find(|url| !(url.starts_with("http://") || url.starts_with("https://"))) {
+            return Err(SimError::InvalidArgument { flag: "url", detail: format!("{url:?} is not an http:// URL") });
         }
         if self.rate_per_s > RATE_PER_S_MAX {
             return Err(SimError::InvalidArgument {
@@ -57,28 +62,35 @@ impl AgentRun {
         Ok(())
     }
 
-    /// The write endpoint, with the destination in the query string.
-    pub fn write_url(&self) -> String {
-        format!("{}/v1/write?database={}&table={}", self.url.trim_end_matches('/'), self.database, self.table)
+    /// The write endpoint of agent `agent`, with the destination in the query string.
+    pub fn write_url(&self, agent: usize) -> String {
+        format!("{}/v1/write?database={}&table={}", self.urls[agent].trim_end_matches('/'), self.database, self.table)
     }
 }
 
 /// Posts every sensor's batches and returns once each was answered with a 2xx, or at
 /// `run.timeout` (then `unacked > 0`).
 pub async fn run_agent(run: AgentRun) -> Result<Summary, SimError> {
+    let progress = Arc::new(Progress::new(run.fleet.planned_total(), false));
+    run_agent_observed(run, progress).await
+}
+
+/// [`run_agent`], counting into `progress` (which a load test samples meanwhile).
+pub async fn run_agent_observed(run: AgentRun, progress: Arc<Progress>) -> Result<Summary, SimError> {
     let http = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().map_err(SimError::HttpClient)?;
     let start = Instant::now();
     let deadline = start + run.timeout;
-    let progress = Arc::new(Progress::new(run.fleet.planned_total(), false));
     let reporter = progress.report_every(PROGRESS_EVERY);
     let limiter = RateLimiter::start(run.rate_per_s, run.fleet.batch_records_max);
-    let url = Arc::new(run.write_url());
+    let urls: Vec<Arc<String>> = (0..run.urls.len()).map(|agent| Arc::new(run.write_url(agent))).collect();
     let sensors: Vec<_> = run
         .fleet
         .all_series()
-        .map(|series| {
+        .enumerate()
+        .map(|(i, series)| {
             let sensor = Sensor { series, sent: Tally::default(), acked_through: 0 };
-            tokio::spawn(sensor.run(http.clone(), Arc::clone(&url), limiter.clone(), Arc::clone(&progress), deadline))
+            let url = Arc::clone(&urls[i % urls.len()]);
+            tokio::spawn(sensor.run(http.clone(), url, limiter.clone(), Arc::clone(&progress), start, deadline))
         })
         .collect();
     let mut outcomes = Vec::with_capacity(sensors.len());
@@ -104,9 +116,10 @@ impl Sensor {
         url: Arc<String>,
         limiter: RateLimiter,
         progress: Arc<Progress>,
+        start: Instant,
         deadline: Instant,
     ) -> Result<SeriesOutcome, SimError> {
-        let posted = tokio::time::timeout_at(deadline, self.post_all(&http, &url, &limiter, &progress)).await;
+        let posted = tokio::time::timeout_at(deadline, self.post_all(&http, &url, &limiter, &progress, start)).await;
         if let Ok(Err(error)) = posted {
             return Err(error);
         }
@@ -114,8 +127,11 @@ impl Sensor {
         Ok(SeriesOutcome { id: self.series.id().to_owned(), sent: self.sent, unacked })
     }
 
-    async fn post_all(&mut self, http: &reqwest::Client, url: &str, limiter: &RateLimiter, progress: &Progress) -> Result<(), SimError> {
+    async fn post_all(&mut self, http: &reqwest::Client, url: &str, limiter: &RateLimiter, progress: &Progress, start: Instant) -> Result<(), SimError> {
         while self.series.has_next() {
+            if let Some(due) = self.series.next_batch_due() {
+                tokio::time::sleep_until(start + due).await;
+            }
             limiter.take(self.series.next_batch_len()).await;
             let batch = self.series.next_batch().expect("the series has readings");
             let encoded = encode_agent_write(batch);
@@ -200,7 +216,7 @@ mod tests {
 
     fn run(url: &str) -> AgentRun {
         AgentRun {
-            url: url.into(),
+            urls: vec![url.into()],
             fleet: FleetSpec {
                 seed: 1,
                 kind: SeriesKind::Sensor,
@@ -210,6 +226,8 @@ mod tests {
                 batch_records_max: 50,
                 start_ns: 1_600_000_000_000_000_000,
                 interval_ms: 1000,
+                profile: crate::Profile::Walk,
+                series_rate_per_s: 0.0,
             },
             database: "sim".into(),
             table: "readings".into(),
@@ -220,7 +238,7 @@ mod tests {
 
     #[test]
     fn write_urls() {
-        let check = |url: &str, expected: &str| assert_eq!(run(url).write_url(), expected);
+        let check = |url: &str, expected: &str| assert_eq!(run(url).write_url(0), expected);
         check("http://127.0.0.1:8181", "http://127.0.0.1:8181/v1/write?database=sim&table=readings");
         check("http://127.0.0.1:8181/", "http://127.0.0.1:8181/v1/write?database=sim&table=readings");
     }
@@ -230,5 +248,9 @@ mod tests {
         assert!(run("http://127.0.0.1:8181").validate(1_700_000_000_000_000_000).is_ok());
         let err = run("127.0.0.1:8181").validate(1_700_000_000_000_000_000).unwrap_err();
         assert!(matches!(err, SimError::InvalidArgument { flag: "url", .. }), "{err}");
+        let two = AgentRun { urls: vec!["http://127.0.0.1:1".into(), "ftp://x".into()], ..run("http://127.0.0.1:8181") };
+        assert!(matches!(two.validate(1_700_000_000_000_000_000), Err(SimError::InvalidArgument { flag: "url", .. })));
+        let none = AgentRun { urls: vec![], ..run("http://127.0.0.1:8181") };
+        assert!(matches!(none.validate(1_700_000_000_000_000_000), Err(SimError::InvalidArgument { flag: "url", .. })));
     }
 }

@@ -101,7 +101,7 @@ pub async fn run_kafka_observed(run: KafkaRun, progress: Arc<Progress>) -> Resul
     let reporter = progress.report_every(PROGRESS_EVERY);
     let limiter = RateLimiter::start(run.rate_per_s, run.fleet.batch_records_max);
     let mut fleet = ProducerFleet::new(&run, progress.clone());
-    let produced = tokio::time::timeout_at(start + run.timeout, fleet.produce_all(&producer, &run, &limiter)).await;
+    let produced = tokio::time::timeout_at(start + run.timeout, fleet.produce_all(&producer, &run, &limiter, start)).await;
     reporter.abort();
     if let Ok(Err(error)) = produced {
         return Err(error);
@@ -129,7 +129,9 @@ impl ProducerFleet {
         ProducerFleet { series, sent: vec![Tally::default(); count], delivered: vec![0; count], in_flight: FuturesUnordered::new(), progress }
     }
 
-    async fn produce_all(&mut self, producer: &FutureProducer, run: &KafkaRun, limiter: &RateLimiter) -> Result<(), SimError> {
+    /// Sends round-robin over the devices. Paced devices are due in round-robin order (their
+    /// start offsets grow with their index), so waiting for each in turn keeps every pace.
+    async fn produce_all(&mut self, producer: &FutureProducer, run: &KafkaRun, limiter: &RateLimiter, start: Instant) -> Result<(), SimError> {
         let headers = OwnedHeaders::new().insert(Header { key: "content-type", value: Some(run.format.mime()) });
         loop {
             let mut sent_any = false;
@@ -138,6 +140,9 @@ impl ProducerFleet {
                     continue;
                 }
                 sent_any = true;
+                if let Some(due) = self.series[device].next_batch_due() {
+                    self.await_deliveries_until(start + due).await;
+                }
                 limiter.take(self.series[device].next_batch_len()).await;
                 self.produce_next(device, producer, run, &headers).await?;
                 while self.in_flight.len() >= run.inflight_envelopes_max {
@@ -181,6 +186,18 @@ impl ProducerFleet {
     }
 
     /// Waits for one delivery and accounts for it; `false` when none was in flight.
+    /// Counts deliveries as they come until `at`.
+    async fn await_deliveries_until(&mut self, at: Instant) {
+        let sleep = tokio::time::sleep_until(at);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => return,
+                more = self.await_one(), if !self.in_flight.is_empty() => if !more { sleep.as_mut().await; return },
+            }
+        }
+    }
+
     async fn await_one(&mut self) -> bool {
         let Some((device, count, result)) = self.in_flight.next().await else { return false };
         match result {
@@ -229,6 +246,8 @@ mod tests {
                 batch_records_max: 50,
                 start_ns: 1_600_000_000_000_000_000,
                 interval_ms: 1000,
+                profile: crate::Profile::Walk,
+                series_rate_per_s: 0.0,
             },
             destination: Destination { database: "sim".into(), table: "readings".into() },
             format: ContentType::Json,

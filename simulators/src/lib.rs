@@ -8,7 +8,11 @@
 //!   idempotent producer (as Kafka-native producers do).
 //! - [`agent::run_agent`]: sensors posting JSON records to an edge agent's write endpoint.
 //!
-//! [`tsbs::TruckFleet`] generates TSBS's iot data (a truck fleet) for the benchmarks.
+//! What each series measures is its [`Profile`]: a random walk (the default, used by the
+//! tests), temperature, vibration, an energy meter with resets, or a TSBS iot truck
+//! ([`tsbs::TruckFleet`] also generates the truck fleet in one stream for the benchmarks).
+//! Rate control is fleet-wide (`--rate`, a token bucket) and per series (`--rate-per-device`,
+//! a schedule that spreads the series over one batch period).
 //!
 //! Each returns a [`Summary`] — per series, how many readings were sent and their exact sum —
 //! that `lodestone-sim` prints as one JSON line, so a test can compare it with what the query
@@ -34,6 +38,7 @@ pub mod kafka;
 pub mod load;
 pub mod mqtt;
 pub mod rate;
+mod profile;
 mod series;
 mod summary;
 pub mod tsbs;
@@ -42,8 +47,8 @@ pub mod wire;
 
 pub use error::SimError;
 pub use series::{
-    validate_destination, Batch, FleetSpec, Series, SeriesKind, Tally, BATCH_RECORDS_MAX, FLEET_DIMENSION, FLEET_NAME,
-    MEASURE_NAME, SERIES_COUNT_MAX, VALUE_STEP,
+    validate_destination, Batch, FleetSpec, Profile, Series, SeriesKind, Tally, BATCH_RECORDS_MAX, FLEET_DIMENSION,
+    FLEET_NAME, MEASURE_NAME, SERIES_COUNT_MAX, SERIES_RATE_PER_S_MAX, VALUE_STEP,
 };
 pub use summary::{Progress, SeriesOutcome, SeriesSummary, Summary};
 pub use window::{ack_through, AckWindow};

@@ -27,7 +27,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::kafka::{run_kafka_observed, KafkaRun};
 use crate::mqtt::{run_mqtt_observed, MqttRun, PACKET_BYTES_MAX_DEFAULT};
-use crate::series::{FleetSpec, SeriesKind};
+use crate::agent::{run_agent_observed, AgentRun};
+use crate::series::{FleetSpec, Profile, SeriesKind};
 use crate::summary::Progress;
 use crate::wire::Destination;
 
@@ -64,9 +65,20 @@ pub struct Phase {
     /// Records per envelope.
     #[serde(default = "default_batch")]
     pub batch: u32,
+    /// What each device measures (`walk`, `temperature`, `vibration`, `meter`, `truck`).
+    #[serde(default)]
+    pub profile: Profile,
     /// Readings per second in total; 0 = as fast as the stack acknowledges.
     #[serde(default)]
     pub rate: u64,
+    /// Readings per second of each device (0.1 = one every 10 s); 0 = unpaced.
+    #[serde(default)]
+    pub rate_per_device: f64,
+    /// MQTT: new connections per second while the devices come up; 0 = all at once.
+    #[serde(default)]
+    pub connect_rate: u32,
+    /// The table this phase writes [default: the scenario's].
+    pub table: Option<String>,
     /// Instead of `rate`: this fraction of what the previous phase sustained end to end (from its
     /// start until all its readings were queryable).
     pub rate_fraction_of_previous: Option<f64>,
@@ -85,6 +97,9 @@ pub enum Transport {
     Kafka,
     /// One MQTT connection per device, awaiting the bridge's end-to-end acks.
     Mqtt,
+    /// Sensors posting to edge agents (`--agent-url`, once per agent; sensors are spread over
+    /// them), which forward over MQTT.
+    Agent,
 }
 
 fn default_database() -> String {
@@ -123,8 +138,8 @@ impl Scenario {
             }
             match (phase.readings_per_device, phase.duration_s) {
                 (Some(_), None) => {}
-                (None, Some(_)) if phase.rate > 0 || phase.rate_fraction_of_previous.is_some() => {}
-                (None, Some(_)) => return Err(at("duration_s needs a rate (or rate_fraction_of_previous)")),
+                (None, Some(_)) if phase.rate > 0 || phase.rate_per_device > 0.0 || phase.rate_fraction_of_previous.is_some() => {}
+                (None, Some(_)) => return Err(at("duration_s needs a rate (rate, rate_per_device or rate_fraction_of_previous)")),
                 _ => return Err(at("give exactly one of readings_per_device and duration_s")),
             }
             if phase.rate_fraction_of_previous.is_some() && i == 0 {
@@ -143,6 +158,8 @@ pub struct Target {
     pub mqtt_host: String,
     pub mqtt_port: u16,
     pub query_url: String,
+    /// Edge agents' base URLs (phases with `transport = "agent"`).
+    pub agent_urls: Vec<String>,
     /// Process names (`/proc/*/comm`) whose CPU and memory are sampled.
     pub watch: Vec<String>,
 }
@@ -265,12 +282,25 @@ pub async fn run_load(scenario: &Scenario, target: &Target) -> anyhow::Result<Re
             }
             None => phase.rate,
         };
-        let per_device = phase.readings_per_device.unwrap_or_else(|| (rate * phase.duration_s.unwrap_or(0)).div_ceil(u64::from(phase.devices)).max(1));
+        let per_device = phase.readings_per_device.unwrap_or_else(|| {
+            let seconds = phase.duration_s.unwrap_or(0);
+            let at_total_rate = (rate * seconds).div_ceil(u64::from(phase.devices));
+            let at_device_rate = (phase.rate_per_device * seconds as f64).ceil() as u64;
+            match (rate, at_device_rate) {
+                (0, paced) => paced,
+                (_, 0) => at_total_rate,
+                (_, paced) => paced.min(at_total_rate),
+            }
+            .max(1)
+        });
         let progress = Arc::new(Progress::new(per_device * u64::from(phase.devices), phase.transport == Transport::Mqtt));
         *live.phase.lock().expect("live lock") = (phase.name.clone(), progress.clone());
+        let kind = if phase.transport == Transport::Agent { SeriesKind::Sensor } else { SeriesKind::Device };
         let fleet = FleetSpec {
             seed: scenario.seed,
-            kind: SeriesKind::Device,
+            kind,
+            profile: phase.profile,
+            series_rate_per_s: phase.rate_per_device,
             id_prefix: format!("{}-", phase.name),
             series_count: phase.devices,
             readings_per_series: per_device,
@@ -278,7 +308,7 @@ pub async fn run_load(scenario: &Scenario, target: &Target) -> anyhow::Result<Re
             start_ns: FleetSpec::default_start_ns(now_ns(), per_device, scenario.interval_ms),
             interval_ms: scenario.interval_ms,
         };
-        let table = scenario.table.clone();
+        let table = phase.table.clone().unwrap_or_else(|| scenario.table.clone());
         let started = Instant::now();
         let summary = match phase.transport {
             Transport::Kafka => {
@@ -286,7 +316,7 @@ pub async fn run_load(scenario: &Scenario, target: &Target) -> anyhow::Result<Re
                     bootstrap: target.bootstrap.clone(),
                     topic: target.topic.clone(),
                     fleet,
-                    destination: Destination { database: scenario.database.clone(), table },
+                    destination: Destination { database: scenario.database.clone(), table: table.clone() },
                     format: ContentType::Cbor,
                     boot_id: format!("load-{}-{}", scenario.name, phase.name),
                     rate_per_s: rate,
@@ -303,7 +333,7 @@ pub async fn run_load(scenario: &Scenario, target: &Target) -> anyhow::Result<Re
                     port: target.mqtt_port,
                     fleet,
                     database: scenario.database.clone(),
-                    table,
+                    table: table.clone(),
                     format: ContentType::Cbor,
                     boot_id: format!("load-{}-{}", scenario.name, phase.name),
                     rate_per_s: rate,
@@ -311,10 +341,24 @@ pub async fn run_load(scenario: &Scenario, target: &Target) -> anyhow::Result<Re
                     packet_bytes_max: PACKET_BYTES_MAX_DEFAULT,
                     resend_after: Duration::from_secs(10),
                     keep_alive: Duration::from_secs(30),
+                    connect_rate_per_s: phase.connect_rate,
                     timeout: Duration::from_secs(phase.timeout_s),
                 };
                 run.validate(now_ns())?;
                 run_mqtt_observed(run, progress.clone()).await?
+            }
+            Transport::Agent => {
+                anyhow::ensure!(!target.agent_urls.is_empty(), "phase {} writes through edge agents: give --agent-url", phase.name);
+                let run = AgentRun {
+                    urls: target.agent_urls.clone(),
+                    fleet,
+                    database: scenario.database.clone(),
+                    table: table.clone(),
+                    rate_per_s: rate,
+                    timeout: Duration::from_secs(phase.timeout_s),
+                };
+                run.validate(now_ns())?;
+                run_agent_observed(run, progress.clone()).await?
             }
         };
         let elapsed = started.elapsed().as_secs_f64();
@@ -328,8 +372,10 @@ pub async fn run_load(scenario: &Scenario, target: &Target) -> anyhow::Result<Re
             .max()
             .unwrap_or(0);
         let sql = format!(
-            "SELECT count(*) FROM \"{}\".\"{}\" WHERE starts_with(device_id, '{}-')",
-            scenario.database, scenario.table, phase.name
+            "SELECT count(*) FROM \"{}\".\"{table}\" WHERE starts_with({}, '{}-')",
+            scenario.database,
+            kind.id_dimension(),
+            phase.name
         );
         let visible_at_end = count(&http, &target.query_url, &sql).await.unwrap_or(0);
         let expected = progress.acked.load(Ordering::Relaxed) as i64;
@@ -465,6 +511,11 @@ async fn probe(live: Arc<Live>, scenario: Scenario, target: Target, http: reqwes
             ..Default::default()
         };
         let sent = match (transport, &mqtt, &producer) {
+            (Transport::Agent, _, _) if !target.agent_urls.is_empty() => {
+                let url = format!("{}/v1/write?database={}&table={table}", target.agent_urls[0].trim_end_matches('/'), scenario.database);
+                let body = serde_json::json!({ "records": envelope.records.iter().map(lodestone_model::record_to_json).collect::<Vec<_>>() });
+                http.post(url).json(&body).send().await.is_ok_and(|r| r.status().is_success())
+            }
             (Transport::Mqtt, Some(client), _) => client
                 .publish(
                     lodestone_model::topic::data_topic(&scenario.database, &table, "load-probe"),
@@ -693,5 +744,8 @@ mod tests {
         assert!(bad(&format!("{base}{phase}")).contains("phase p: give exactly one"));
         assert!(bad(&format!("{base}{phase}duration_s = 5\n")).contains("needs a rate"));
         assert!(bad(&format!("{base}{phase}readings_per_device = 5\nrate_fraction_of_previous = 0.5\n")).contains("no previous phase"));
+        assert!(bad(&format!("{base}{phase}readings_per_device = 5\nprofile = \"banana\"\n")).contains("unknown variant"));
+        let paced = format!("{base}{phase}duration_s = 5\nrate_per_device = 0.5\n");
+        assert!(toml::from_str::<Scenario>(&paced).unwrap().check().is_ok(), "a per-device rate is a rate");
     }
 }

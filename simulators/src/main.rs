@@ -14,7 +14,7 @@ use lodestone_simulators::agent::{run_agent, AgentRun};
 use lodestone_simulators::kafka::{run_kafka, KafkaRun};
 use lodestone_simulators::mqtt::{run_mqtt, MqttRun, PACKET_BYTES_MAX_DEFAULT};
 use lodestone_simulators::wire::{random_boot_id, Destination};
-use lodestone_simulators::{FleetSpec, SeriesKind, Summary};
+use lodestone_simulators::{FleetSpec, Profile, SeriesKind, Summary};
 
 #[derive(Parser)]
 #[command(name = "lodestone-sim", version, about = "Seeded, reproducible load generators for Lodestone")]
@@ -49,6 +49,13 @@ struct DataArgs {
     /// Readings per second across all devices or sensors (token bucket); 0 = as fast as possible.
     #[arg(long, default_value_t = 0)]
     rate: u64,
+    /// Readings per second of each device or sensor (0.1 = one every 10 s); 0 = unpaced. Both
+    /// rates apply when both are given.
+    #[arg(long, default_value_t = 0.0)]
+    rate_per_device: f64,
+    /// What each device or sensor measures.
+    #[arg(long, value_enum, default_value_t = Profile::Walk)]
+    profile: Profile,
     /// Destination database (3–256 of A-Z a-z 0-9 _ - .).
     #[arg(long, default_value = "sim")]
     database: String,
@@ -109,6 +116,9 @@ struct MqttArgs {
     /// MQTT keep-alive interval.
     #[arg(long, default_value_t = 30)]
     keep_alive_s: u64,
+    /// New connections per second while the fleet comes up; 0 = all devices at once.
+    #[arg(long, default_value_t = 0)]
+    connect_rate: u32,
     /// Boot id of every device [default: 32 random hex digits, new each run].
     #[arg(long)]
     boot_id: Option<String>,
@@ -149,9 +159,9 @@ struct KafkaArgs {
 
 #[derive(Args)]
 struct AgentArgs {
-    /// The edge agent's base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8181")]
-    url: String,
+    /// An edge agent's base URL; give it once per agent to spread the sensors over several.
+    #[arg(long, default_values = ["http://127.0.0.1:8181"])]
+    url: Vec<String>,
     /// Simulated sensors, one `sensor_id` dimension value each.
     #[arg(long, default_value_t = 10)]
     sensors: u32,
@@ -178,6 +188,10 @@ struct LoadArgs {
     mqtt_host: String,
     #[arg(long, default_value_t = 1883)]
     mqtt_port: u16,
+    /// An edge agent's base URL (phases with `transport = "agent"`); repeat it for several
+    /// agents: the phase's sensors are spread over them.
+    #[arg(long)]
+    agent_url: Vec<String>,
     /// The query service, polled for probes and row counts.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     query_url: String,
@@ -200,6 +214,7 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
         mqtt_host: args.mqtt_host,
         mqtt_port: args.mqtt_port,
         query_url: args.query_url,
+        agent_urls: args.agent_url,
         watch: args.watch,
     };
     let report = lodestone_simulators::load::run_load(&scenario, &target).await?;
@@ -228,6 +243,8 @@ fn fleet(kind: SeriesKind, prefix: String, count: u32, readings: u64, data: &Dat
         batch_records_max: data.batch,
         start_ns: data.start_ns.unwrap_or_else(|| FleetSpec::default_start_ns(now_ns, readings, data.interval_ms)),
         interval_ms: data.interval_ms,
+        profile: data.profile,
+        series_rate_per_s: data.rate_per_device,
     }
 }
 
@@ -253,6 +270,7 @@ async fn run(command: Command, now_ns: i64) -> anyhow::Result<(Summary, &'static
                 packet_bytes_max: args.packet_bytes_max,
                 resend_after: Duration::from_millis(args.resend_after_ms),
                 keep_alive: Duration::from_secs(args.keep_alive_s),
+                connect_rate_per_s: args.connect_rate,
                 timeout: Duration::from_secs(args.data.timeout_s),
             };
             run.validate(now_ns)?;
@@ -280,7 +298,7 @@ async fn run(command: Command, now_ns: i64) -> anyhow::Result<(Summary, &'static
         }
         Command::Agent(args) => {
             let run = AgentRun {
-                url: args.url,
+                urls: args.url,
                 fleet: fleet(SeriesKind::Sensor, args.sensor_prefix, args.sensors, args.readings_per_sensor, &args.data, now_ns),
                 database: args.data.database.clone(),
                 table: args.data.table.clone(),
@@ -288,7 +306,7 @@ async fn run(command: Command, now_ns: i64) -> anyhow::Result<(Summary, &'static
                 timeout: Duration::from_secs(args.data.timeout_s),
             };
             run.validate(now_ns)?;
-            tracing::info!(sensors = args.sensors, url = run.url, "agent run");
+            tracing::info!(sensors = args.sensors, urls = ?run.urls, "agent run");
             let summary = run_agent(run).await.context("edge-agent run")?;
             Ok((summary, "sensors", args.data.timeout_s))
         }

@@ -68,6 +68,9 @@ pub struct MqttRun {
     /// Publish unacked envelopes again when no ack arrived for this long.
     pub resend_after: Duration,
     pub keep_alive: Duration,
+    /// New connections per second while the fleet comes up (device `i` connects at `i / rate`
+    /// seconds); 0 = every device at once, a reconnect storm.
+    pub connect_rate_per_s: u32,
     /// The whole run's bound; devices not fully acked by then count as `unacked`.
     pub timeout: Duration,
 }
@@ -136,7 +139,14 @@ pub async fn run_mqtt_observed(run: MqttRun, progress: Arc<Progress>) -> Result<
     let devices: Vec<_> = run
         .fleet
         .all_series()
-        .map(|series| tokio::spawn(run_device(Arc::clone(&run), series, limiter.clone(), Arc::clone(&progress), deadline)))
+        .enumerate()
+        .map(|(i, series)| {
+            let connect_at = match run.connect_rate_per_s {
+                0 => start,
+                rate => start + Duration::from_secs_f64(i as f64 / f64::from(rate)),
+            };
+            tokio::spawn(run_device(Arc::clone(&run), series, limiter.clone(), Arc::clone(&progress), connect_at, deadline))
+        })
         .collect();
     let mut outcomes = Vec::with_capacity(devices.len());
     for device in devices {
@@ -171,8 +181,12 @@ async fn run_device(
     series: Series,
     limiter: RateLimiter,
     progress: Arc<Progress>,
+    connect_at: Instant,
     deadline: Instant,
 ) -> Result<SeriesOutcome, SimError> {
+    // A paced device's schedule starts when it connects, so a slow ramp does not make it burst.
+    tokio::time::sleep_until(connect_at).await;
+    let start = connect_at;
     let device_id = series.id().to_owned();
     let (client, mut eventloop) = AsyncClient::new(run.mqtt_options(&device_id), request_channel_capacity(run.inflight_envelopes_max));
     eventloop.network_options.set_connection_timeout(CONNECT_TIMEOUT_S);
@@ -188,7 +202,7 @@ async fn run_device(
         series,
         client,
     };
-    let finished = tokio::time::timeout_at(deadline, device.publish_all(link_rx, &run, &limiter, &progress)).await;
+    let finished = tokio::time::timeout_at(deadline, device.publish_all(link_rx, &run, &limiter, &progress, start)).await;
     // Best effort: the link task sends the DISCONNECT, then stops (its watch has no reader).
     let _ = device.client.try_disconnect();
     let _ = link.await;
@@ -219,6 +233,7 @@ impl Device {
         run: &MqttRun,
         limiter: &RateLimiter,
         progress: &Progress,
+        start: Instant,
     ) -> Result<(), SimError> {
         let mut subscribe_requested_on = 0;
         let mut published_on = 1;
@@ -244,7 +259,7 @@ impl Device {
                     published_on = state.connection;
                     last_ack_progress = Instant::now();
                 }
-                if self.window.has_room() && self.series.has_next() {
+                if self.window.has_room() && self.series.has_next() && self.series.next_batch_due().is_none_or(|due| start + due <= Instant::now()) {
                     if self.window.is_empty() {
                         last_ack_progress = Instant::now();
                     }
@@ -254,6 +269,8 @@ impl Device {
                 }
             }
             let resend_at = last_ack_progress + run.resend_after;
+            // A paced device with room in its window waits for its next batch's time.
+            let due_at = self.series.next_batch_due().filter(|_| state.ready() && self.window.has_room()).map(|due| start + due);
             tokio::select! {
                 changed = link.changed() => {
                     if changed.is_err() {
@@ -261,6 +278,7 @@ impl Device {
                     }
                 }
                 () = tokio::time::sleep_until(resend_at), if !self.window.is_empty() => {}
+                () = tokio::time::sleep_until(due_at.unwrap_or(resend_at)), if due_at.is_some() => {}
             }
         }
     }
@@ -400,6 +418,8 @@ mod tests {
                 batch_records_max: 50,
                 start_ns: 0,
                 interval_ms: 1000,
+                profile: crate::Profile::Walk,
+                series_rate_per_s: 0.0,
             },
             database: "sim".into(),
             table: "readings".into(),
@@ -410,6 +430,7 @@ mod tests {
             packet_bytes_max: PACKET_BYTES_MAX_DEFAULT,
             resend_after: Duration::from_secs(10),
             keep_alive: Duration::from_secs(30),
+            connect_rate_per_s: 0,
             timeout: Duration::from_secs(300),
         }
     }

@@ -10,22 +10,21 @@
 //! [`VALUE_STEP`] (0.25, a power of two) bounded by [`VALUE_ABS_MAX`], so any sum of them is exact
 //! in `f64` whatever the order of addition — a store's `SUM` must match [`Tally::sum`] exactly.
 
-use lodestone_model::{validate_name, Dimension, MeasureValue, Record, Scalar};
-use rand::{Rng, SeedableRng};
+use std::time::Duration;
+
+use lodestone_model::{validate_name, Dimension, Record};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::SimError;
-
-/// The measure every simulated reading writes.
-pub const MEASURE_NAME: &str = "value";
+pub use crate::profile::{Profile, MEASURE_NAME};
+use crate::profile::Generator;
 /// The dimension that groups all simulated series, and its value.
 pub const FLEET_DIMENSION: &str = "fleet";
 pub const FLEET_NAME: &str = "sim";
 
 /// Values are whole multiples of this step.
 pub const VALUE_STEP: f64 = 0.25;
-/// The walk is reflected into `[-VALUE_ABS_MAX, VALUE_ABS_MAX]`.
-pub const VALUE_ABS_MAX: f64 = 10_000.0;
 /// Largest `--batch`: records in one envelope or one HTTP write.
 pub const BATCH_RECORDS_MAX: u32 = 10_000;
 /// Largest number of series (devices or sensors) in one run.
@@ -37,11 +36,8 @@ pub const READINGS_PER_SERIES_MAX: u64 = 10_000_000_000;
 pub const ID_PREFIX_BYTES_MAX: usize = 64;
 /// How far ahead of the clock a reading may be (the store's quota, Timestream's 15 minutes).
 const FUTURE_NS_MAX: i64 = 15 * 60 * 1_000_000_000;
-
-const QUARTERS_PER_UNIT: i64 = 4;
-const WALK_START_QUARTERS_MAX: i64 = 400; // first value in 0.0..=100.0
-const WALK_STEP_QUARTERS_MAX: i64 = 4; // each step in -1.0..=1.0
-const WALK_BOUND_QUARTERS: i64 = VALUE_ABS_MAX as i64 * QUARTERS_PER_UNIT;
+/// Largest per-series rate (`--rate-per-device`), readings per second.
+pub const SERIES_RATE_PER_S_MAX: f64 = 1_000_000.0;
 const ID_DIGITS_MIN: usize = 4;
 
 /// What a series stands for; decides its id dimension and the flag names in errors.
@@ -83,11 +79,14 @@ impl SeriesKind {
     }
 }
 
-/// Everything that determines a run's data. Two equal specs generate identical readings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Everything that determines a run's data, and each series' pace. Two equal specs generate
+/// identical readings.
+#[derive(Debug, Clone, PartialEq)]
 pub struct FleetSpec {
     pub seed: u64,
     pub kind: SeriesKind,
+    /// What each series measures.
+    pub profile: Profile,
     /// Series ids are the prefix and a zero-padded 1-based index: `sim-0001`.
     pub id_prefix: String,
     pub series_count: u32,
@@ -98,6 +97,10 @@ pub struct FleetSpec {
     pub start_ns: i64,
     /// Time between two readings of one series.
     pub interval_ms: u64,
+    /// Readings per second of each series (`--rate-per-device`); 0 = unpaced. A paced series
+    /// sends a batch when its last reading is due; series start spread evenly over one batch
+    /// period, so a fleet does not send in lock-step. Pacing never changes the data.
+    pub series_rate_per_s: f64,
 }
 
 impl FleetSpec {
@@ -120,6 +123,9 @@ impl FleetSpec {
         }
         if !(1..=BATCH_RECORDS_MAX).contains(&self.batch_records_max) {
             return invalid("batch", format!("must be 1 to {BATCH_RECORDS_MAX}, not {}", self.batch_records_max));
+        }
+        if !(0.0..=SERIES_RATE_PER_S_MAX).contains(&self.series_rate_per_s) {
+            return invalid("rate-per-device", format!("must be 0 to {SERIES_RATE_PER_S_MAX} readings per second"));
         }
         if self.interval_ms == 0 {
             return invalid("interval-ms", "must be at least 1 so that every reading has its own time".into());
@@ -165,17 +171,27 @@ impl FleetSpec {
         dimensions.sort();
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
         rng.set_stream(u64::from(index));
-        let value_quarters = rng.gen_range(0..=WALK_START_QUARTERS_MAX);
+        let interval_ns = self.interval_ms as i64 * 1_000_000;
+        let mut generator = Generator::new(self.profile, index, &dimensions, &mut rng);
+        if let Generator::Truck(truck) = &mut generator {
+            truck.set_times(self.start_ns, interval_ns);
+        }
+        let pace = (self.series_rate_per_s > 0.0).then(|| {
+            let batch_period_s = f64::from(self.batch_records_max) / self.series_rate_per_s;
+            let offset = Duration::from_secs_f64(batch_period_s * f64::from(index - 1) / f64::from(self.series_count));
+            Pace { offset, rate_per_s: self.series_rate_per_s }
+        });
         Series {
             id,
             dimensions,
             rng,
-            value_quarters,
+            generator,
             next_seq: 1,
             last_seq: self.readings_per_series,
             batch_records_max: self.batch_records_max,
             start_ns: self.start_ns,
-            interval_ns: self.interval_ms as i64 * 1_000_000,
+            interval_ns,
+            pace,
         }
     }
 
@@ -208,13 +224,20 @@ pub struct Series {
     id: String,
     dimensions: Vec<Dimension>,
     rng: ChaCha8Rng,
-    /// The next reading's value, in quarters.
-    value_quarters: i64,
+    generator: Generator,
     next_seq: u64,
     last_seq: u64,
     batch_records_max: u32,
     start_ns: i64,
     interval_ns: i64,
+    pace: Option<Pace>,
+}
+
+/// When a paced series' readings are due, counted from the start of the run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Pace {
+    offset: Duration,
+    rate_per_s: f64,
 }
 
 impl Series {
@@ -238,6 +261,18 @@ impl Series {
         remaining.min(u64::from(self.batch_records_max)) as u32
     }
 
+    /// When the next batch is due, from the start of the run: when its last reading is, at the
+    /// series' rate. `None` for an unpaced series (or one with nothing left).
+    pub fn next_batch_due(&self) -> Option<Duration> {
+        let pace = self.pace?;
+        let len = self.next_batch_len();
+        if len == 0 {
+            return None;
+        }
+        let last_reading = (self.next_seq - 1 + u64::from(len) - 1) as f64;
+        Some(pace.offset + Duration::from_secs_f64(last_reading / pace.rate_per_s))
+    }
+
     /// The next up to `batch_records_max` readings, or `None` when every reading was handed out.
     pub fn next_batch(&mut self) -> Option<Batch> {
         let len = self.next_batch_len();
@@ -245,35 +280,16 @@ impl Series {
             return None;
         }
         let first_seq = self.next_seq;
-        let mut records = Vec::with_capacity(len as usize);
+        let mut records: Vec<Record> = Vec::with_capacity(len as usize);
         let mut sum_quarters = 0;
         for seq in first_seq..first_seq + u64::from(len) {
-            sum_quarters += self.value_quarters;
-            records.push(self.record(seq, self.value_quarters));
-            self.value_quarters = self.step(self.value_quarters);
+            let time_ns = self.start_ns + (seq - 1) as i64 * self.interval_ns;
+            let reading = self.generator.next(&mut self.rng, &self.dimensions, time_ns, self.last_seq - seq + 1);
+            sum_quarters += reading.audit_quarters;
+            records.push(reading.record);
         }
         self.next_seq = first_seq + u64::from(len);
         Some(Batch { first_seq, records, tally: Tally { count: u64::from(len), sum_quarters } })
-    }
-
-    fn record(&self, seq: u64, value_quarters: i64) -> Record {
-        Record {
-            dimensions: self.dimensions.clone(),
-            measure_name: MEASURE_NAME.into(),
-            value: MeasureValue::Single(Scalar::Double(value_quarters as f64 * VALUE_STEP)),
-            time_ns: self.start_ns + (seq - 1) as i64 * self.interval_ns,
-            version: 1,
-        }
-    }
-
-    /// One random-walk step, reflected at the bounds.
-    fn step(&mut self, quarters: i64) -> i64 {
-        let next = quarters + self.rng.gen_range(-WALK_STEP_QUARTERS_MAX..=WALK_STEP_QUARTERS_MAX);
-        if next.abs() > WALK_BOUND_QUARTERS {
-            quarters - (next - quarters)
-        } else {
-            next
-        }
     }
 }
 
@@ -321,7 +337,10 @@ impl Tally {
 
 #[cfg(test)]
 mod tests {
+    use lodestone_model::{MeasureValue, Scalar};
+
     use super::*;
+    use crate::profile::VALUE_ABS_MAX;
 
     const NOW: i64 = 1_700_000_000_000_000_000;
 
@@ -335,6 +354,8 @@ mod tests {
             batch_records_max,
             start_ns: NOW - 1_000_000_000_000,
             interval_ms: 1000,
+            profile: Profile::Walk,
+            series_rate_per_s: 0.0,
         }
     }
 
@@ -428,11 +449,12 @@ mod tests {
 
     #[test]
     fn walk_stays_within_bounds() {
-        let mut series = spec(9, 1, 0, 1).series(1);
-        series.value_quarters = WALK_BOUND_QUARTERS;
+        use crate::profile::{walk_step, WALK_BOUND_QUARTERS};
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let mut quarters = WALK_BOUND_QUARTERS;
         for _ in 0..10_000 {
-            series.value_quarters = series.step(series.value_quarters);
-            assert!(series.value_quarters.abs() <= WALK_BOUND_QUARTERS);
+            quarters = walk_step(&mut rng, quarters);
+            assert!(quarters.abs() <= WALK_BOUND_QUARTERS);
         }
     }
 
@@ -484,6 +506,26 @@ mod tests {
     }
 
     #[test]
+    fn a_paced_series_is_due_when_its_last_reading_is_and_the_fleet_is_spread() {
+        // 4 series, batches of 10, 5 readings/s each: a batch every 2 s, series 3 half a period in.
+        let fleet = FleetSpec { series_rate_per_s: 5.0, ..spec(1, 4, 25, 10) };
+        let secs = |s: f64| Some(Duration::from_secs_f64(s));
+        let mut first = fleet.series(1);
+        let mut third = fleet.series(3);
+        assert_eq!(first.next_batch_due(), secs(1.8));
+        assert_eq!(third.next_batch_due(), secs(1.0 + 1.8));
+        first.next_batch();
+        third.next_batch();
+        assert_eq!(first.next_batch_due(), secs(3.8));
+        assert_eq!(third.next_batch_due(), secs(4.8));
+        first.next_batch();
+        assert_eq!(first.next_batch_due(), secs(4.8), "the last, short batch: readings 21 to 25");
+        first.next_batch();
+        assert_eq!(first.next_batch_due(), None);
+        assert_eq!(spec(1, 4, 25, 10).series(1).next_batch_due(), None, "unpaced");
+    }
+
+    #[test]
     fn default_start_ends_one_interval_before_now() {
         let start = FleetSpec::default_start_ns(NOW, 1000, 1000);
         let fleet = FleetSpec { start_ns: start, ..spec(1, 1, 1000, 50) };
@@ -512,6 +554,10 @@ mod tests {
         check(FleetSpec { readings_per_series: 0, ..ok.clone() }, None);
         check(FleetSpec { readings_per_series: READINGS_PER_SERIES_MAX + 1, ..ok.clone() }, Some("readings-per-device"));
         check(FleetSpec { interval_ms: 0, ..ok.clone() }, Some("interval-ms"));
+        check(FleetSpec { series_rate_per_s: SERIES_RATE_PER_S_MAX, ..ok.clone() }, None);
+        check(FleetSpec { series_rate_per_s: SERIES_RATE_PER_S_MAX * 1.01, ..ok.clone() }, Some("rate-per-device"));
+        check(FleetSpec { series_rate_per_s: -1.0, ..ok.clone() }, Some("rate-per-device"));
+        check(FleetSpec { series_rate_per_s: f64::NAN, ..ok.clone() }, Some("rate-per-device"));
         check(FleetSpec { id_prefix: "a/b".into(), ..ok.clone() }, Some("device-prefix"));
         check(FleetSpec { id_prefix: "x".repeat(ID_PREFIX_BYTES_MAX), ..ok.clone() }, None);
         check(FleetSpec { id_prefix: "x".repeat(ID_PREFIX_BYTES_MAX + 1), ..ok.clone() }, Some("device-prefix"));

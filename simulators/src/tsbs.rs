@@ -11,6 +11,7 @@ use rand::{Rng, SeedableRng};
 
 /// One field of a truck: a clamped random walk rounded to `decimals`, as TSBS's iot use case
 /// generates them (`pkg/data/usecases/iot`): its start, step range, bounds and precision.
+#[derive(Debug, Clone)]
 struct Walk {
     name: &'static str,
     value: f64,
@@ -20,7 +21,7 @@ struct Walk {
 }
 
 impl Walk {
-    fn advance(&mut self, rng: &mut StdRng) -> f64 {
+    fn advance(&mut self, rng: &mut impl Rng) -> f64 {
         self.value = (self.value + rng.gen_range(self.step.0..=self.step.1)).clamp(self.bounds.0, self.bounds.1);
         let factor = 10f64.powi(self.decimals);
         (self.value * factor).round() / factor
@@ -28,8 +29,10 @@ impl Walk {
 }
 
 /// A truck's state: `readings` (7 fields), and `diagnostics` (fuel_state, current_load, status).
-struct Truck {
-    tags: Vec<Dimension>,
+/// The live simulators drive one per series ([`crate::Profile::Truck`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Truck {
+    pub(crate) tags: Vec<Dimension>,
     readings: Vec<Walk>,
     fuel: Walk,
     load: f64,
@@ -37,7 +40,7 @@ struct Truck {
 }
 
 impl Truck {
-    fn new(index: usize, rng: &mut StdRng) -> Truck {
+    pub(crate) fn new(index: usize, rng: &mut impl Rng) -> Truck {
         let fleets = ["East", "West", "North", "South"];
         let models = ["F-150", "G-2000", "H-2"];
         let tag = |name: &str, value: String| Dimension { name: name.into(), value };
@@ -70,14 +73,14 @@ impl Truck {
         }
     }
 
-    fn readings(&mut self, rng: &mut StdRng) -> Vec<(String, Scalar)> {
+    pub(crate) fn readings(&mut self, rng: &mut impl Rng) -> Vec<(String, Scalar)> {
         // Multi-measure values are kept sorted by name.
         let mut values: Vec<_> = self.readings.iter_mut().map(|w| (w.name.to_string(), Scalar::Double(w.advance(rng)))).collect();
         values.sort_by(|a, b| a.0.cmp(&b.0));
         values
     }
 
-    fn diagnostics(&mut self, rng: &mut StdRng) -> Vec<(String, Scalar)> {
+    pub(crate) fn diagnostics(&mut self, rng: &mut impl Rng) -> Vec<(String, Scalar)> {
         let mut fuel = self.fuel.advance(rng);
         if self.fuel.value <= 0.0 {
             self.fuel.value = 1.0; // refuelled

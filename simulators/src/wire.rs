@@ -82,6 +82,8 @@ mod tests {
             batch_records_max: batch,
             start_ns: FleetSpec::default_start_ns(NOW, readings, 1000),
             interval_ms: 1000,
+            profile: crate::Profile::Walk,
+            series_rate_per_s: 0.0,
         }
     }
 

@@ -65,7 +65,7 @@ async fn start_agent(statuses: Vec<(u16, &'static str)>) -> (String, Arc<Mutex<V
 
 fn agent_run(url: String, sensors: u32, readings: u64, batch: u32) -> AgentRun {
     AgentRun {
-        url,
+        urls: vec![url],
         fleet: FleetSpec {
             seed: 4,
             kind: SeriesKind::Sensor,
@@ -75,6 +75,8 @@ fn agent_run(url: String, sensors: u32, readings: u64, batch: u32) -> AgentRun {
             batch_records_max: batch,
             start_ns: 1_600_000_000_000_000_000,
             interval_ms: 1000,
+            profile: lodestone_simulators::Profile::Walk,
+            series_rate_per_s: 0.0,
         },
         database: "sim".into(),
         table: "readings".into(),

@@ -155,6 +155,8 @@ fn fleet(devices: u32, readings: u64, batch: u32) -> FleetSpec {
         batch_records_max: batch,
         start_ns: FleetSpec::default_start_ns(now_ns(), readings, 1000),
         interval_ms: 1000,
+        profile: lodestone_simulators::Profile::Walk,
+        series_rate_per_s: 0.0,
     }
 }
 
@@ -172,6 +174,7 @@ fn mqtt_run(broker: SocketAddr, fleet: FleetSpec) -> MqttRun {
         packet_bytes_max: lodestone_simulators::mqtt::PACKET_BYTES_MAX_DEFAULT,
         resend_after: Duration::from_secs(10),
         keep_alive: Duration::from_secs(30),
+        connect_rate_per_s: 0,
         timeout: Duration::from_secs(120),
     }
 }

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_smoke_scenario_lands_every_reading_and_reports_its_figures() {
-    let stack = Stack::start(StackOptions { edge_agent: false, ..Default::default() }).await;
+    let stack = Stack::start(StackOptions::default()).await;
     let out = tempfile::tempdir().unwrap();
     let (report_path, chart_path) = (out.path().join("report.json"), out.path().join("chart.svg"));
     let scenario = lodestone_model::config::crate_path("../configs/scenarios/smoke.toml");
@@ -17,6 +17,7 @@ async fn the_smoke_scenario_lands_every_reading_and_reports_its_figures() {
         .arg(&scenario)
         .args(["--bootstrap", &stack.bootstrap(), "--mqtt-port", &stack.ports.mqtt.to_string()])
         .args(["--query-url", &format!("http://127.0.0.1:{}", stack.ports.query_http)])
+        .args(["--agent-url", &format!("http://127.0.0.1:{}", stack.ports.agent_http)])
         .arg("--report")
         .arg(&report_path)
         .arg("--chart")
@@ -31,7 +32,8 @@ async fn the_smoke_scenario_lands_every_reading_and_reports_its_figures() {
     let phases = report["phases"].as_array().unwrap();
     let counts: Vec<(Value, Value, Value, Value)> =
         phases.iter().map(|p| (p["name"].clone(), p["readings"].clone(), p["acked"].clone(), p["unacked"].clone())).collect();
-    assert_eq!(counts, vec![(json!("kafka"), json!(2000), json!(2000), json!(0)), (json!("mqtt"), json!(2000), json!(2000), json!(0))]);
+    let all_acked = |name: &str| (json!(name), json!(2000), json!(2000), json!(0));
+    assert_eq!(counts, vec![all_acked("kafka"), all_acked("mqtt"), all_acked("agent")]);
     for phase in phases {
         assert!(phase["all_visible_after_s"].is_number(), "every reading of phase {} became queryable", phase["name"]);
         assert!(phase["acked_per_sec"].as_f64().unwrap() > 0.0);
@@ -43,8 +45,19 @@ async fn the_smoke_scenario_lands_every_reading_and_reports_its_figures() {
     assert!(!report["samples"].as_array().unwrap().is_empty());
     assert!(report["rss_mib_max"]["ingest-service"].as_f64().unwrap() > 0.0, "the ingest worker's memory was sampled");
 
-    let rows = stack.query("SELECT count(*) FROM loadtest.smoke").await;
-    assert_eq!(rows["rows"], json!([[4000]]));
+    // Each profile landed with its own shape.
+    let rows = stack.query("SELECT count(*), min(measure_value::double), max(measure_value::double) FROM loadtest.smoke WHERE measure_name = 'temperature'").await;
+    let (min, max) = (rows["rows"][0][1].as_f64().unwrap(), rows["rows"][0][2].as_f64().unwrap());
+    assert_eq!(rows["rows"][0][0], 2000, "the temperature readings");
+    assert!((7.0..=33.0).contains(&min) && (7.0..=33.0).contains(&max), "temperatures between 7 and 33 °C: {rows}");
+    let rows = stack.query("SELECT measure_name, count(*), count(DISTINCT device_id), count(DISTINCT fleet) FROM loadtest.smoke_trucks GROUP BY measure_name ORDER BY measure_name").await;
+    let trucks = rows["rows"].as_array().unwrap();
+    assert_eq!(trucks.len(), 2, "readings and diagnostics records: {rows}");
+    assert_eq!(trucks[0][1].as_i64().unwrap() + trucks[1][1].as_i64().unwrap(), 2000, "{rows}");
+    assert_eq!((&trucks[0][2], &trucks[1][2]), (&json!(10), &json!(10)), "every truck sent both kinds: {rows}");
+    assert!(trucks.iter().all(|t| t[3].as_i64().unwrap() > 1), "trucks carry TSBS's fleet tag: {rows}");
+    let rows = stack.query("SELECT count(*), count(DISTINCT sensor_id), min(measure_value::bigint) >= 0 FROM loadtest.smoke_meters").await;
+    assert_eq!(rows["rows"], json!([[2000, 10, true]]), "the meters, through the edge agent");
     let chart = std::fs::read_to_string(&chart_path).unwrap();
     assert!(chart.starts_with("<svg") && chart.matches("<polyline").count() == 2, "an SVG chart with two series");
     for figure in ["e2e_readings_per_sec", "e2e_p99_latency_ms", "devices_connected"] {
