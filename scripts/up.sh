@@ -59,9 +59,10 @@ done
 start ingest-service env LODESTONE_INGEST__STORE__PATH="$stack/store" "$bin/ingest-service" --config configs/local-stack/ingest-service.toml
 start query-service env LODESTONE_QUERY__STORE__PATH="$stack/store" "$bin/query-service" --config configs/local-stack/query-service.toml
 start broker-bridge "$bin/broker-bridge" --config configs/broker-bridge.example.toml
-wait_for ingest-service http://127.0.0.1:9281/health
 wait_for query-service http://127.0.0.1:8080/health
 wait_for broker-bridge http://127.0.0.1:9181/health
+# Ready once the consumer group assigned it its partitions (a new group takes a few seconds).
+wait_for ingest-service http://127.0.0.1:9281/ready
 simulated=true; [[ $fleet == 0 ]] && simulated=false
 start edge-agent env LODESTONE_AGENT__OUTBOX__PATH="$stack/edge-agent/outbox" LODESTONE_AGENT__SIMULATED__ENABLED=$simulated \
   "$bin/edge-agent" --config configs/local-stack/edge-agent.toml

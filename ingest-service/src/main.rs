@@ -46,7 +46,7 @@ async fn main() -> anyhow::Result<()> {
     for (key, value) in &config.kafka.properties {
         client.set(key, value);
     }
-    let rebalances = Arc::new(Rebalances::default());
+    let rebalances = Arc::new(Rebalances { changes: Default::default(), counters: counters.clone() });
     let mut consumer_config = client.clone();
     // librdkafka's default (500 ms) is the floor of publish-to-queryable latency on tansu, which
     // holds a fetch for the whole wait when a partition has nothing new.
@@ -61,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .create_with_context(Rebalances { changes: rebalances.changes.clone() })
+        .create_with_context(Rebalances { changes: rebalances.changes.clone(), counters: counters.clone() })
         .map(Arc::new)
         .context("creating the Kafka consumer")?;
     let topics = [config.kafka.ingest_topic.as_str(), config.kafka.dead_letter_topic.as_str()];
@@ -107,18 +107,19 @@ struct Worker {
 
 /// Partitions assigned and revoked by the group, noted by librdkafka's rebalance callback and
 /// taken by the worker before its next message or commit.
-#[derive(Default)]
 struct Rebalances {
     changes: Arc<Mutex<Vec<(String, i32)>>>,
+    /// `partitions_assigned` follows the group's assignments (readiness).
+    counters: Arc<Counters>,
 }
 
 impl ClientContext for Rebalances {}
 
 impl ConsumerContext for Rebalances {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let (partitions, what) = match rebalance {
-            Rebalance::Assign(list) => (list.elements(), "assigned"),
-            Rebalance::Revoke(list) => (list.elements(), "revoked"),
+        let (partitions, what, sign) = match rebalance {
+            Rebalance::Assign(list) => (list.elements(), "assigned", 1),
+            Rebalance::Revoke(list) => (list.elements(), "revoked", -1),
             Rebalance::Error(error) => {
                 tracing::warn!(%error, "rebalance error");
                 return;
@@ -126,6 +127,7 @@ impl ConsumerContext for Rebalances {
         };
         let names: Vec<String> = partitions.iter().map(|p| format!("{}/{}", p.topic(), p.partition())).collect();
         tracing::info!(partitions = ?names, "{what}");
+        self.counters.partitions_assigned.fetch_add(sign * partitions.len() as i64, std::sync::atomic::Ordering::Relaxed);
         let mut changes = self.changes.lock().expect("rebalance lock");
         changes.extend(partitions.iter().map(|p| (p.topic().to_string(), p.partition())));
     }
@@ -290,11 +292,23 @@ impl Worker {
     }
 }
 
+/// `GET /ready`: 200 once the consumer group has assigned this worker a partition, 503 until
+/// then (a new group takes a few seconds to form). `/health` only says the process is up.
+fn ready(counters: &Counters) -> (axum::http::StatusCode, &'static str) {
+    if counters.is_assigned() {
+        (axum::http::StatusCode::OK, "ready")
+    } else {
+        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "waiting for the consumer group to assign a partition")
+    }
+}
+
 async fn serve_http(listen: &str, counters: Arc<Counters>, memory: Memory) -> anyhow::Result<()> {
+    let ready_counters = counters.clone();
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     tracing::info!("listening on http://{}", listener.local_addr()?);
     let app = axum::Router::new()
         .route("/health", get(|| async { "ok" }))
+        .route("/ready", get(move || async move { ready(&ready_counters) }))
         .route("/metrics", get(move || async move { counters.render() }))
         .route("/v1/memory/{database}/{table}", get(move |path, query| serve_memory(memory.clone(), path, query)));
     tokio::spawn(async move { axum::serve(listener, app).await });

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use lodestone_model::RejectReason;
@@ -16,6 +16,8 @@ pub struct Counters {
     pub records_written: AtomicU64,
     pub records_persisted: AtomicU64,
     pub persists: AtomicU64,
+    /// Partitions of the ingest and dead-letter topics the group has assigned to this worker.
+    pub partitions_assigned: AtomicI64,
     rejected: Mutex<BTreeMap<RejectReason, u64>>,
 }
 
@@ -26,6 +28,11 @@ impl Counters {
 
     pub fn reject(&self, reason: RejectReason) {
         *self.rejected.lock().expect("counters lock").entry(reason).or_default() += 1;
+    }
+
+    /// Whether the group has assigned this worker a partition: it is consuming.
+    pub fn is_assigned(&self) -> bool {
+        self.partitions_assigned.load(Ordering::Relaxed) > 0
     }
 
     pub fn render(&self) -> String {
@@ -41,6 +48,8 @@ impl Counters {
         for (name, counter) in plain {
             let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", counter.load(Ordering::Relaxed));
         }
+        let assigned = self.partitions_assigned.load(Ordering::Relaxed);
+        let _ = writeln!(out, "# TYPE lodestone_ingest_partitions_assigned gauge\nlodestone_ingest_partitions_assigned {assigned}");
         let _ = writeln!(out, "# TYPE lodestone_ingest_records_rejected_total counter");
         for (reason, count) in self.rejected.lock().expect("counters lock").iter() {
             let _ = writeln!(out, "lodestone_ingest_records_rejected_total{{reason=\"{reason}\"}} {count}");

@@ -34,6 +34,10 @@ use crate::wire::Destination;
 
 /// Longest a probe may take to become queryable before it counts as lost.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Shortest pause between two counts of a phase's rows while waiting for all to be visible.
+const COUNT_POLL_MIN: Duration = Duration::from_millis(500);
+/// Longest wait, after a phase ends, for all its rows to be visible.
+const VISIBLE_WAIT_MAX: Duration = Duration::from_secs(120);
 /// Pause between two polls of the query service for one probe (the latency's resolution). At
 /// 20 ms the polls alone kept the query service at a quarter of a core.
 const PROBE_POLL: Duration = Duration::from_millis(50);
@@ -381,10 +385,17 @@ pub async fn run_load(scenario: &Scenario, target: &Target) -> anyhow::Result<Re
         let expected = progress.acked.load(Ordering::Relaxed) as i64;
         let mut all_visible_after_s = (visible_at_end >= expected).then_some(0.0);
         let waiting = Instant::now();
-        while all_visible_after_s.is_none() && waiting.elapsed() < Duration::from_secs(120) {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            if count(&http, &target.query_url, &sql).await.unwrap_or(0) >= expected {
-                all_visible_after_s = Some(waiting.elapsed().as_secs_f64());
+        // A count over millions of rows takes the query service a while; pausing as long as the
+        // last one took keeps the measurement from taking more than half a core off the stack.
+        let mut pause = COUNT_POLL_MIN;
+        while all_visible_after_s.is_none() && waiting.elapsed() < VISIBLE_WAIT_MAX {
+            tokio::time::sleep(pause).await;
+            let asked = waiting.elapsed();
+            let counted = count(&http, &target.query_url, &sql).await.unwrap_or(0);
+            pause = (waiting.elapsed() - asked).max(COUNT_POLL_MIN);
+            if counted >= expected {
+                // Visible when the count that saw them all was asked.
+                all_visible_after_s = Some(asked.as_secs_f64());
             }
         }
         let phase_start = live.t() - elapsed - waiting.elapsed().as_secs_f64();

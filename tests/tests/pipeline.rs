@@ -145,6 +145,12 @@ async fn plain_mqtt_json_and_a_kafka_producer_both_land() {
     assert_eq!(rows["rows"], json!([["a", 1.25, null], ["a", null, true], ["b", 2.5, null]]));
     let rows = stack.query("SELECT line, max(measure_value::double) AS peak FROM plant.lines GROUP BY line ORDER BY peak DESC").await;
     assert_eq!(rows["rows"], json!([["b", 2.5], ["a", 1.25]]));
+
+    // The worker that stored them reports itself ready, with the ingest topic's 4 partitions and
+    // the dead-letter topic's one.
+    let ready = stack.http.get(format!("http://127.0.0.1:{}/ready", stack.ports.ingest_http)).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    assert_eq!(stack.metric(stack.ports.ingest_http, "lodestone_ingest_partitions_assigned").await, Some(5.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
