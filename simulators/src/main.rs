@@ -202,7 +202,7 @@ struct LoadArgs {
     #[arg(long, default_value = "load-report.svg")]
     chart: std::path::PathBuf,
     /// Process names (as in /proc/PID/comm) whose CPU and memory are sampled; repeatable.
-    #[arg(long = "watch", default_values = ["tansu", "broker-bridge", "ingest-service", "query-service", "edge-agent"])]
+    #[arg(long = "watch", default_values = ["tansu", "broker-bridge", "ingest-service", "query-service", "edge-agent", "lodestone-sim"])]
     watch: Vec<String>,
 }
 
