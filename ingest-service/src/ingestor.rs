@@ -239,12 +239,12 @@ impl Memory {
 
     /// The rows of `table` in `[from_ns, to_ns)`: those being persisted first, then the hot
     /// tier's (accepted later).
-    pub fn table_batches(&self, table: &TableRef, from_ns: i64, to_ns: i64) -> Result<Vec<RecordBatch>, StoreError> {
+    pub fn table_batches(&self, table: &TableRef, from_ns: i64, to_ns: i64, columns: Option<&[String]>) -> Result<Vec<RecordBatch>, StoreError> {
         let hot = self.hot();
         let persisting = self.persisting.lock().expect("memory lock").clone();
         let mut batches: Vec<RecordBatch> = Vec::new();
-        batches.extend(persisting.map(|p| p.table_batch(table, from_ns, to_ns)).transpose()?.flatten());
-        batches.extend(hot.table_batch(table, from_ns, to_ns)?);
+        batches.extend(persisting.map(|p| p.table_batch(table, from_ns, to_ns, columns)).transpose()?.flatten());
+        batches.extend(hot.table_batch(table, from_ns, to_ns, columns)?);
         Ok(batches.into_iter().filter(|b| b.num_rows() > 0).collect())
     }
 }

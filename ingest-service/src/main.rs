@@ -319,11 +319,14 @@ async fn serve_http(listen: &str, counters: Arc<Counters>, memory: Memory) -> an
 struct MemoryRange {
     from_ns: Option<i64>,
     to_ns: Option<i64>,
+    /// A JSON array of the column names to send (all when absent).
+    columns: Option<String>,
 }
 
-/// `GET /v1/memory/{database}/{table}?from_ns=&to_ns=`: the table's rows this worker has not
-/// persisted yet, as an Arrow IPC stream (empty when it holds none). Query services union them
-/// with the cold tier, so that a write is visible before it is persisted.
+/// `GET /v1/memory/{database}/{table}?from_ns=&to_ns=&columns=["a","b"]`: the table's rows this
+/// worker has not persisted yet, as an Arrow IPC stream (empty when it holds none), with only the
+/// columns asked for (all without `columns`). Query services union them with the cold tier, so
+/// that a write is visible before it is persisted.
 async fn serve_memory(
     memory: Memory,
     axum::extract::Path((database, table)): axum::extract::Path<(String, String)>,
@@ -331,8 +334,13 @@ async fn serve_memory(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let table = lodestone_store::TableRef { database, table };
+    let columns: Option<Vec<String>> = match range.columns.as_deref().map(serde_json::from_str).transpose() {
+        Ok(columns) => columns,
+        Err(error) => return (axum::http::StatusCode::BAD_REQUEST, format!("columns must be a JSON array of names: {error}")).into_response(),
+    };
     let encoded = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
-        let batches = memory.table_batches(&table, range.from_ns.unwrap_or(i64::MIN), range.to_ns.unwrap_or(i64::MAX)).map_err(|e| e.to_string())?;
+        let (from_ns, to_ns) = (range.from_ns.unwrap_or(i64::MIN), range.to_ns.unwrap_or(i64::MAX));
+        let batches = memory.table_batches(&table, from_ns, to_ns, columns.as_deref()).map_err(|e| e.to_string())?;
         let mut out = Vec::new();
         if !batches.is_empty() {
             // One schema per stream: the union of the batches' columns (the persisting batch and

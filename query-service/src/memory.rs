@@ -33,14 +33,21 @@ impl MemoryClient {
         MemoryClient::new(&MemoryConfig::default())
     }
 
-    /// Every worker's unpersisted rows of `table` in `[from_ns, to_ns)`, fetched at once. A worker
-    /// that fails or does not answer within the timeout is skipped and counted in `unreachable`.
-    pub async fn fetch(&self, table: &TableRef, from_ns: i64, to_ns: i64, unreachable: &AtomicUsize) -> Vec<RecordBatch> {
+    /// Every worker's unpersisted rows of `table` in `[from_ns, to_ns)`, fetched at once, with only
+    /// `columns` (all when `None`). A worker that fails or does not answer within the timeout is
+    /// skipped and counted in `unreachable`.
+    pub async fn fetch(&self, table: &TableRef, from_ns: i64, to_ns: i64, columns: Option<&[String]>, unreachable: &AtomicUsize) -> Vec<RecordBatch> {
+        let columns = columns.map(|names| serde_json::to_string(names).expect("JSON encoding of names cannot fail"));
         let requests = self.workers.iter().map(|worker| {
             let url = format!("{worker}/v1/memory/{}/{}?from_ns={from_ns}&to_ns={to_ns}", table.database, table.table);
+            let columns = columns.clone();
             async move {
                 let answer = async {
-                    let response = self.http.get(&url).timeout(self.timeout).send().await.map_err(|e| e.to_string())?;
+                    let mut request = self.http.get(&url).timeout(self.timeout);
+                    if let Some(columns) = &columns {
+                        request = request.query(&[("columns", columns)]);
+                    }
+                    let response = request.send().await.map_err(|e| e.to_string())?;
                     if !response.status().is_success() {
                         return Err(format!("{} {}", response.status(), response.text().await.unwrap_or_default()));
                     }

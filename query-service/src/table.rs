@@ -21,7 +21,10 @@ use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, SendableRecordBatchStream};
 use futures::{StreamExt, TryStreamExt};
-use lodestone_store::{attach_memory, plan_scan, scan_schema, DimensionFilter, ScanRequest, ScanUnit, Store, TableEntry, TableRef, TIME_COLUMN};
+use lodestone_store::{
+    attach_memory, plan_scan, scan_schema, DimensionFilter, ScanRequest, ScanUnit, Store, TableEntry, TableRef, MEASURE_NAME_COLUMN, TIME_COLUMN,
+    VERSION_COLUMN,
+};
 
 use crate::memory::{MemoryClient, SharedReport};
 
@@ -70,7 +73,15 @@ impl TableProvider for StoreTable {
         let schema = scan_schema(&self.entry.schema, &request).map_err(store_error)?;
         // Memory first, then the catalog: a row being persisted meanwhile is then in the one or
         // the other (or both, and deduplicated), never in neither.
-        let memory = self.memory.fetch(&self.table, request.from_ns, request.to_ns, &self.report.unreachable).await;
+        // Only the columns the scan reads: those asked for, and the key and version that
+        // deduplication needs.
+        let memory_columns: Option<Vec<String>> = request.projection.as_ref().map(|names| {
+            let key = self.entry.schema.dimensions.iter().map(String::as_str).chain([MEASURE_NAME_COLUMN, TIME_COLUMN, VERSION_COLUMN]);
+            let mut columns: Vec<String> = key.map(str::to_owned).collect();
+            columns.extend(names.iter().filter(|n| !columns.contains(n)).cloned().collect::<Vec<_>>());
+            columns
+        });
+        let memory = self.memory.fetch(&self.table, request.from_ns, request.to_ns, memory_columns.as_deref(), &self.report.unreachable).await;
         let snapshot = self.store.snapshot().await.map_err(store_error)?;
         let mut entry = self.entry.clone();
         if let Some(latest) = snapshot.table(&self.table) {

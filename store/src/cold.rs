@@ -18,7 +18,7 @@ use parquet::schema::types::ColumnPath;
 use crate::catalog::{FileMeta, TableRef};
 use crate::error::StoreError;
 use crate::hot::{Row, SeriesKey};
-use crate::schema::{arrow_schema, TableSchema, MEASURE_VALUE_COLUMNS};
+use crate::schema::{arrow_schema, TableSchema, MEASURE_NAME_COLUMN, MEASURE_VALUE_COLUMNS, TIME_COLUMN, VERSION_COLUMN};
 use crate::{day_of, DAY_NS};
 
 /// Rows per Parquet row group; also the granularity of row-group pruning.
@@ -131,12 +131,25 @@ impl ScalarColumn {
 
 /// Builds the table-shaped record batch (see [`arrow_schema`]) of `rows`.
 pub fn build_batch<'a>(schema: &TableSchema, rows: impl Iterator<Item = (&'a SeriesKey, i64, &'a Row)>) -> Result<RecordBatch, StoreError> {
-    let mut dimensions: Vec<(&String, StringViewBuilder)> = schema.dimensions.iter().map(|name| (name, StringViewBuilder::new())).collect();
+    build_batch_columns(schema, rows, None)
+}
+
+/// [`build_batch`] with only the columns named in `columns` (all when `None`), in the table's
+/// column order; names the table lacks are ignored. Columns left out are never built.
+pub fn build_batch_columns<'a>(
+    schema: &TableSchema,
+    rows: impl Iterator<Item = (&'a SeriesKey, i64, &'a Row)>,
+    columns: Option<&[String]>,
+) -> Result<RecordBatch, StoreError> {
+    let wanted = |name: &str| columns.is_none_or(|names| names.iter().any(|n| n == name));
+    let mut dimensions: Vec<(&String, StringViewBuilder)> =
+        schema.dimensions.iter().filter(|name| wanted(name)).map(|name| (name, StringViewBuilder::new())).collect();
     let mut measure_names = StringViewBuilder::new();
     let mut times = TimestampNanosecondBuilder::new();
-    let mut singles: Vec<ScalarColumn> = MEASURE_VALUE_COLUMNS.iter().map(|(_, ty)| ScalarColumn::new(*ty)).collect();
+    let mut singles: Vec<Option<ScalarColumn>> =
+        MEASURE_VALUE_COLUMNS.iter().map(|(name, ty)| wanted(name).then(|| ScalarColumn::new(*ty))).collect();
     let mut multis: Vec<(&String, ScalarColumn)> =
-        schema.multi_columns.iter().map(|(name, ty)| (name, ScalarColumn::new(*ty))).collect();
+        schema.multi_columns.iter().filter(|(name, _)| wanted(name)).map(|(name, ty)| (name, ScalarColumn::new(*ty))).collect();
     let mut versions = UInt64Builder::new();
     for (series, time, row) in rows {
         for (name, builder) in dimensions.iter_mut() {
@@ -147,11 +160,11 @@ pub fn build_batch<'a>(schema: &TableSchema, rows: impl Iterator<Item = (&'a Ser
         times.append_value(time);
         match &row.value {
             MeasureValue::Single(scalar) => {
-                singles.iter_mut().for_each(|column| column.append(Some(scalar)));
+                singles.iter_mut().flatten().for_each(|column| column.append(Some(scalar)));
                 multis.iter_mut().for_each(|(_, column)| column.append(None));
             }
             MeasureValue::Multi(values) => {
-                singles.iter_mut().for_each(|column| column.append(None));
+                singles.iter_mut().flatten().for_each(|column| column.append(None));
                 for (name, column) in multis.iter_mut() {
                     let value = values.binary_search_by(|(n, _)| n.as_str().cmp(name.as_str())).ok();
                     column.append(value.map(|i| &values[i].1));
@@ -160,13 +173,26 @@ pub fn build_batch<'a>(schema: &TableSchema, rows: impl Iterator<Item = (&'a Ser
         }
         versions.append_value(row.version);
     }
-    let mut columns: Vec<ArrayRef> = dimensions.into_iter().map(|(_, mut b)| Arc::new(b.finish()) as ArrayRef).collect();
-    columns.push(Arc::new(measure_names.finish()));
-    columns.push(Arc::new(times.finish()));
-    columns.extend(singles.into_iter().map(ScalarColumn::finish));
-    columns.extend(multis.into_iter().map(|(_, column)| column.finish()));
-    columns.push(Arc::new(versions.finish()));
-    Ok(RecordBatch::try_new(arrow_schema(schema), columns)?)
+    let mut built: Vec<ArrayRef> = dimensions.into_iter().map(|(_, mut b)| Arc::new(b.finish()) as ArrayRef).collect();
+    built.push(Arc::new(measure_names.finish()));
+    built.push(Arc::new(times.finish()));
+    built.extend(singles.into_iter().flatten().map(ScalarColumn::finish));
+    built.extend(multis.into_iter().map(|(_, column)| column.finish()));
+    built.push(Arc::new(versions.finish()));
+    // Measure name, time and version are always built (they are cheap); the rest only if wanted.
+    let full = arrow_schema(schema);
+    let kept: Vec<usize> = (0..full.fields().len())
+        .filter(|&i| {
+            let name = full.field(i).name();
+            wanted(name) || [MEASURE_NAME_COLUMN, TIME_COLUMN, VERSION_COLUMN].contains(&name.as_str())
+        })
+        .collect();
+    let built_schema = Arc::new(full.project(&kept)?);
+    let batch = RecordBatch::try_new(built_schema, built)?;
+    let selected: Vec<usize> = (0..batch.num_columns()).filter(|&i| wanted(batch.schema().field(i).name())).collect();
+    let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    let schema = Arc::new(batch.schema().project(&selected)?);
+    Ok(RecordBatch::try_new_with_options(schema, selected.iter().map(|&i| batch.column(i).clone()).collect(), &options)?)
 }
 
 /// A numeric column whose values repeat in runs at least this long on average (a load that

@@ -8,7 +8,7 @@ use lodestone_model::{Dimension, MeasureValue, Record, RejectReason, Rejection};
 use arrow::array::RecordBatch;
 
 use crate::catalog::{TableProperties, TableRef};
-use crate::cold::build_batch;
+use crate::cold::build_batch_columns;
 use crate::error::StoreError;
 use crate::schema::TableSchema;
 use crate::upsert::{decide, UpsertDecision};
@@ -66,10 +66,10 @@ impl PersistBatch {
     }
 
     /// Like [`HotTier::table_batch`], for rows drained and not yet committed.
-    pub fn table_batch(&self, table: &TableRef, from_ns: i64, to_ns: i64) -> Result<Option<RecordBatch>, StoreError> {
+    pub fn table_batch(&self, table: &TableRef, from_ns: i64, to_ns: i64, columns: Option<&[String]>) -> Result<Option<RecordBatch>, StoreError> {
         let Some(rows) = self.tables.iter().find(|t| &t.table == table) else { return Ok(None) };
         let rows_in_range = rows.rows.iter().filter(|(_, time, _)| (from_ns..to_ns).contains(time));
-        Ok(Some(build_batch(&rows.schema, rows_in_range.map(|(series, time, row)| (series.as_ref(), *time, row)))?))
+        Ok(Some(build_batch_columns(&rows.schema, rows_in_range.map(|(series, time, row)| (series.as_ref(), *time, row)), columns)?))
     }
 }
 
@@ -161,12 +161,13 @@ impl HotTier {
     }
 
     /// The rows of `table` with a time in `[from_ns, to_ns)`, in the table's Arrow shape (the
-    /// columns this tier learned since its last drain), for queries that must see writes before
-    /// they are persisted. `None` when the tier holds no row of the table.
-    pub fn table_batch(&self, table: &TableRef, from_ns: i64, to_ns: i64) -> Result<Option<RecordBatch>, StoreError> {
+    /// columns this tier learned since its last drain, or only those named in `columns`), for
+    /// queries that must see writes before they are persisted. `None` when the tier holds no row
+    /// of the table.
+    pub fn table_batch(&self, table: &TableRef, from_ns: i64, to_ns: i64, columns: Option<&[String]>) -> Result<Option<RecordBatch>, StoreError> {
         let Some(hot) = self.tables.get(table) else { return Ok(None) };
         let rows = hot.rows.iter().filter(|((_, time), _)| (from_ns..to_ns).contains(time));
-        let batch = build_batch(&hot.schema, rows.map(|((id, time), row)| (hot.keys[*id as usize].as_ref(), *time, row)))?;
+        let batch = build_batch_columns(&hot.schema, rows.map(|((id, time), row)| (hot.keys[*id as usize].as_ref(), *time, row)), columns)?;
         Ok(Some(batch))
     }
 
@@ -241,6 +242,27 @@ mod tests {
         let rows = &batch.tables[0].rows;
         assert_eq!(rows[0].0.dimensions[0].value, "a");
         assert_eq!(rows[0].2.version, 2);
+    }
+
+    #[test]
+    fn table_batches_carry_only_the_columns_asked_for() {
+        let mut hot = HotTier::new(10);
+        let props = TableProperties::default();
+        for (device, time) in [("a", NOW), ("b", NOW - 1), ("a", NOW - 2)] {
+            hot.write(&table(), &props, &TableSchema::default(), record(device, time, double(1.5), 1), NOW, 0).unwrap();
+        }
+        let names = |columns: Option<&[String]>, from: i64| {
+            let batch = hot.table_batch(&table(), from, i64::MAX, columns).unwrap().unwrap();
+            let names: Vec<String> = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
+            (names, batch.num_rows())
+        };
+        let (all, rows) = names(None, i64::MIN);
+        assert_eq!(rows, 3);
+        assert!(all.len() > 5 && all.contains(&"measure_value::double".to_string()), "{all:?}");
+        let asked = ["device".to_string(), "time".to_string(), "no_such_column".to_string()];
+        assert_eq!(names(Some(&asked), NOW - 1), (vec!["device".to_string(), "time".to_string()], 2));
+        assert_eq!(names(Some(&[]), i64::MIN).0, Vec::<String>::new(), "no column at all, the rows still counted");
+        assert_eq!(names(Some(&[]), i64::MIN).1, 3);
     }
 
     #[test]
