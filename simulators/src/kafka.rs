@@ -185,7 +185,6 @@ impl ProducerFleet {
         Ok(())
     }
 
-    /// Waits for one delivery and accounts for it; `false` when none was in flight.
     /// Counts deliveries as they come until `at`.
     async fn await_deliveries_until(&mut self, at: Instant) {
         let sleep = tokio::time::sleep_until(at);
@@ -198,6 +197,7 @@ impl ProducerFleet {
         }
     }
 
+    /// Waits for one delivery and accounts for it; `false` when none was in flight.
     async fn await_one(&mut self) -> bool {
         let Some((device, count, result)) = self.in_flight.next().await else { return false };
         match result {

@@ -144,20 +144,26 @@ pub fn build_batch_columns<'a>(
     let wanted = |name: &str| columns.is_none_or(|names| names.iter().any(|n| n == name));
     let mut dimensions: Vec<(&String, StringViewBuilder)> =
         schema.dimensions.iter().filter(|name| wanted(name)).map(|name| (name, StringViewBuilder::new())).collect();
-    let mut measure_names = StringViewBuilder::new();
-    let mut times = TimestampNanosecondBuilder::new();
+    let mut measure_names = wanted(MEASURE_NAME_COLUMN).then(StringViewBuilder::new);
+    let mut times = wanted(TIME_COLUMN).then(TimestampNanosecondBuilder::new);
     let mut singles: Vec<Option<ScalarColumn>> =
         MEASURE_VALUE_COLUMNS.iter().map(|(name, ty)| wanted(name).then(|| ScalarColumn::new(*ty))).collect();
     let mut multis: Vec<(&String, ScalarColumn)> =
         schema.multi_columns.iter().filter(|(name, _)| wanted(name)).map(|(name, ty)| (name, ScalarColumn::new(*ty))).collect();
-    let mut versions = UInt64Builder::new();
+    let mut versions = wanted(VERSION_COLUMN).then(UInt64Builder::new);
+    let mut row_count = 0;
     for (series, time, row) in rows {
+        row_count += 1;
         for (name, builder) in dimensions.iter_mut() {
             let value = series.dimensions.binary_search_by(|d| d.name.as_str().cmp(name.as_str())).ok();
             builder.append_option(value.map(|i| series.dimensions[i].value.as_str()));
         }
-        measure_names.append_value(&series.measure_name);
-        times.append_value(time);
+        if let Some(builder) = measure_names.as_mut() {
+            builder.append_value(&series.measure_name);
+        }
+        if let Some(builder) = times.as_mut() {
+            builder.append_value(time);
+        }
         match &row.value {
             MeasureValue::Single(scalar) => {
                 singles.iter_mut().flatten().for_each(|column| column.append(Some(scalar)));
@@ -171,28 +177,22 @@ pub fn build_batch_columns<'a>(
                 }
             }
         }
-        versions.append_value(row.version);
+        if let Some(builder) = versions.as_mut() {
+            builder.append_value(row.version);
+        }
     }
+    // In the table's column order, as `arrow_schema` lists them.
     let mut built: Vec<ArrayRef> = dimensions.into_iter().map(|(_, mut b)| Arc::new(b.finish()) as ArrayRef).collect();
-    built.push(Arc::new(measure_names.finish()));
-    built.push(Arc::new(times.finish()));
+    built.extend(measure_names.map(|mut b| Arc::new(b.finish()) as ArrayRef));
+    built.extend(times.map(|mut b| Arc::new(b.finish()) as ArrayRef));
     built.extend(singles.into_iter().flatten().map(ScalarColumn::finish));
     built.extend(multis.into_iter().map(|(_, column)| column.finish()));
-    built.push(Arc::new(versions.finish()));
-    // Measure name, time and version are always built (they are cheap); the rest only if wanted.
+    built.extend(versions.map(|mut b| Arc::new(b.finish()) as ArrayRef));
     let full = arrow_schema(schema);
-    let kept: Vec<usize> = (0..full.fields().len())
-        .filter(|&i| {
-            let name = full.field(i).name();
-            wanted(name) || [MEASURE_NAME_COLUMN, TIME_COLUMN, VERSION_COLUMN].contains(&name.as_str())
-        })
-        .collect();
-    let built_schema = Arc::new(full.project(&kept)?);
-    let batch = RecordBatch::try_new(built_schema, built)?;
-    let selected: Vec<usize> = (0..batch.num_columns()).filter(|&i| wanted(batch.schema().field(i).name())).collect();
-    let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-    let schema = Arc::new(batch.schema().project(&selected)?);
-    Ok(RecordBatch::try_new_with_options(schema, selected.iter().map(|&i| batch.column(i).clone()).collect(), &options)?)
+    let kept: Vec<usize> = (0..full.fields().len()).filter(|&i| wanted(full.field(i).name())).collect();
+    // The row count is explicit: no column at all may be asked for (`count(*)`).
+    let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(row_count));
+    Ok(RecordBatch::try_new_with_options(Arc::new(full.project(&kept)?), built, &options)?)
 }
 
 /// A numeric column whose values repeat in runs at least this long on average (a load that
