@@ -277,7 +277,8 @@ impl Device {
                         return Err(SimError::LinkStopped { device_id: self.source.device_id.clone() });
                     }
                 }
-                () = tokio::time::sleep_until(resend_at), if !self.window.is_empty() => {}
+                // Only while connected: a device waiting to reconnect has nothing to resend to.
+                () = tokio::time::sleep_until(resend_at), if state.ready() && !self.window.is_empty() => {}
                 () = tokio::time::sleep_until(due_at.unwrap_or(resend_at)), if due_at.is_some() => {}
             }
         }
