@@ -10,6 +10,14 @@
 //!   the bridge's own acks (which come back through `#`) are skipped by the router.
 //! - A client that connects with the bridge link's client id would replace the link, so the id
 //!   carries a random suffix.
+//! - **rumqttd's router can stall with work queued.** Its scheduler stops at a disconnected
+//!   connection's stale entry in the ready queue as if the queue were empty, and the router then
+//!   waits for the next event. Meanwhile the listener thread, which runs *every* device
+//!   connection, blocks synchronously on the router's CONNACK for a new connection, so no event
+//!   comes: the broker hangs for good (seen with 10,000 devices connecting and disconnecting;
+//!   rumqtt issue #928 shows the same log lines). The bridge therefore sends the router a cheap
+//!   event every [`ROUTER_TICK`] (a shadow request for a filter nobody publishes to), which lets
+//!   it drain its ready queue.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -27,6 +35,10 @@ use crate::Error;
 
 /// The bridge's subscription: everything (see the module documentation).
 pub const BRIDGE_FILTER: &str = "#";
+
+/// How often the router is nudged (see the module documentation), and with what.
+pub const ROUTER_TICK: Duration = Duration::from_millis(10);
+pub const ROUTER_TICK_FILTER: &str = "$lodestone/router-tick";
 
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);

@@ -21,6 +21,12 @@ const ACK_FILTER: &str = "lodestone/v1/ack/+";
 const ACK_SEGMENT_BYTES: usize = SEGMENT_BYTES_MIN;
 const ACK_SEGMENTS_MAX: usize = 2;
 
+/// Bounds on `kafka.bundle_bytes_max`: a bundle must fit librdkafka's default `message.max.bytes`
+/// (1,000,000) with room for one more envelope's framing.
+const BUNDLE_BYTES_MIN: usize = 1024;
+const BUNDLE_BYTES_MAX: usize = 900_000;
+const BUNDLE_LINGER_MS_MAX: u64 = 1000;
+
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BridgeConfig {
@@ -92,6 +98,15 @@ pub struct KafkaConfig {
     pub message_timeout_ms: u64,
     /// On shutdown, how long to wait for in-flight deliveries and the producer flush.
     pub shutdown_timeout_ms: u64,
+    /// Envelopes bound for one partition travel together in one Kafka message (a bundle, content
+    /// type `application/vnd.lodestone.bundle.v1+cbor`), sealed at this many envelopes, ...
+    /// `1` turns bundling off: each envelope is its own message, keyed by device id.
+    pub bundle_envelopes_max: usize,
+    /// ... before the next envelope would take it past this many bytes (an envelope larger than
+    /// this travels alone; keep it well under the producer's `message.max.bytes`, 1,000,000) ...
+    pub bundle_bytes_max: usize,
+    /// ... or this long after its first envelope: what bundling adds to latency at low rates.
+    pub bundle_linger_ms: u64,
     /// Extra librdkafka producer properties, applied last (they may override the above and the
     /// bridge's own `enable.idempotence=true`, `acks=all`, `linger.ms=5`).
     pub properties: BTreeMap<String, PropertyValue>,
@@ -107,6 +122,9 @@ impl Default for KafkaConfig {
             inflight_bytes_max: 256 * 1024 * 1024,
             message_timeout_ms: 300_000,
             shutdown_timeout_ms: 10_000,
+            bundle_envelopes_max: 1000,
+            bundle_bytes_max: 256 * 1024,
+            bundle_linger_ms: 10,
             properties: BTreeMap::new(),
         }
     }
@@ -151,7 +169,7 @@ impl BridgeConfig {
     /// Checks the bounds that serde cannot: each error names the key.
     pub fn validate(&self) -> Result<(), Error> {
         let (m, k) = (&self.mqtt, &self.kafka);
-        let checks: [(bool, String); 11] = [
+        let checks: [(bool, String); 14] = [
             (m.payload_bytes_max >= 1, "mqtt.payload_bytes_max must be at least 1".into()),
             (
                 m.packet_bytes_max >= m.payload_bytes_max.saturating_add(1024),
@@ -175,6 +193,15 @@ impl BridgeConfig {
                 (m.packet_bytes_max..=u32::MAX as usize).contains(&k.inflight_bytes_max),
                 format!("kafka.inflight_bytes_max must be between mqtt.packet_bytes_max ({}) and 4294967295", m.packet_bytes_max),
             ),
+            (
+                (1..=k.inflight_envelopes_max).contains(&k.bundle_envelopes_max),
+                "kafka.bundle_envelopes_max must be between 1 and kafka.inflight_envelopes_max".into(),
+            ),
+            (
+                (BUNDLE_BYTES_MIN..=BUNDLE_BYTES_MAX).contains(&k.bundle_bytes_max),
+                format!("kafka.bundle_bytes_max must be between {BUNDLE_BYTES_MIN} and {BUNDLE_BYTES_MAX}"),
+            ),
+            (k.bundle_linger_ms <= BUNDLE_LINGER_MS_MAX, format!("kafka.bundle_linger_ms must be at most {BUNDLE_LINGER_MS_MAX}")),
         ];
         match checks.into_iter().find(|(ok, _)| !ok) {
             Some((_, message)) => Err(Error::Config(message)),
@@ -250,6 +277,15 @@ mod tests {
         check(|c| c.kafka.inflight_bytes_max = c.mqtt.packet_bytes_max - 1, Err("kafka.inflight_bytes_max"));
         check(|c| c.kafka.dead_letter_topic = c.kafka.ingest_topic.clone(), Err("kafka.dead_letter_topic"));
         check(|c| c.kafka.bootstrap_servers = " ".into(), Err("kafka.bootstrap_servers"));
+        check(|c| c.kafka.bundle_envelopes_max = 1, Ok(()));
+        check(|c| c.kafka.bundle_envelopes_max = 0, Err("kafka.bundle_envelopes_max"));
+        check(|c| c.kafka.bundle_envelopes_max = c.kafka.inflight_envelopes_max, Ok(()));
+        check(|c| c.kafka.bundle_envelopes_max = c.kafka.inflight_envelopes_max + 1, Err("kafka.bundle_envelopes_max"));
+        check(|c| c.kafka.bundle_bytes_max = 900_000, Ok(()));
+        check(|c| c.kafka.bundle_bytes_max = 900_001, Err("kafka.bundle_bytes_max"));
+        check(|c| c.kafka.bundle_bytes_max = 1023, Err("kafka.bundle_bytes_max"));
+        check(|c| c.kafka.bundle_linger_ms = 1000, Ok(()));
+        check(|c| c.kafka.bundle_linger_ms = 1001, Err("kafka.bundle_linger_ms"));
     }
 
     #[test]

@@ -5,7 +5,9 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+
+use lodestone_model::BUNDLE_MIME;
 
 use crate::config::KafkaConfig;
 use crate::route::{Destination, KafkaMessage};
@@ -52,6 +54,35 @@ impl Topics {
     }
 }
 
+/// The topic's partition count from the brokers' metadata (a blocking call, run off the async
+/// threads). An error if Kafka does not answer within `timeout` or the topic has no partitions.
+pub async fn partition_count(producer: &FutureProducer, topic: &str, timeout: Duration) -> Result<usize, String> {
+    let (producer, topic) = (producer.clone(), topic.to_owned());
+    let fetched = tokio::task::spawn_blocking(move || {
+        let metadata = producer.client().fetch_metadata(Some(&topic), timeout).map_err(|e| e.to_string())?;
+        let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
+            return Err(format!("no metadata for topic {topic:?}"));
+        };
+        match (found.error(), found.partitions().len()) {
+            (Some(error), _) => Err(format!("topic {topic:?}: {:?}", RDKafkaErrorCode::from(error))),
+            (None, 0) => Err(format!("topic {topic:?} has no partitions")),
+            (None, partitions) => Ok(partitions),
+        }
+    });
+    fetched.await.map_err(|e| e.to_string())?
+}
+
+/// Hands a bundle of `envelopes` envelopes to librdkafka for `partition` of the ingest topic,
+/// waiting while its local queue is full (see [`enqueue`]).
+pub async fn enqueue_bundle(producer: &FutureProducer, topics: &Topics, partition: i32, envelopes: usize, payload: &[u8]) -> Result<DeliveryFuture, KafkaError> {
+    let count = envelopes.to_string();
+    let headers = OwnedHeaders::new_with_capacity(2)
+        .insert(Header { key: "content-type", value: Some(BUNDLE_MIME) })
+        .insert(Header { key: "envelopes", value: Some(count.as_str()) });
+    let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&topics.ingest).partition(partition).payload(payload).headers(headers);
+    send_waiting(producer, record).await
+}
+
 /// Hands `message` to librdkafka, waiting while its local queue is full. Returns once the message
 /// is queued, *not* when it is durable: await the returned future for Kafka's answer.
 pub async fn enqueue(producer: &FutureProducer, topics: &Topics, message: &KafkaMessage) -> Result<DeliveryFuture, KafkaError> {
@@ -66,6 +97,10 @@ pub async fn enqueue(producer: &FutureProducer, topics: &Topics, message: &Kafka
     if let Some(key) = &message.key {
         record = record.key(key.as_str());
     }
+    send_waiting(producer, record).await
+}
+
+async fn send_waiting<'a>(producer: &FutureProducer, mut record: FutureRecord<'a, str, [u8]>) -> Result<DeliveryFuture, KafkaError> {
     loop {
         match producer.send_result(record) {
             Ok(delivery) => return Ok(delivery),

@@ -2,15 +2,17 @@
 //! produced to Kafka, with an end-to-end ack back to each device once Kafka holds its records.
 //!
 //! Data enters as MQTT publishes on `lodestone/v1/{database}/{table}/{device_id}` (v3.1.1, and
-//! v5 when `mqtt.listen_v5` is set) and leaves as Kafka messages: one per envelope on the ingest
-//! topic (the accepted records as CBOR, keyed by device id) and one per rejected record or
-//! unreadable payload on the dead-letter topic (with a `reason` header). Acks leave as JSON
+//! v5 when `mqtt.listen_v5` is set) and leaves as Kafka messages: on the ingest topic, bundles of
+//! the envelopes bound for one partition (the accepted records as CBOR; [`bundle`]), and one
+//! message per rejected record or unreadable payload on the dead-letter topic (with a `reason`
+//! header). Acks leave as JSON
 //! [`lodestone_model::topic::Ack`]s on `lodestone/v1/ack/{device_id}`.
 //!
 //! Key types:
 //! - [`route::Router`]: the routing decision as a pure function — topic and payload in, Kafka
 //!   messages and the sequence range to ack out.
 //! - [`acks::AckLedger`]: per-device ack ordering and sequence-gap tracking, without I/O.
+//! - [`bundle::Bundler`]: one open bundle per partition, sealed by count, size or linger.
 //! - [`service::Bridge`]: the running service — broker, link reader, producer, acker, HTTP
 //!   (`/health`, `/metrics`).
 //! - [`config::BridgeConfig`]: the configuration (`configs/broker-bridge.example.toml`).
@@ -21,6 +23,7 @@
 
 pub mod acks;
 pub mod broker;
+pub mod bundle;
 pub mod config;
 pub mod http;
 pub mod kafka;

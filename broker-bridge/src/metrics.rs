@@ -21,6 +21,7 @@ pub struct Metrics {
     records_accepted: AtomicU64,
     sent_ingest: AtomicU64,
     sent_dead_letter: AtomicU64,
+    bundles_sent: AtomicU64,
     acks_sent: AtomicU64,
     sequence_gaps: AtomicU64,
     inflight_envelopes: AtomicU64,
@@ -37,12 +38,17 @@ impl Metrics {
         self.records_accepted.fetch_add(count as u64, Ordering::Relaxed);
     }
 
-    pub fn sent(&self, destination: Destination) {
+    /// `envelopes` delivered to `destination` (in one message, or one bundle).
+    pub fn sent(&self, destination: Destination, envelopes: usize) {
         let counter = match destination {
             Destination::Ingest => &self.sent_ingest,
             Destination::DeadLetter => &self.sent_dead_letter,
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.fetch_add(envelopes as u64, Ordering::Relaxed);
+    }
+
+    pub fn bundle_sent(&self) {
+        self.bundles_sent.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn acks_sent(&self, count: usize) {
@@ -84,12 +90,13 @@ impl Metrics {
         family(
             "sent_total",
             "counter",
-            "Kafka messages acknowledged by Kafka, by topic.",
+            "Envelopes and dead letters acknowledged by Kafka, by topic (a bundle counts its envelopes).",
             &[
                 ("{topic=\"ingest\"}".into(), load(&self.sent_ingest)),
                 ("{topic=\"dead_letter\"}".into(), load(&self.sent_dead_letter)),
             ],
         );
+        family("bundles_sent_total", "counter", "Bundles of envelopes acknowledged by Kafka.", &[(String::new(), load(&self.bundles_sent))]);
         family("rejected_total", "counter", "Records and payloads sent to the dead-letter topic, by reason.", &labelled("reason", &self.rejected));
         family("discarded_total", "counter", "Messages and acks dropped without a dead-letter entry, by reason.", &labelled("reason", &self.discarded));
         family("acks_sent_total", "counter", "End-to-end acks published to devices.", &[(String::new(), load(&self.acks_sent))]);
@@ -112,7 +119,8 @@ mod tests {
     fn renders_counters_with_labels() {
         let metrics = Metrics::default();
         metrics.received();
-        metrics.sent(Destination::DeadLetter);
+        metrics.sent(Destination::DeadLetter, 1);
+        metrics.bundle_sent();
         metrics.rejected("malformed_payload");
         metrics.rejected("malformed_payload");
         metrics.discarded(discard::KAFKA_DELIVERY_FAILED);
@@ -122,6 +130,7 @@ mod tests {
             "lodestone_bridge_received_total 1",
             "lodestone_bridge_sent_total{topic=\"dead_letter\"} 1",
             "lodestone_bridge_sent_total{topic=\"ingest\"} 0",
+            "lodestone_bridge_bundles_sent_total 1",
             "lodestone_bridge_rejected_total{reason=\"malformed_payload\"} 2",
             "lodestone_bridge_discarded_total{reason=\"kafka_delivery_failed\"} 1",
             "lodestone_bridge_inflight_envelopes 0",

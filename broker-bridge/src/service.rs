@@ -8,7 +8,13 @@
 //!   the reader stops reading from the link**: rumqttd then keeps publishes in its in-memory log
 //!   (`mqtt.log_segment_bytes * log_segments_max`) and drops the oldest beyond that; devices are
 //!   not acked for dropped data and resend it.
-//! - A small task per envelope awaits Kafka's delivery reports and tells the acker.
+//! - Envelopes bound for one partition are bundled into one Kafka message ([`crate::bundle`]);
+//!   the reader seals a bundle when it is full or has lingered `kafka.bundle_linger_ms`, and
+//!   before it waits for flow control (so that no permit sits in an open bundle meanwhile).
+//! - A small task per bundle (or unbundled envelope) awaits Kafka's delivery reports and tells
+//!   the acker about each envelope in it.
+//! - A **partition watcher** task keeps the ingest topic's partition count, which the bundler
+//!   needs; until it is first known the reader does not read (backpressure, as above).
 //! - The **acker** thread settles envelopes in the ledger and publishes the released acks through
 //!   the link (a plain thread: rumqttd's link sends block when the router is busy).
 
@@ -16,11 +22,11 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lodestone_model::topic::ack_topic;
 use lodestone_model::Limits;
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::{Forward, Notification};
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
@@ -28,10 +34,11 @@ use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 use crate::acks::{coalesce, AckLedger, Ticket};
+use crate::bundle::{self, Bundler, Sealed};
 use crate::config::BridgeConfig;
 use crate::kafka::{self, Topics};
 use crate::metrics::{discard, Metrics};
-use crate::route::{Inbound, Outcome, Router};
+use crate::route::{Destination, Inbound, Outcome, Router};
 use crate::{broker, http, Error};
 
 /// State shared with the HTTP endpoints.
@@ -62,6 +69,8 @@ impl Shared {
 
 enum AckerMessage {
     Settled { ticket: Ticket, delivered: bool },
+    /// Nudges rumqttd's router (see [`broker::ROUTER_TICK`]).
+    Tick,
     /// Answered once every message sent before it is handled.
     Flush(oneshot::Sender<()>),
 }
@@ -108,14 +117,29 @@ impl Bridge {
         let ledger = Arc::new(Mutex::new(AckLedger::new(config.mqtt.devices_tracked_max)));
         let (acker, acker_rx) = mpsc::channel(envelopes_max + 1);
         spawn_acker(broker.link_tx, ledger.clone(), shared.clone(), acker_rx)?;
+        tokio::spawn(tick_router(acker.downgrade()));
 
         let (stop, stop_rx) = watch::channel(false);
+        let topics = Topics { ingest: config.kafka.ingest_topic.clone(), dead_letter: config.kafka.dead_letter_topic.clone() };
+        let bundler = (config.kafka.bundle_envelopes_max > 1).then(|| {
+            Bundler::new(bundle::Bounds {
+                envelopes_max: config.kafka.bundle_envelopes_max,
+                bytes_max: config.kafka.bundle_bytes_max,
+                linger: Duration::from_millis(config.kafka.bundle_linger_ms),
+            })
+        });
+        let (partitions_tx, partitions) = watch::channel(0);
+        if bundler.is_some() {
+            tokio::spawn(watch_partitions(producer.clone(), topics.ingest.clone(), partitions_tx, stop_rx.clone()));
+        }
         let reader = Reader {
             link_rx: broker.link_rx,
             router: Router { limits: Limits::default(), payload_bytes_max: config.mqtt.payload_bytes_max },
             ledger,
             producer: producer.clone(),
-            topics: Topics { ingest: config.kafka.ingest_topic.clone(), dead_letter: config.kafka.dead_letter_topic.clone() },
+            topics,
+            bundler,
+            partitions,
             shared: shared.clone(),
             bytes: Arc::new(Semaphore::new(config.kafka.inflight_bytes_max)),
             bytes_max: config.kafka.inflight_bytes_max,
@@ -261,6 +285,8 @@ fn spawn_acker(
                             acks.extend(if delivered { ledger.delivered(ticket) } else { ledger.failed(ticket) });
                         }
                         AckerMessage::Flush(done) => flushes.push(done),
+                        // Best effort: a full router channel means the router is busy anyway.
+                        AckerMessage::Tick => drop(link_tx.shadow(broker::ROUTER_TICK_FILTER)),
                     }
                     handled += 1;
                     if handled < ACKER_BATCH_MAX {
@@ -285,12 +311,58 @@ fn spawn_acker(
         .map_err(|e| Error::BrokerStopped(format!("cannot spawn the acker thread: {e}")))
 }
 
+/// How often the partition watcher asks for the ingest topic's partition count, and how soon it
+/// asks again while Kafka has not answered.
+const PARTITIONS_REFRESH: Duration = Duration::from_secs(30);
+const PARTITIONS_RETRY: Duration = Duration::from_secs(1);
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Keeps `partitions` at the ingest topic's partition count until `stop`.
+async fn watch_partitions(producer: FutureProducer, topic: String, partitions: watch::Sender<usize>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let wait = match kafka::partition_count(&producer, &topic, METADATA_TIMEOUT).await {
+            Ok(count) => {
+                if partitions.send_replace(count) != count {
+                    info!(topic = %topic, partitions = count, "ingest topic partitions");
+                }
+                PARTITIONS_REFRESH
+            }
+            Err(e) if *partitions.borrow() == 0 => {
+                warn!(topic = %topic, error = %e, "cannot read the ingest topic's partition count; holding publishes back");
+                PARTITIONS_RETRY
+            }
+            // Kafka away: keep the count we have, the producer holds the messages meanwhile.
+            Err(_) => PARTITIONS_RETRY,
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// Sends the acker a [`AckerMessage::Tick`] every [`broker::ROUTER_TICK`] until the bridge is
+/// dropped. Skips a tick when the acker is behind: its own publishes wake the router then.
+async fn tick_router(acker: mpsc::WeakSender<AckerMessage>) {
+    let mut ticks = tokio::time::interval(broker::ROUTER_TICK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(acker) = acker.upgrade() else { return };
+        let _ = acker.try_send(AckerMessage::Tick);
+    }
+}
+
 struct Reader {
     link_rx: LinkRx,
     router: Router,
     ledger: Arc<Mutex<AckLedger>>,
     producer: FutureProducer,
     topics: Topics,
+    /// `None`: bundling is off (`kafka.bundle_envelopes_max = 1`).
+    bundler: Option<Bundler<Pending>>,
+    /// The ingest topic's partition count (0 until known).
+    partitions: watch::Receiver<usize>,
     shared: Arc<Shared>,
     bytes: Arc<Semaphore>,
     bytes_max: usize,
@@ -303,27 +375,66 @@ struct Permits {
     _bytes: OwnedSemaphorePermit,
 }
 
+/// An envelope on its way to Kafka: what to tell the acker once its messages are delivered.
+struct Pending {
+    ticket: Option<Ticket>,
+    permits: Permits,
+    /// Its own messages (dead letters; the ingest message too when it is not bundled).
+    deliveries: Vec<(Destination, DeliveryFuture)>,
+    /// False if one of its messages could not even be queued: it must not be acked.
+    queued: bool,
+}
+
 impl Reader {
     /// Reads until `stop` turns true. Returns an error if the link fails.
     async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<(), Error> {
+        if self.bundler.is_some() {
+            let known = tokio::select! {
+                known = self.partitions.wait_for(|count| *count > 0) => Some(known.is_ok()),
+                _ = stop.wait_for(|stop| *stop) => None,
+            };
+            match known {
+                None => return Ok(()),
+                Some(false) => return Err(Error::BrokerStopped("the partition watcher stopped".into())),
+                Some(true) => {}
+            }
+        }
         loop {
-            let notification = tokio::select! {
-                next = self.link_rx.next() => next.map_err(Error::Link)?,
-                _ = stop.wait_for(|stop| *stop) => return Ok(()),
+            let due = self.bundler.as_ref().and_then(Bundler::next_due);
+            enum Next {
+                Notification(Option<Notification>),
+                BundleDue,
+                Stop,
+            }
+            let next = tokio::select! {
+                next = self.link_rx.next() => Next::Notification(next.map_err(Error::Link)?),
+                () = sleep_until_some(due) => Next::BundleDue,
+                _ = stop.wait_for(|stop| *stop) => Next::Stop,
+            };
+            let notification = match next {
+                Next::Notification(notification) => notification,
+                Next::BundleDue => {
+                    self.seal_due().await;
+                    continue;
+                }
+                Next::Stop => return self.seal_all_and_stop().await,
             };
             match notification {
                 Some(Notification::Forward(forward)) => {
                     // At the bound the reader waits here, holding this one publish, and rumqttd
                     // pauses the link once its buffer fills.
-                    let envelope = tokio::select! {
-                        permit = self.shared.envelopes.clone().acquire_owned() => permit.expect("semaphore is never closed"),
-                        _ = stop.wait_for(|stop| *stop) => return Ok(()),
+                    let Some(envelope) = self.acquire(&self.shared.envelopes.clone(), 1, &mut stop).await else {
+                        return self.seal_all_and_stop().await;
                     };
-                    self.handle(forward, envelope).await
+                    if !self.handle(forward, envelope, &mut stop).await {
+                        return self.seal_all_and_stop().await;
+                    }
+                    self.seal_due().await;
                 }
                 // rumqttd pauses a link whose buffer filled up until it says it is ready again.
                 Some(Notification::Unschedule) => self.link_rx.wake().await.map_err(Error::Link)?,
                 Some(Notification::Disconnect(..)) => {
+                    self.seal_all().await;
                     return Err(Error::BrokerStopped("the broker disconnected the bridge link".into()));
                 }
                 Some(_) | None => {}
@@ -331,7 +442,21 @@ impl Reader {
         }
     }
 
-    async fn handle(&mut self, forward: Forward, envelope: OwnedSemaphorePermit) {
+    /// Takes `count` permits of `semaphore`. Open bundles hold permits, so they are sealed and
+    /// produced before the reader waits. `None` if `stop` came first.
+    async fn acquire(&mut self, semaphore: &Arc<Semaphore>, count: u32, stop: &mut watch::Receiver<bool>) -> Option<OwnedSemaphorePermit> {
+        if let Ok(permit) = semaphore.clone().try_acquire_many_owned(count) {
+            return Some(permit);
+        }
+        self.seal_all().await;
+        tokio::select! {
+            permit = semaphore.clone().acquire_many_owned(count) => Some(permit.expect("semaphore is never closed")),
+            _ = stop.wait_for(|stop| *stop) => None,
+        }
+    }
+
+    /// Routes one publish and sends (or bundles) its messages. False if `stop` came first.
+    async fn handle(&mut self, forward: Forward, envelope: OwnedSemaphorePermit, stop: &mut watch::Receiver<bool>) -> bool {
         let publish = &forward.publish;
         let topic = String::from_utf8_lossy(&publish.topic);
         let properties = forward.properties.as_ref();
@@ -345,7 +470,7 @@ impl Reader {
         };
         let routed = self.router.route(&inbound, now_ns());
         match &routed.outcome {
-            Outcome::Ignored => return,
+            Outcome::Ignored => return true,
             Outcome::Envelope { device_id, accepted, rejected } => {
                 self.shared.metrics.received();
                 self.shared.metrics.records_accepted(*accepted);
@@ -361,7 +486,9 @@ impl Reader {
             }
         }
         let bytes = publish.payload.len().clamp(1, self.bytes_max) as u32;
-        let bytes = self.bytes.clone().acquire_many_owned(bytes).await.expect("semaphore is never closed");
+        let Some(bytes) = self.acquire(&self.bytes.clone(), bytes, stop).await else {
+            return false;
+        };
         let permits = Permits { _envelope: envelope, _bytes: bytes };
 
         let ticket = routed.ack.as_ref().map(|range| self.ledger.lock().expect("ack ledger lock").admit(range));
@@ -374,38 +501,122 @@ impl Reader {
                 );
             }
         }
-        let mut deliveries = Vec::with_capacity(routed.messages.len());
-        let mut all_queued = true;
-        for message in &routed.messages {
-            match kafka::enqueue(&self.producer, &self.topics, message).await {
-                Ok(delivery) => deliveries.push((message.destination, delivery)),
+        let mut pending = Pending { ticket, permits, deliveries: Vec::with_capacity(routed.messages.len()), queued: true };
+        let mut to_bundle = None;
+        for message in routed.messages {
+            if message.destination == Destination::Ingest && self.bundler.is_some() {
+                to_bundle = Some(message);
+                continue;
+            }
+            match kafka::enqueue(&self.producer, &self.topics, &message).await {
+                Ok(delivery) => pending.deliveries.push((message.destination, delivery)),
                 Err(e) => {
                     error!(error = %e, topic = self.topics.name(message.destination), "Kafka refused a message");
                     self.shared.metrics.discarded(discard::KAFKA_DELIVERY_FAILED);
-                    all_queued = false;
+                    pending.queued = false;
                 }
             }
         }
+        match (to_bundle, self.bundler.as_mut()) {
+            (Some(message), Some(bundler)) => {
+                let partitions = *self.partitions.borrow_and_update();
+                let mut sealed = bundler.set_partitions(partitions);
+                let device_id = message.key.as_deref().unwrap_or_default();
+                sealed.extend(bundler.add(device_id, message.payload, pending, Instant::now()));
+                self.produce_bundles(sealed).await;
+            }
+            _ => self.settle_later(None, vec![pending]),
+        }
+        true
+    }
+
+    async fn seal_due(&mut self) {
+        if let Some(bundler) = self.bundler.as_mut() {
+            let sealed = bundler.seal_due(Instant::now());
+            self.produce_bundles(sealed).await;
+        }
+    }
+
+    async fn seal_all(&mut self) {
+        if let Some(bundler) = self.bundler.as_mut() {
+            let sealed = bundler.seal_all();
+            self.produce_bundles(sealed).await;
+        }
+    }
+
+    async fn seal_all_and_stop(mut self) -> Result<(), Error> {
+        self.seal_all().await;
+        Ok(())
+    }
+
+    async fn produce_bundles(&mut self, sealed: Vec<Sealed<Pending>>) {
+        for bundle in sealed {
+            let payload = lodestone_model::encode_bundle(&bundle.envelopes);
+            match kafka::enqueue_bundle(&self.producer, &self.topics, bundle.partition, bundle.items.len(), &payload).await {
+                Ok(delivery) => self.settle_later(Some(delivery), bundle.items),
+                Err(e) => {
+                    error!(error = %e, topic = %self.topics.ingest, partition = bundle.partition, "Kafka refused a bundle");
+                    self.shared.metrics.discarded(discard::KAFKA_DELIVERY_FAILED);
+                    let failed = bundle.items.into_iter().map(|pending| Pending { queued: false, ..pending }).collect();
+                    self.settle_later(None, failed);
+                }
+            }
+        }
+    }
+
+    /// Spawns the task that awaits Kafka's answers for `envelopes` (and the bundle carrying
+    /// them, if any), then tells the acker about each envelope and releases its permits.
+    fn settle_later(&self, bundle: Option<DeliveryFuture>, envelopes: Vec<Pending>) {
         let shared = self.shared.clone();
         let acker = self.acker.clone();
         tokio::spawn(async move {
-            let mut delivered = all_queued;
-            for (destination, delivery) in deliveries {
-                match delivery.await {
-                    Ok(Ok(_)) => shared.metrics.sent(destination),
-                    Ok(Err((e, _))) => {
-                        warn!(error = %e, destination = destination.label(), "Kafka delivery failed");
-                        shared.metrics.discarded(discard::KAFKA_DELIVERY_FAILED);
-                        delivered = false;
+            let bundle_delivered = match bundle {
+                None => true,
+                Some(delivery) => {
+                    let delivered = delivered(delivery, Destination::Ingest, &shared).await;
+                    if delivered {
+                        shared.metrics.bundle_sent();
+                        shared.metrics.sent(Destination::Ingest, envelopes.len());
                     }
-                    Err(_canceled) => delivered = false,
+                    delivered
                 }
+            };
+            for pending in envelopes {
+                let mut all_delivered = bundle_delivered && pending.queued;
+                for (destination, delivery) in pending.deliveries {
+                    if delivered(delivery, destination, &shared).await {
+                        shared.metrics.sent(destination, 1);
+                    } else {
+                        all_delivered = false;
+                    }
+                }
+                if let Some(ticket) = pending.ticket {
+                    let _ = acker.send(AckerMessage::Settled { ticket, delivered: all_delivered }).await;
+                }
+                drop(pending.permits);
             }
-            if let Some(ticket) = ticket {
-                let _ = acker.send(AckerMessage::Settled { ticket, delivered }).await;
-            }
-            drop(permits);
         });
+    }
+}
+
+/// Whether Kafka acknowledged a message (failures are logged and counted).
+async fn delivered(delivery: DeliveryFuture, destination: Destination, shared: &Shared) -> bool {
+    match delivery.await {
+        Ok(Ok(_)) => true,
+        Ok(Err((e, _))) => {
+            warn!(error = %e, destination = destination.label(), "Kafka delivery failed");
+            shared.metrics.discarded(discard::KAFKA_DELIVERY_FAILED);
+            false
+        }
+        Err(_canceled) => false,
+    }
+}
+
+/// Sleeps until `deadline`, or forever when there is none.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use broker_bridge::{Bridge, BridgeConfig};
 use lodestone_model::topic::{ack_topic, data_topic, Ack};
-use lodestone_model::{ContentType, Dimension, Envelope, Limits, MeasureValue, Record, Scalar, Source};
+use lodestone_model::{split_bundle, ContentType, Dimension, Envelope, Limits, MeasureValue, Record, Scalar, Source, BUNDLE_MIME};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::mocking::MockCluster;
@@ -151,6 +151,18 @@ async fn read_topic(harness: &Harness, topic: &str, count: usize) -> Vec<KafkaRe
     records
 }
 
+/// The envelopes of ingest-topic messages, bundled or not, in order.
+fn envelopes_in(records: &[KafkaRecord]) -> Vec<Envelope> {
+    let decode = |bytes: &[u8]| Envelope::decode(bytes, Some(ContentType::Cbor), &Limits::default(), i64::MAX / 2).unwrap();
+    records
+        .iter()
+        .flat_map(|record| match record.headers.get("content-type").map(String::as_str) {
+            Some(BUNDLE_MIME) => split_bundle(&record.payload).unwrap().into_iter().map(decode).collect::<Vec<_>>(),
+            _ => vec![decode(&record.payload)],
+        })
+        .collect()
+}
+
 async fn http_get(harness: &Harness, path: &str) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(harness.bridge.http_addr()).await.unwrap();
     let request = format!("GET {path} HTTP/1.1\r\nHost: bridge\r\nConnection: close\r\n\r\n");
@@ -175,17 +187,19 @@ async fn envelope_to_kafka_then_ack() {
     device.publish(&topic, envelope("", "boot-a", 3, &[22.0]).to_json()).await;
     assert_eq!(device.next_ack().await, Ack { boot_id: "boot-a".into(), through_seq: 3 });
 
+    // Each envelope was acked before the next was published: two bundles of one.
     let ingested = read_topic(&harness, INGEST, 2).await;
-    assert_eq!(ingested[0].key.as_deref(), Some("dev-1"));
-    assert_eq!(ingested[0].headers["content-type"], "application/cbor");
-    assert_eq!(ingested[0].headers["device_id"], "dev-1");
-    let sent = Envelope::decode(&ingested[1].payload, Some(ContentType::Cbor), &Limits::default(), i64::MAX / 2).unwrap();
-    assert_eq!((sent.database.as_deref(), sent.table.as_deref()), (Some("fleet"), Some("trucks")));
-    assert_eq!((sent.source.device_id.as_str(), sent.first_seq, sent.records.len()), ("dev-1", 3, 1));
+    assert_eq!(ingested[0].key, None);
+    assert_eq!(ingested[0].headers["content-type"], BUNDLE_MIME);
+    assert_eq!(ingested[0].headers["envelopes"], "1");
+    let sent = envelopes_in(&ingested[1..]);
+    assert_eq!((sent[0].database.as_deref(), sent[0].table.as_deref()), (Some("fleet"), Some("trucks")));
+    assert_eq!((sent[0].source.device_id.as_str(), sent[0].first_seq, sent[0].records.len()), ("dev-1", 3, 1));
 
     let metrics = http_get(&harness, "/metrics").await.1;
     assert!(metrics.contains("lodestone_bridge_received_total 2"), "{metrics}");
     assert!(metrics.contains("lodestone_bridge_sent_total{topic=\"ingest\"} 2"), "{metrics}");
+    assert!(metrics.contains("lodestone_bridge_bundles_sent_total 2"), "{metrics}");
     harness.bridge.shutdown().await.unwrap();
 }
 
@@ -262,9 +276,60 @@ async fn mqtt5_content_type_and_traceparent_ride_along() {
     client.publish_with_properties(data_topic("fleet", "trucks", "dev-5"), QoS5::AtLeastOnce, false, payload, properties).await.unwrap();
 
     let ingested = read_topic(&harness, INGEST, 1).await;
-    assert_eq!(ingested[0].headers["traceparent"], traceparent);
-    assert_eq!(ingested[0].headers["device_id"], "dev-5");
-    let sent = Envelope::decode(&ingested[0].payload, Some(ContentType::Cbor), &Limits::default(), i64::MAX / 2).unwrap();
-    assert_eq!(sent.traceparent.as_deref(), Some(traceparent));
+    let sent = envelopes_in(&ingested);
+    assert_eq!(sent[0].source.device_id, "dev-5");
+    assert_eq!(sent[0].traceparent.as_deref(), Some(traceparent));
+    harness.bridge.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelopes_of_many_devices_travel_in_bundles_and_stay_in_order() {
+    // Sealed by count only (the linger is far longer than the test), so the bundles are exact.
+    let harness = start_with(|c| {
+        c.kafka.bundle_envelopes_max = 10;
+        c.kafka.bundle_linger_ms = 1000;
+    })
+    .await;
+    let mut devices = Vec::new();
+    for d in 0..20 {
+        devices.push(connect(&harness, &format!("dev-{d}")).await);
+    }
+    for seq in 1..=5 {
+        for (d, device) in devices.iter().enumerate() {
+            let id = format!("dev-{d}");
+            device.publish(&data_topic("fleet", "trucks", &id), envelope(&id, "boot", seq, &[seq as f64]).to_cbor()).await;
+        }
+    }
+    for device in &mut devices {
+        let mut through = 0;
+        while through < 5 {
+            through = device.next_ack().await.through_seq;
+        }
+    }
+    let ingested = read_topic(&harness, INGEST, 10).await;
+    assert!(ingested.iter().all(|r| r.headers["envelopes"] == "10"), "100 envelopes in 10 bundles of 10");
+    let sent = envelopes_in(&ingested);
+    assert_eq!(sent.len(), 100);
+    for d in 0..20 {
+        let id = format!("dev-{d}");
+        let seqs: Vec<u64> = sent.iter().filter(|e| e.source.device_id == id).map(|e| e.first_seq).collect();
+        assert_eq!(seqs, [1, 2, 3, 4, 5], "{id}'s envelopes out of order");
+    }
+    let metrics = http_get(&harness, "/metrics").await.1;
+    assert!(metrics.contains("lodestone_bridge_bundles_sent_total 10"), "{metrics}");
+    harness.bridge.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_bundling_each_envelope_is_a_message_keyed_by_device() {
+    let harness = start_with(|c| c.kafka.bundle_envelopes_max = 1).await;
+    let mut device = connect(&harness, "dev-6").await;
+    device.publish(&data_topic("fleet", "trucks", "dev-6"), envelope("dev-6", "boot", 1, &[6.0]).to_cbor()).await;
+    assert_eq!(device.next_ack().await.through_seq, 1);
+    let ingested = read_topic(&harness, INGEST, 1).await;
+    assert_eq!(ingested[0].key.as_deref(), Some("dev-6"));
+    assert_eq!(ingested[0].headers["content-type"], "application/cbor");
+    assert_eq!(ingested[0].headers["device_id"], "dev-6");
+    assert_eq!(envelopes_in(&ingested)[0].records.len(), 1);
     harness.bridge.shutdown().await.unwrap();
 }

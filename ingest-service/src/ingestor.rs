@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use arrow::array::RecordBatch;
 
-use lodestone_model::{record_to_json, ContentType, Envelope, Limits, RejectReason, Rejection};
+use lodestone_model::{record_to_json, split_bundle, ContentType, DecodeError, Envelope, Limits, RejectReason, Rejection};
 use lodestone_store::{HotTier, PersistBatch, Snapshot, Store, StoreError, TableProperties, TableRef};
 use serde_json::json;
 
@@ -29,6 +29,25 @@ pub struct DeadLetter {
     pub device_id: Option<String>,
     /// The raw payload for an undecodable message, else a JSON description of the record.
     pub payload: Vec<u8>,
+}
+
+/// How a message on the ingest topic is encoded (its `content-type` header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// One envelope, CBOR or JSON (`None`: sniffed).
+    Envelope(Option<ContentType>),
+    /// Many CBOR envelopes, as the broker-bridge bundles them ([`lodestone_model::BUNDLE_MIME`]).
+    Bundle,
+}
+
+impl Encoding {
+    /// From the `content-type` header, if any.
+    pub fn from_header(content_type: Option<&str>) -> Encoding {
+        match content_type {
+            Some(mime) if mime.split(';').next().unwrap_or("").trim() == lodestone_model::BUNDLE_MIME => Encoding::Bundle,
+            other => Encoding::Envelope(other.and_then(ContentType::from_mime)),
+        }
+    }
 }
 
 /// What [`Ingestor::apply`] did with a message.
@@ -84,23 +103,50 @@ impl Ingestor {
         self.snapshot.watermarks.get(source).copied()
     }
 
-    /// Decodes one message and writes its records into the hot tier. Returns before anything is
-    /// durable: the caller must not commit the message's offset before [`Ingestor::persist`].
-    pub async fn apply(&mut self, payload: &[u8], content_type: Option<ContentType>, origin: &Origin, now_ns: i64) -> Result<Applied, StoreError> {
-        let envelope = match Envelope::decode(payload, content_type, &self.limits, now_ns) {
-            Ok(envelope) => envelope,
-            Err(error) => {
-                let letter = DeadLetter { reason: error.reason(), detail: error.to_string(), device_id: None, payload: payload.to_vec() };
-                self.counters.reject(letter.reason);
-                return Ok(Applied::Done(vec![letter]));
-            }
+    /// Decodes one message (an envelope, or a bundle of them) and writes its records into the
+    /// hot tier. Returns before anything is durable: the caller must not commit the message's
+    /// offset before [`Ingestor::persist`].
+    pub async fn apply(&mut self, payload: &[u8], encoding: Encoding, origin: &Origin, now_ns: i64) -> Result<Applied, StoreError> {
+        let parts = match encoding {
+            Encoding::Envelope(content_type) => vec![(payload, content_type)],
+            Encoding::Bundle => match split_bundle(payload) {
+                Ok(parts) => parts.into_iter().map(|part| (part, Some(ContentType::Cbor))).collect(),
+                Err(error) => {
+                    let letter = DeadLetter { reason: error.reason(), detail: error.to_string(), device_id: None, payload: payload.to_vec() };
+                    self.counters.reject(letter.reason);
+                    return Ok(Applied::Done(vec![letter]));
+                }
+            },
         };
-        if self.memory.hot().row_count() > 0 && self.memory.hot().row_count() + envelope.records.len() > self.hot_rows_max {
+        let decoded: Vec<Result<Envelope, (DecodeError, &[u8])>> = parts
+            .into_iter()
+            .map(|(part, content_type)| Envelope::decode(part, content_type, &self.limits, now_ns).map_err(|error| (error, part)))
+            .collect();
+        let rows: usize = decoded.iter().flatten().map(|envelope| envelope.records.len()).sum();
+        let hot_rows = self.memory.hot().row_count();
+        if hot_rows > 0 && hot_rows + rows > self.hot_rows_max {
             return Ok(Applied::PersistFirst);
         }
+        let mut letters = Vec::new();
+        for envelope in decoded {
+            match envelope {
+                Ok(envelope) => letters.extend(self.write(&envelope, origin, now_ns).await?),
+                Err((error, part)) => {
+                    let letter = DeadLetter { reason: error.reason(), detail: error.to_string(), device_id: None, payload: part.to_vec() };
+                    self.counters.reject(letter.reason);
+                    letters.push(letter);
+                }
+            }
+        }
+        Ok(Applied::Done(letters))
+    }
+
+    /// Writes one envelope's records into the hot tier; returns the dead letters of those that
+    /// were rejected.
+    async fn write(&mut self, envelope: &Envelope, origin: &Origin, now_ns: i64) -> Result<Vec<DeadLetter>, StoreError> {
         Counters::add(&self.counters.records_received, (envelope.records.len() + envelope.rejected.len()) as u64);
         let mut rejections: Vec<(Rejection, Option<serde_json::Value>)> = envelope.rejected.iter().map(|r| (r.clone(), None)).collect();
-        match self.destination(&envelope).await? {
+        match self.destination(envelope).await? {
             Err(rejection) => {
                 for (index, record) in envelope.records.iter().enumerate() {
                     rejections.push((Rejection { index, ..rejection.clone() }, Some(record_to_json(record))));
@@ -128,10 +174,10 @@ impl Ingestor {
             .into_iter()
             .map(|(rejection, record)| {
                 self.counters.reject(rejection.reason);
-                dead_letter(&envelope, origin, rejection, record)
+                dead_letter(envelope, origin, rejection, record)
             })
             .collect();
-        Ok(Applied::Done(letters))
+        Ok(letters)
     }
 
     /// Writes one message of the dead-letter topic (from the bridge or any worker) into the
@@ -270,5 +316,87 @@ fn dead_letter(envelope: &Envelope, origin: &Origin, rejection: Rejection, recor
         detail: rejection.detail,
         device_id: Some(envelope.source.device_id.clone()),
         payload: serde_json::to_vec(&body).expect("JSON encoding cannot fail"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lodestone_model::{encode_bundle, Dimension, MeasureValue, Record, Scalar, Source};
+
+    const NOW: i64 = 1_700_000_000_000_000_000;
+
+    fn envelope(device_id: &str, readings: usize) -> Envelope {
+        Envelope {
+            database: Some("fleet".into()),
+            table: Some("sensors".into()),
+            source: Source { device_id: device_id.into(), boot_id: "boot".into() },
+            first_seq: 1,
+            records: (0..readings)
+                .map(|i| Record {
+                    dimensions: vec![Dimension { name: "device_id".into(), value: device_id.into() }],
+                    measure_name: "temp".into(),
+                    value: MeasureValue::Single(Scalar::Double(i as f64)),
+                    time_ns: NOW - 1_000_000_000 * (i as i64 + 1),
+                    version: 1,
+                })
+                .collect(),
+            ..Envelope::default()
+        }
+    }
+
+    async fn ingestor(dir: &tempfile::TempDir, hot_rows_max: usize) -> Ingestor {
+        let store = Store::open_local(dir.path()).unwrap();
+        Ingestor::open(store, hot_rows_max, TablesConfig::default(), Arc::new(Counters::default())).await.unwrap()
+    }
+
+    fn origin() -> Origin {
+        Origin { topic: "ingest".into(), partition: 0, offset: 7 }
+    }
+
+    fn done(applied: Applied) -> Vec<DeadLetter> {
+        match applied {
+            Applied::Done(letters) => letters,
+            Applied::PersistFirst => panic!("expected the message to be applied"),
+        }
+    }
+
+    #[test]
+    fn encoding_from_the_content_type_header() {
+        assert_eq!(Encoding::from_header(Some(lodestone_model::BUNDLE_MIME)), Encoding::Bundle);
+        assert_eq!(Encoding::from_header(Some("application/cbor")), Encoding::Envelope(Some(ContentType::Cbor)));
+        assert_eq!(Encoding::from_header(Some("text/plain")), Encoding::Envelope(None));
+        assert_eq!(Encoding::from_header(None), Encoding::Envelope(None));
+    }
+
+    #[tokio::test]
+    async fn a_bundle_is_applied_envelope_by_envelope() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ingestor = ingestor(&dir, 1000).await;
+        let bundle = encode_bundle(&[envelope("dev-1", 3).to_cbor(), b"\xa1\x61v\xff".to_vec(), envelope("dev-2", 2).to_cbor()]);
+        let letters = done(ingestor.apply(&bundle, Encoding::Bundle, &origin(), NOW).await.unwrap());
+        // The malformed envelope alone is rejected, with its own bytes; both good ones are written.
+        assert_eq!(letters.len(), 1);
+        assert_eq!(letters[0].reason, RejectReason::MalformedPayload);
+        assert_eq!(letters[0].payload, b"\xa1\x61v\xff");
+        assert_eq!(ingestor.hot_rows(), 5);
+
+        let letters = done(ingestor.apply(b"\x82\x41", Encoding::Bundle, &origin(), NOW).await.unwrap());
+        assert_eq!(letters.iter().map(|l| l.reason).collect::<Vec<_>>(), vec![RejectReason::MalformedPayload]);
+        assert_eq!(ingestor.hot_rows(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_bundle_that_does_not_fit_the_hot_tier_asks_for_a_persist_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ingestor = ingestor(&dir, 10).await;
+        done(ingestor.apply(&envelope("dev-0", 4).to_cbor(), Encoding::Envelope(None), &origin(), NOW).await.unwrap());
+        // 4 + 3 + 3 = 10 rows fit; 4 + 3 + 4 = 11 do not, and nothing of the bundle is written.
+        let too_big = encode_bundle(&[envelope("dev-1", 3).to_cbor(), envelope("dev-2", 4).to_cbor()]);
+        assert!(matches!(ingestor.apply(&too_big, Encoding::Bundle, &origin(), NOW).await.unwrap(), Applied::PersistFirst));
+        assert_eq!(ingestor.hot_rows(), 4);
+        let fits = encode_bundle(&[envelope("dev-1", 3).to_cbor(), envelope("dev-2", 3).to_cbor()]);
+        assert!(done(ingestor.apply(&fits, Encoding::Bundle, &origin(), NOW).await.unwrap()).is_empty());
+        assert_eq!(ingestor.hot_rows(), 10);
     }
 }
