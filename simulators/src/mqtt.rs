@@ -40,8 +40,10 @@ pub const INCOMING_PACKET_BYTES_MAX: usize = 64 * 1024;
 pub const INFLIGHT_ENVELOPES_MAX: u16 = 1024;
 /// Bytes of an MQTT PUBLISH beyond its topic and payload (fixed header, lengths, packet id).
 const PUBLISH_OVERHEAD_BYTES: usize = 16;
-/// Bound on connecting (TCP and CONNACK) and on any one network read or write, in seconds.
-const CONNECT_TIMEOUT_S: u64 = 10;
+/// Bound on connecting (TCP and CONNACK) and on any one network read or write, in seconds: the
+/// Paho clients' default. A broker busy with thousands of new connections answers slowly, and a
+/// device that gives up early only adds another connection to its queue.
+const CONNECT_TIMEOUT_S: u64 = 30;
 const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long a finished device waits for its DISCONNECT to go out.
