@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use broker_bridge::{Bridge, BridgeConfig};
 use lodestone_model::topic::{ack_topic, data_topic, Ack};
-use lodestone_model::{split_bundle, ContentType, Dimension, Envelope, Limits, MeasureValue, Record, Scalar, Source, BUNDLE_MIME};
+use lodestone_model::{split_message, Dimension, Envelope, Limits, MeasureValue, Record, Scalar, Source, BUNDLE_MIME};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::mocking::MockCluster;
@@ -153,13 +153,10 @@ async fn read_topic(harness: &Harness, topic: &str, count: usize) -> Vec<KafkaRe
 
 /// The envelopes of ingest-topic messages, bundled or not, in order.
 fn envelopes_in(records: &[KafkaRecord]) -> Vec<Envelope> {
-    let decode = |bytes: &[u8]| Envelope::decode(bytes, Some(ContentType::Cbor), &Limits::default(), i64::MAX / 2).unwrap();
     records
         .iter()
-        .flat_map(|record| match record.headers.get("content-type").map(String::as_str) {
-            Some(BUNDLE_MIME) => split_bundle(&record.payload).unwrap().into_iter().map(decode).collect::<Vec<_>>(),
-            _ => vec![decode(&record.payload)],
-        })
+        .flat_map(|record| split_message(&record.payload, record.headers.get("content-type").map(String::as_str)).unwrap())
+        .map(|(part, content_type)| Envelope::decode(part, content_type, &Limits::default(), i64::MAX / 2).unwrap())
         .collect()
 }
 

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use arrow::array::RecordBatch;
 
-use lodestone_model::{record_to_json, split_bundle, ContentType, DecodeError, Envelope, Limits, RejectReason, Rejection};
+use lodestone_model::{record_to_json, split_message, DecodeError, Envelope, Limits, RejectReason, Rejection};
 use lodestone_store::{HotTier, PersistBatch, Snapshot, Store, StoreError, TableProperties, TableRef};
 use serde_json::json;
 
@@ -29,25 +29,6 @@ pub struct DeadLetter {
     pub device_id: Option<String>,
     /// The raw payload for an undecodable message, else a JSON description of the record.
     pub payload: Vec<u8>,
-}
-
-/// How a message on the ingest topic is encoded (its `content-type` header).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encoding {
-    /// One envelope, CBOR or JSON (`None`: sniffed).
-    Envelope(Option<ContentType>),
-    /// Many CBOR envelopes, as the broker-bridge bundles them ([`lodestone_model::BUNDLE_MIME`]).
-    Bundle,
-}
-
-impl Encoding {
-    /// From the `content-type` header, if any.
-    pub fn from_header(content_type: Option<&str>) -> Encoding {
-        match content_type {
-            Some(mime) if mime.split(';').next().unwrap_or("").trim() == lodestone_model::BUNDLE_MIME => Encoding::Bundle,
-            other => Encoding::Envelope(other.and_then(ContentType::from_mime)),
-        }
-    }
 }
 
 /// What [`Ingestor::apply`] did with a message.
@@ -103,20 +84,17 @@ impl Ingestor {
         self.snapshot.watermarks.get(source).copied()
     }
 
-    /// Decodes one message (an envelope, or a bundle of them) and writes its records into the
+    /// Decodes one message (an envelope, or a bundle of them: its `content-type` header says) and writes its records into the
     /// hot tier. Returns before anything is durable: the caller must not commit the message's
     /// offset before [`Ingestor::persist`].
-    pub async fn apply(&mut self, payload: &[u8], encoding: Encoding, origin: &Origin, now_ns: i64) -> Result<Applied, StoreError> {
-        let parts = match encoding {
-            Encoding::Envelope(content_type) => vec![(payload, content_type)],
-            Encoding::Bundle => match split_bundle(payload) {
-                Ok(parts) => parts.into_iter().map(|part| (part, Some(ContentType::Cbor))).collect(),
-                Err(error) => {
-                    let letter = DeadLetter { reason: error.reason(), detail: error.to_string(), device_id: None, payload: payload.to_vec() };
-                    self.counters.reject(letter.reason);
-                    return Ok(Applied::Done(vec![letter]));
-                }
-            },
+    pub async fn apply(&mut self, payload: &[u8], content_type: Option<&str>, origin: &Origin, now_ns: i64) -> Result<Applied, StoreError> {
+        let parts = match split_message(payload, content_type) {
+            Ok(parts) => parts,
+            Err(error) => {
+                let letter = DeadLetter { reason: error.reason(), detail: error.to_string(), device_id: None, payload: payload.to_vec() };
+                self.counters.reject(letter.reason);
+                return Ok(Applied::Done(vec![letter]));
+            }
         };
         let decoded: Vec<Result<Envelope, (DecodeError, &[u8])>> = parts
             .into_iter()
@@ -322,7 +300,7 @@ fn dead_letter(envelope: &Envelope, origin: &Origin, rejection: Rejection, recor
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lodestone_model::{encode_bundle, Dimension, MeasureValue, Record, Scalar, Source};
+    use lodestone_model::{encode_bundle, Dimension, MeasureValue, Record, Scalar, Source, BUNDLE_MIME};
 
     const NOW: i64 = 1_700_000_000_000_000_000;
 
@@ -361,27 +339,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn encoding_from_the_content_type_header() {
-        assert_eq!(Encoding::from_header(Some(lodestone_model::BUNDLE_MIME)), Encoding::Bundle);
-        assert_eq!(Encoding::from_header(Some("application/cbor")), Encoding::Envelope(Some(ContentType::Cbor)));
-        assert_eq!(Encoding::from_header(Some("text/plain")), Encoding::Envelope(None));
-        assert_eq!(Encoding::from_header(None), Encoding::Envelope(None));
-    }
-
     #[tokio::test]
     async fn a_bundle_is_applied_envelope_by_envelope() {
         let dir = tempfile::tempdir().unwrap();
         let mut ingestor = ingestor(&dir, 1000).await;
         let bundle = encode_bundle(&[envelope("dev-1", 3).to_cbor(), b"\xa1\x61v\xff".to_vec(), envelope("dev-2", 2).to_cbor()]);
-        let letters = done(ingestor.apply(&bundle, Encoding::Bundle, &origin(), NOW).await.unwrap());
+        let letters = done(ingestor.apply(&bundle, Some(BUNDLE_MIME), &origin(), NOW).await.unwrap());
         // The malformed envelope alone is rejected, with its own bytes; both good ones are written.
         assert_eq!(letters.len(), 1);
         assert_eq!(letters[0].reason, RejectReason::MalformedPayload);
         assert_eq!(letters[0].payload, b"\xa1\x61v\xff");
         assert_eq!(ingestor.hot_rows(), 5);
 
-        let letters = done(ingestor.apply(b"\x82\x41", Encoding::Bundle, &origin(), NOW).await.unwrap());
+        let letters = done(ingestor.apply(b"\x82\x41", Some(BUNDLE_MIME), &origin(), NOW).await.unwrap());
         assert_eq!(letters.iter().map(|l| l.reason).collect::<Vec<_>>(), vec![RejectReason::MalformedPayload]);
         assert_eq!(ingestor.hot_rows(), 5);
     }
@@ -390,13 +360,13 @@ mod tests {
     async fn a_bundle_that_does_not_fit_the_hot_tier_asks_for_a_persist_first() {
         let dir = tempfile::tempdir().unwrap();
         let mut ingestor = ingestor(&dir, 10).await;
-        done(ingestor.apply(&envelope("dev-0", 4).to_cbor(), Encoding::Envelope(None), &origin(), NOW).await.unwrap());
+        done(ingestor.apply(&envelope("dev-0", 4).to_cbor(), None, &origin(), NOW).await.unwrap());
         // 4 + 3 + 3 = 10 rows fit; 4 + 3 + 4 = 11 do not, and nothing of the bundle is written.
         let too_big = encode_bundle(&[envelope("dev-1", 3).to_cbor(), envelope("dev-2", 4).to_cbor()]);
-        assert!(matches!(ingestor.apply(&too_big, Encoding::Bundle, &origin(), NOW).await.unwrap(), Applied::PersistFirst));
+        assert!(matches!(ingestor.apply(&too_big, Some(BUNDLE_MIME), &origin(), NOW).await.unwrap(), Applied::PersistFirst));
         assert_eq!(ingestor.hot_rows(), 4);
         let fits = encode_bundle(&[envelope("dev-1", 3).to_cbor(), envelope("dev-2", 3).to_cbor()]);
-        assert!(done(ingestor.apply(&fits, Encoding::Bundle, &origin(), NOW).await.unwrap()).is_empty());
+        assert!(done(ingestor.apply(&fits, Some(BUNDLE_MIME), &origin(), NOW).await.unwrap()).is_empty());
         assert_eq!(ingestor.hot_rows(), 10);
     }
 }

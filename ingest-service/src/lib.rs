@@ -22,5 +22,5 @@ mod ingestor;
 mod metrics;
 
 pub use config::IngestConfig;
-pub use ingestor::{Applied, DeadLetter, Encoding, Ingestor, Memory, Origin, REJECTED_RECORDS};
+pub use ingestor::{Applied, DeadLetter, Ingestor, Memory, Origin, REJECTED_RECORDS};
 pub use metrics::Counters;

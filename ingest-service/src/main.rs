@@ -7,7 +7,7 @@ use anyhow::Context;
 use axum::routing::get;
 use clap::Parser;
 use futures::future::join_all;
-use ingest_service::{Applied, Counters, DeadLetter, Encoding, IngestConfig, Ingestor, Memory, Origin};
+use ingest_service::{Applied, Counters, DeadLetter, IngestConfig, Ingestor, Memory, Origin};
 use lodestone_store::{CompactionPolicy, Store};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::ClientContext;
@@ -179,13 +179,13 @@ impl Worker {
     }
 
     async fn handle(&mut self, message: &rdkafka::message::OwnedMessage) -> anyhow::Result<()> {
-        let encoding = Encoding::from_header(message.headers().and_then(|headers| {
+        let content_type = message.headers().and_then(|headers| {
             headers
                 .iter()
                 .find(|h| h.key.eq_ignore_ascii_case("content-type"))
                 .and_then(|h| h.value)
                 .and_then(|v| std::str::from_utf8(v).ok())
-        }));
+        });
         let origin = Origin { topic: message.topic().to_string(), partition: message.partition(), offset: message.offset() };
         let payload = message.payload().unwrap_or_default();
         Counters::add(&self.counters.messages_received, 1);
@@ -200,7 +200,7 @@ impl Worker {
             return Ok(());
         }
         let letters = loop {
-            match self.ingestor.apply(payload, encoding, &origin, now_ns()).await? {
+            match self.ingestor.apply(payload, content_type, &origin, now_ns()).await? {
                 Applied::Done(letters) => break letters,
                 Applied::PersistFirst => self.persist_and_commit().await?,
             }

@@ -9,7 +9,7 @@
 //! The framing is written by hand (it is two CBOR headers), which lets [`split_bundle`] hand out
 //! slices of the message instead of copies.
 
-use crate::envelope::DecodeError;
+use crate::envelope::{ContentType, DecodeError};
 
 /// The Kafka `content-type` of a bundle.
 pub const BUNDLE_MIME: &str = "application/vnd.lodestone.bundle.v1+cbor";
@@ -53,6 +53,17 @@ pub fn split_bundle(bytes: &[u8]) -> Result<Vec<&[u8]>, DecodeError> {
         return Err(malformed(format!("{} bytes after the bundle's last envelope", rest.len())));
     }
     Ok(envelopes)
+}
+
+/// The encoded envelopes of one message on the ingest topic, each with its encoding: a bundle's
+/// envelopes (CBOR) when `content_type` is [`BUNDLE_MIME`], else the message itself as one
+/// envelope of its content type (sniffed when absent or unknown).
+pub fn split_message<'a>(payload: &'a [u8], content_type: Option<&str>) -> Result<Vec<(&'a [u8], Option<ContentType>)>, DecodeError> {
+    let mime = content_type.map(|mime| mime.split(';').next().unwrap_or("").trim());
+    if mime == Some(BUNDLE_MIME) {
+        return Ok(split_bundle(payload)?.into_iter().map(|envelope| (envelope, Some(ContentType::Cbor))).collect());
+    }
+    Ok(vec![(payload, content_type.and_then(ContentType::from_mime))])
 }
 
 fn malformed(detail: String) -> DecodeError {
@@ -130,6 +141,18 @@ mod tests {
         let items = value.as_array().unwrap();
         assert_eq!(items[0].as_bytes().unwrap(), b"ab");
         assert_eq!(items[1].as_bytes().unwrap().len(), 300);
+    }
+
+    #[test]
+    fn messages_split_by_their_content_type() {
+        let bundle = encode_bundle(&[b"ab".to_vec(), b"c".to_vec()]);
+        let cbor = Some(ContentType::Cbor);
+        assert_eq!(split_message(&bundle, Some(BUNDLE_MIME)).unwrap(), vec![(&b"ab"[..], cbor), (&b"c"[..], cbor)]);
+        assert_eq!(split_message(&bundle, Some("application/vnd.lodestone.bundle.v1+cbor; x=1")).unwrap().len(), 2);
+        assert_eq!(split_message(b"x", Some("application/cbor")).unwrap(), vec![(&b"x"[..], cbor)]);
+        assert_eq!(split_message(b"x", Some("text/plain")).unwrap(), vec![(&b"x"[..], None)]);
+        assert_eq!(split_message(b"x", None).unwrap(), vec![(&b"x"[..], None)]);
+        assert!(split_message(b"x", Some(BUNDLE_MIME)).is_err());
     }
 
     #[test]

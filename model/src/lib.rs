@@ -12,7 +12,7 @@
 //! - [`RejectReason`]: the stable reason codes shared by dead-letter entries, metrics and errors.
 //! - [`topic`]: the MQTT topic layout and the end-to-end [`topic::Ack`].
 //! - Bundles ([`encode_bundle`], [`split_bundle`]): many envelopes in one Kafka message, as the
-//!   broker-bridge produces them.
+//!   broker-bridge produces them; [`split_message`] reads either kind of ingest-topic message.
 //!
 //! - [`config`]: loading a service's TOML configuration with environment overrides.
 //!
@@ -25,7 +25,7 @@ mod record;
 pub mod topic;
 mod validate;
 
-pub use bundle::{encode_bundle, split_bundle, BUNDLE_MIME};
+pub use bundle::{encode_bundle, split_bundle, split_message, BUNDLE_MIME};
 pub use envelope::{record_to_json, ContentType, DecodeError, Envelope, Source, ENVELOPE_VERSION};
 pub use record::{Dimension, MeasureType, MeasureValue, Record, Scalar};
 pub use validate::{validate_name, validate_record, Limits, RejectReason, Rejection};

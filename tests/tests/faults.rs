@@ -357,7 +357,7 @@ async fn edge_agents_cut_off_for_5_minutes_stay_within_their_quotas_and_lose_onl
 /// left in order: within a boot, an envelope never starts past the highest sequence number sent
 /// before it plus one. A resend may go back; nothing may skip ahead. Returns the envelopes read.
 async fn assert_sent_in_order(bootstrap: &str, device_id: &str) -> usize {
-    use lodestone_model::{split_bundle, ContentType, Envelope, Limits, BUNDLE_MIME};
+    use lodestone_model::{split_message, Envelope, Limits, BUNDLE_MIME};
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::{Headers, Message};
     let (bootstrap, device_id) = (bootstrap.to_string(), device_id.to_string());
@@ -391,14 +391,12 @@ async fn assert_sent_in_order(bootstrap: &str, device_id: &str) -> usize {
             let content_type = message.headers().and_then(|h| {
                 h.iter().find(|h| h.key == "content-type").and_then(|h| std::str::from_utf8(h.value?).ok().map(str::to_owned))
             });
-            let payload = message.payload().unwrap_or_default();
             // The bridge bundles many devices' envelopes into one message; a Kafka producer's
-            // message is one envelope.
-            let parts: Vec<(&[u8], Option<ContentType>)> = match content_type.as_deref() {
-                Some(BUNDLE_MIME) => split_bundle(payload).expect("a bundle").into_iter().map(|part| (part, Some(ContentType::Cbor))).collect(),
-                _ if message.key() != Some(device_id.as_bytes()) => continue,
-                other => vec![(payload, other.and_then(ContentType::from_mime))],
-            };
+            // message is one envelope, keyed by its device.
+            if content_type.as_deref() != Some(BUNDLE_MIME) && message.key() != Some(device_id.as_bytes()) {
+                continue;
+            }
+            let parts = split_message(message.payload().unwrap_or_default(), content_type.as_deref()).expect("a readable message");
             for (part, content_type) in parts {
                 let envelope = Envelope::decode(part, content_type, &Limits::default(), i64::MAX).expect("an envelope");
                 if envelope.source.device_id != device_id {
