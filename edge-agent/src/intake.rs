@@ -42,6 +42,9 @@ pub enum IntakeError {
     Invalid { total: usize, rejections: Vec<Rejection> },
     #[error("{0}; retry after the bridge has acknowledged older readings")]
     OutboxFull(OutboxError),
+    /// A write the outbox could not hold even empty ([`OutboxError::TooLarge`]).
+    #[error("{0}")]
+    LargerThanOutbox(OutboxError),
     #[error("the agent is shutting down")]
     Unavailable,
     #[error("{0}")]
@@ -58,7 +61,7 @@ impl IntakeError {
             }
             IntakeError::InvalidDestination(_) => RejectReason::InvalidDestination.as_str(),
             IntakeError::InvalidPrecision(_) => RejectReason::InvalidValue.as_str(),
-            IntakeError::PayloadTooLarge { .. } => RejectReason::PayloadTooLarge.as_str(),
+            IntakeError::PayloadTooLarge { .. } | IntakeError::LargerThanOutbox(_) => RejectReason::PayloadTooLarge.as_str(),
             IntakeError::TooManyRecords { .. } => RejectReason::TooManyRecords.as_str(),
             IntakeError::Invalid { rejections, .. } => rejections.first().map_or(RejectReason::InvalidValue, |r| r.reason).as_str(),
             IntakeError::OutboxFull(_) => OUTBOX_FULL,
@@ -70,7 +73,7 @@ impl IntakeError {
     pub fn status(&self) -> StatusCode {
         match self {
             IntakeError::UnsupportedContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            IntakeError::PayloadTooLarge { .. } | IntakeError::TooManyRecords { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            IntakeError::PayloadTooLarge { .. } | IntakeError::TooManyRecords { .. } | IntakeError::LargerThanOutbox(_) => StatusCode::PAYLOAD_TOO_LARGE,
             IntakeError::OutboxFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             IntakeError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             IntakeError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -227,6 +230,7 @@ impl Intake {
         validate_all(&records, &self.limits, now_ns)?;
         self.writer.append(destination, records).await.map_err(|error| match error {
             OutboxError::Full { .. } => IntakeError::OutboxFull(error),
+            OutboxError::TooLarge { .. } => IntakeError::LargerThanOutbox(error),
             OutboxError::WriterStopped => IntakeError::Unavailable,
             other => IntakeError::Storage(other),
         })
@@ -321,6 +325,8 @@ mod tests {
         assert_eq!((full.code(), full.status()), ("outbox_full", StatusCode::INSUFFICIENT_STORAGE));
         let big = IntakeError::PayloadTooLarge { bytes_max: 1 };
         assert_eq!((big.code(), big.status()), ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE));
+        let never = IntakeError::LargerThanOutbox(OutboxError::TooLarge { bytes_max: 1 });
+        assert_eq!((never.code(), never.status()), ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE));
         let many = IntakeError::TooManyRecords { count: 2, max: 1 };
         assert_eq!((many.code(), many.status()), ("too_many_records", StatusCode::PAYLOAD_TOO_LARGE));
         assert_eq!(IntakeError::UnsupportedContentType("x".into()).status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);

@@ -31,6 +31,9 @@ pub enum OutboxError {
     /// The stored readings would take more than the admission bound (90% of `bytes_max`).
     #[error("the outbox is full ({bytes_max} bytes); nothing of this write was stored")]
     Full { bytes_max: u64 },
+    /// One write that would not fit even into an empty outbox: retrying cannot help.
+    #[error("this write alone would take more than the outbox holds ({bytes_max} bytes); it can never be stored, split it")]
+    TooLarge { bytes_max: u64 },
     #[error("outbox {path}: {detail}")]
     Open { path: PathBuf, detail: String },
     #[error("outbox storage error: {0}")]
@@ -196,8 +199,25 @@ impl Outbox {
     /// The group commit: first the release (if any), then every append, in ONE transaction.
     /// Returns after the LMDB commit (synced); the caller may acknowledge the appended readings.
     /// Refused with [`OutboxError::Full`] (nothing stored, nothing released) when the appended
-    /// readings would not fit.
+    /// readings would not fit, or [`OutboxError::TooLarge`] when they are one write that would
+    /// not fit even if the outbox held nothing else (with `drop_oldest`, after dropping all).
     pub fn commit(&self, appends: &[Append], release_through: Option<u64>) -> Result<Committed, OutboxError> {
+        match self.commit_once(appends, release_through) {
+            Err(OutboxError::Full { bytes_max })
+                if appends.len() == 1 && (self.full_policy == FullPolicy::DropOldest || self.holds_nothing()?) =>
+            {
+                Err(OutboxError::TooLarge { bytes_max })
+            }
+            result => result,
+        }
+    }
+
+    fn holds_nothing(&self) -> Result<bool, OutboxError> {
+        let txn = self.env.read_txn()?;
+        Ok(self.entries.is_empty(&txn)?)
+    }
+
+    fn commit_once(&self, appends: &[Append], release_through: Option<u64>) -> Result<Committed, OutboxError> {
         let mut txn = self.env.write_txn()?;
         let mut next_seq = self.read_next_seq(&txn)?;
         let mut released = 0;
@@ -320,6 +340,7 @@ impl Outbox {
             table: Some(destination.table.clone()),
             source: self.source.clone(),
             first_seq: seq,
+            unacked_from: None,
             records: vec![record.clone()],
             rejected: Vec::new(),
             traceparent: None,
@@ -445,6 +466,10 @@ mod tests {
         assert_eq!(outbox.status().unwrap().entries, stored, "the refused append stored nothing");
         assert_eq!(outbox.release_through(stored).unwrap(), stored);
         assert_eq!(outbox.append(&[append("a", 100)]).unwrap(), vec![SeqRange { first: stored + 1, last: stored + 100 }]);
+        // A write that would not fit into the empty outbox either can never be stored.
+        outbox.release_through(stored + 100).unwrap();
+        assert_eq!(outbox.append(&[append("a", 20_000)]).unwrap_err(), OutboxError::TooLarge { bytes_max: MIB });
+        assert_eq!(outbox.status().unwrap().entries, 0);
     }
 
     #[test]
@@ -463,8 +488,9 @@ mod tests {
         assert_eq!(kept.len() as u64 + dropped, 20_000, "every reading is kept or counted as dropped");
         let expected: Vec<u64> = (dropped + 1..=20_000).collect();
         assert_eq!(kept, expected, "the newest are kept, gap-free");
-        // A write larger than the whole quota is still refused, and drops nothing.
-        assert_eq!(outbox.commit(&[append("a", 20_000)], None).unwrap_err(), OutboxError::Full { bytes_max: MIB });
+        // A write larger than the whole quota is refused as one that can never fit, and drops
+        // nothing.
+        assert_eq!(outbox.commit(&[append("a", 20_000)], None).unwrap_err(), OutboxError::TooLarge { bytes_max: MIB });
         assert_eq!(seqs(&outbox), expected);
     }
 }

@@ -134,7 +134,7 @@ fn commit_group(outbox: &Outbox, group: Vec<Request>, committed: &watch::Sender<
             }
         }
         Err(error) => {
-            if !matches!(error, OutboxError::Full { .. }) {
+            if !matches!(error, OutboxError::Full { .. } | OutboxError::TooLarge { .. }) {
                 tracing::error!(%error, "outbox commit failed");
             }
             answer_releases(release_replies, Err(error.clone()));
