@@ -8,6 +8,10 @@ use serde::Deserialize;
 
 use crate::Error;
 
+/// librdkafka producer settings the end-to-end ack relies on; `kafka.properties` may not set
+/// them (the bridge sets `enable.idempotence=true` and `acks=all`).
+pub const GUARANTEE_PROPERTIES: [&str; 3] = ["enable.idempotence", "acks", "request.required.acks"];
+
 /// Environment variables `LODESTONE_BRIDGE__{SECTION}__{KEY}` override the file.
 pub const ENV_PREFIX: &str = "LODESTONE_BRIDGE";
 
@@ -107,8 +111,8 @@ pub struct KafkaConfig {
     pub bundle_bytes_max: usize,
     /// ... or this long after its first envelope: what bundling adds to latency at low rates.
     pub bundle_linger_ms: u64,
-    /// Extra librdkafka producer properties, applied last (they may override the above and the
-    /// bridge's own `enable.idempotence=true`, `acks=all`, `linger.ms=5`).
+    /// Extra librdkafka producer properties, applied last: they may override the above and the
+    /// bridge's own `linger.ms=5`, but not the settings acks depend on ([`GUARANTEE_PROPERTIES`]).
     pub properties: BTreeMap<String, PropertyValue>,
 }
 
@@ -169,7 +173,15 @@ impl BridgeConfig {
     /// Checks the bounds that serde cannot: each error names the key.
     pub fn validate(&self) -> Result<(), Error> {
         let (m, k) = (&self.mqtt, &self.kafka);
-        let checks: [(bool, String); 14] = [
+        let overridden = k.properties.keys().map(|name| name.replace('_', ".")).find(|name| GUARANTEE_PROPERTIES.contains(&name.as_str()));
+        let checks: [(bool, String); 15] = [
+            (
+                overridden.is_none(),
+                format!(
+                    "kafka.properties must not set {:?}: acks promise durability only with an idempotent producer and acks=all",
+                    overridden.unwrap_or_default()
+                ),
+            ),
             (m.payload_bytes_max >= 1, "mqtt.payload_bytes_max must be at least 1".into()),
             (
                 m.packet_bytes_max >= m.payload_bytes_max.saturating_add(1024),
@@ -286,6 +298,10 @@ mod tests {
         check(|c| c.kafka.bundle_bytes_max = 1023, Err("kafka.bundle_bytes_max"));
         check(|c| c.kafka.bundle_linger_ms = 1000, Ok(()));
         check(|c| c.kafka.bundle_linger_ms = 1001, Err("kafka.bundle_linger_ms"));
+        check(|c| c.kafka.properties = [("batch_size".into(), PropertyValue::Integer(1000))].into(), Ok(()));
+        for name in ["acks", "request_required_acks", "enable.idempotence"] {
+            check(|c| c.kafka.properties = [(name.into(), PropertyValue::Text("1".into()))].into(), Err("kafka.properties must not set"));
+        }
     }
 
     #[test]
