@@ -13,9 +13,13 @@
 //! - **Failures:** when Kafka refuses an envelope, the run is rolled back to what was covered
 //!   before it, and envelopes admitted after it (same boot) lose their ack.
 //!
-//! The first envelope seen from a (device, boot) sets the base of its run: the bridge cannot know
-//! about records lost before it ever heard of the device. Agents resend from their oldest unacked
-//! record on reconnect, which keeps that base right.
+//! - **Start of a run:** a device that tracks acks says in every envelope where its
+//!   unacknowledged records start (`unacked_from`). The run of a (device, boot) the bridge has not
+//!   heard of starts there, so when the broker lost the first envelopes a device resent after a
+//!   bridge restart, the later ones earn no ack until those are resent too. Everything before
+//!   `unacked_from` is acknowledged or given up by the device, so a run that ends before it moves
+//!   up to it. Without `unacked_from` (devices that ignore acks) the first envelope seen sets the
+//!   start: the bridge cannot know about records lost before it heard of the device.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -31,6 +35,8 @@ pub struct SeqRange {
     pub boot_id: String,
     pub first_seq: u64,
     pub count: u64,
+    /// The envelope's `unacked_from`: the device's oldest record of this boot not yet acked.
+    pub unacked_from: Option<u64>,
 }
 
 impl SeqRange {
@@ -118,10 +124,14 @@ impl AckLedger {
             if device.boots.len() >= BOOTS_PER_DEVICE_MAX {
                 device.boots.pop_front();
             }
-            let base = range.first_seq;
+            let base = range.unacked_from.map_or(range.first_seq, |from| from.min(range.first_seq));
             device.boots.push_back(BootMarks { boot_id: range.boot_id.clone(), received_end: base, durable_end: base });
         }
         let boot = device.boot_mut(&range.boot_id).expect("boot marks were just ensured");
+        if let Some(from) = range.unacked_from {
+            // The device holds nothing before `from` that it will send again.
+            boot.received_end = boot.received_end.max(from.min(range.first_seq));
+        }
         let contiguous = range.first_seq <= boot.received_end;
         let covers_end = contiguous.then(|| {
             boot.received_end = boot.received_end.max(range.end());
@@ -237,8 +247,10 @@ mod tests {
     use super::*;
 
     enum Step {
-        /// device, boot, first_seq, count
+        /// device, boot, first_seq, count; no `unacked_from`
         Admit(&'static str, &'static str, u64, u64),
+        /// device, boot, first_seq, count, unacked_from
+        From(&'static str, &'static str, u64, u64, u64),
         /// the n-th admitted envelope
         Deliver(usize),
         Fail(usize),
@@ -253,8 +265,12 @@ mod tests {
         let mut events = Vec::new();
         for step in script {
             let acks = match *step {
-                Admit(device_id, boot_id, first_seq, count) => {
-                    let range = SeqRange { device_id: device_id.into(), boot_id: boot_id.into(), first_seq, count };
+                Admit(device_id, boot_id, first_seq, count) | From(device_id, boot_id, first_seq, count, _) => {
+                    let unacked_from = match *step {
+                        From(.., unacked_from) => Some(unacked_from),
+                        _ => None,
+                    };
+                    let range = SeqRange { device_id: device_id.into(), boot_id: boot_id.into(), first_seq, count, unacked_from };
                     let ticket = ledger.admit(&range);
                     if ticket.gap {
                         events.push(format!("gap #{}", tickets.len()));
@@ -315,6 +331,33 @@ mod tests {
     }
 
     #[test]
+    fn a_run_starts_where_the_device_says_its_unacked_records_start() {
+        // A restarted bridge: the broker lost the device's resent 10..19, and 20..24 arrives
+        // first. Without `unacked_from` the run would start at 20 and ack 10..19 unseen.
+        check(
+            &[
+                From("d1", "a", 20, 5, 10),
+                Deliver(0),
+                From("d1", "a", 10, 10, 10), // the device resends from its oldest
+                Deliver(1),
+                From("d1", "a", 20, 5, 10),
+                Deliver(2),
+            ],
+            &["gap #0", "ack d1 a 19", "ack d1 a 24"],
+        );
+        // Records acked by an earlier bridge process: the run moves up to `unacked_from`.
+        check(&[From("d1", "a", 30, 5, 30), Deliver(0)], &["ack d1 a 34"]);
+        check(
+            &[From("d1", "a", 10, 5, 10), Deliver(0), From("d1", "a", 30, 5, 30), Deliver(1)],
+            &["ack d1 a 14", "ack d1 a 34"],
+        );
+        // The run moves up to `unacked_from` only: an envelope past it is still a gap.
+        check(&[From("d1", "a", 10, 5, 10), Deliver(0), From("d1", "a", 30, 5, 20), Deliver(1)], &["ack d1 a 14", "gap #1"]);
+        // A claim past the envelope's own first record is read as the envelope's first.
+        check(&[From("d1", "a", 10, 5, 12), Deliver(0)], &["ack d1 a 14"]);
+    }
+
+    #[test]
     fn a_failure_withholds_later_acks_of_its_boot() {
         check(
             &[
@@ -367,18 +410,18 @@ mod tests {
     fn idle_devices_are_forgotten_at_the_bound() {
         let mut ledger = AckLedger::new(2);
         for device_id in ["d1", "d2", "d3", "d4"] {
-            let ticket = ledger.admit(&SeqRange { device_id: device_id.into(), boot_id: "a".into(), first_seq: 10, count: 5 });
+            let ticket = ledger.admit(&SeqRange { device_id: device_id.into(), boot_id: "a".into(), first_seq: 10, count: 5, unacked_from: None });
             ledger.delivered(ticket);
         }
         assert!(ledger.devices_tracked() <= 2, "{}", ledger.devices_tracked());
         assert_eq!(ledger.queued(), 0);
         // d1 was forgotten: its next envelope starts a new run instead of being a gap.
-        let ticket = ledger.admit(&SeqRange { device_id: "d1".into(), boot_id: "a".into(), first_seq: 30, count: 5 });
+        let ticket = ledger.admit(&SeqRange { device_id: "d1".into(), boot_id: "a".into(), first_seq: 30, count: 5, unacked_from: None });
         assert!(!ticket.gap);
         // Devices with envelopes in flight are never forgotten.
         let mut ledger = AckLedger::new(1);
-        let pending = ledger.admit(&SeqRange { device_id: "d1".into(), boot_id: "a".into(), first_seq: 10, count: 5 });
-        let other = ledger.admit(&SeqRange { device_id: "d2".into(), boot_id: "a".into(), first_seq: 0, count: 1 });
+        let pending = ledger.admit(&SeqRange { device_id: "d1".into(), boot_id: "a".into(), first_seq: 10, count: 5, unacked_from: None });
+        let other = ledger.admit(&SeqRange { device_id: "d2".into(), boot_id: "a".into(), first_seq: 0, count: 1, unacked_from: None });
         ledger.delivered(other);
         let acks = ledger.delivered(pending);
         assert_eq!(acks, vec![DeviceAck { device_id: "d1".into(), ack: Ack { boot_id: "a".into(), through_seq: 14 } }]);

@@ -189,6 +189,7 @@ fn route_envelope(envelope: &Envelope, destination: &DataTopic) -> Routed {
         boot_id: envelope.source.boot_id.clone(),
         first_seq: envelope.first_seq,
         count: (envelope.records.len() + envelope.rejected.len()) as u64,
+        unacked_from: envelope.unacked_from,
     };
     Routed {
         outcome: Outcome::Envelope {
@@ -227,6 +228,7 @@ mod tests {
         Envelope {
             source: Source { device_id: device_id.into(), boot_id: "boot-a".into() },
             first_seq: 10,
+            unacked_from: None,
             records,
             ..Envelope::default()
         }

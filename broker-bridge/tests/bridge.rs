@@ -104,6 +104,7 @@ fn envelope(device_id: &str, boot_id: &str, first_seq: u64, values: &[f64]) -> E
     Envelope {
         source: Source { device_id: device_id.into(), boot_id: boot_id.into() },
         first_seq,
+        unacked_from: None,
         records: values
             .iter()
             .map(|v| Record {
@@ -251,6 +252,27 @@ async fn acks_wait_while_kafka_is_down() {
         assert!(ack.through_seq > through, "acks went backwards: {ack:?} after {through}");
         through = ack.through_seq;
     }
+    harness.bridge.shutdown().await.unwrap();
+}
+
+/// A bridge that never heard of a device (restarted, say) and whose broker lost the first
+/// envelopes the device resent: what arrives first must not be acked over the hole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_is_never_acked_over_records_the_bridge_did_not_see() {
+    let harness = start().await;
+    let mut device = connect(&harness, "dev-7").await;
+    let topic = data_topic("fleet", "trucks", "dev-7");
+    // The device holds 1..=4 unacknowledged and says so in each envelope.
+    let holding_from_1 = |first_seq, values: &[f64]| Envelope { unacked_from: Some(1), ..envelope("dev-7", "g", first_seq, values) }.to_cbor();
+    device.publish(&topic, holding_from_1(3, &[3.0, 4.0])).await; // 1..=2 lost on the way
+    device.publish(&topic, holding_from_1(1, &[1.0, 2.0])).await; // the device resends
+    // A device's acks leave in order: an ack for 3..=4 on its own would come first.
+    assert_eq!(device.next_ack().await, Ack { boot_id: "g".into(), through_seq: 2 });
+    device.publish(&topic, holding_from_1(3, &[3.0, 4.0])).await;
+    assert_eq!(device.next_ack().await, Ack { boot_id: "g".into(), through_seq: 4 });
+
+    let metrics = http_get(&harness, "/metrics").await.1;
+    assert!(metrics.contains("lodestone_bridge_sequence_gaps_total 1"), "{metrics}");
     harness.bridge.shutdown().await.unwrap();
 }
 

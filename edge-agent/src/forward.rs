@@ -96,6 +96,14 @@ impl ForwardWindow {
         self.acked_through
     }
 
+    /// What an envelope starting at `first_seq`, about to be published, declares as the oldest
+    /// record this agent still holds unacknowledged and will send again (the envelope's
+    /// `unacked_from`): the first in flight, or this envelope's own first when nothing is.
+    /// Records before it are acknowledged, or were dropped or skipped and will never be sent.
+    pub fn unacked_from(&self, first_seq: u64) -> u64 {
+        self.inflight.front().map_or(first_seq, |envelope| envelope.first_seq.min(first_seq))
+    }
+
     /// Records that the envelope `first_seq..=last_seq` was published at `now`.
     pub fn record_sent(&mut self, first_seq: u64, last_seq: u64, now: Instant) {
         debug_assert!(first_seq > self.sent_through && last_seq >= first_seq, "sent {first_seq}..={last_seq} after {}", self.sent_through);
@@ -142,8 +150,9 @@ impl ForwardWindow {
     }
 }
 
-/// Exponential reconnect backoff with jitter: the n-th delay is drawn from the upper half of
-/// `min * 2^n` (never below `min`), capped at `max`.
+/// Exponential reconnect backoff with jitter: the n-th delay (from 0) is drawn uniformly from
+/// the upper half of `min * 2^(n+1)`, capped at `max` (so the first lies in `[min, 2 min]`, and
+/// a fleet that lost its broker at one instant does not come back at one instant).
 #[derive(Debug)]
 pub struct Backoff {
     min: Duration,
@@ -158,7 +167,7 @@ impl Backoff {
 
     /// The next delay; `jitter` is uniform in `[0, 1)`.
     pub fn next_delay(&mut self, jitter: f64) -> Duration {
-        let step = self.min.saturating_mul(1u32 << self.attempt.min(30)).min(self.max);
+        let step = self.min.saturating_mul(2u32 << self.attempt.min(30)).min(self.max);
         self.attempt = self.attempt.saturating_add(1);
         step.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0)).clamp(self.min, self.max)
     }
@@ -265,6 +274,25 @@ mod tests {
     }
 
     #[test]
+    fn envelopes_declare_the_oldest_record_still_to_be_sent() {
+        let t0 = Instant::now();
+        let mut window = ForwardWindow::new(0, 16, TIMEOUT);
+        assert_eq!(window.unacked_from(1), 1, "nothing in flight: the envelope's own first");
+        window.record_sent(1, 5, t0);
+        assert_eq!(window.unacked_from(6), 1, "the oldest envelope in flight");
+        window.record_sent(6, 9, t0);
+        window.on_ack(5, t0);
+        assert_eq!(window.unacked_from(10), 6);
+        window.on_ack(7, t0);
+        assert_eq!(window.unacked_from(10), 6, "a partly acked envelope is still in flight");
+        window.rewind();
+        assert_eq!(window.next_seq(), Some(8));
+        assert_eq!(window.unacked_from(8), 8, "after a rewind the resend starts from what is left");
+        window.skip_through(12);
+        assert_eq!(window.unacked_from(13), 13, "skipped entries will never be sent");
+    }
+
+    #[test]
     fn skipped_entries_are_not_sent() {
         let mut window = ForwardWindow::new(0, 16, TIMEOUT);
         window.skip_through(3);
@@ -276,11 +304,11 @@ mod tests {
         let ms = Duration::from_millis;
         let mut backoff = Backoff::new(ms(100), ms(30_000));
         let lows: Vec<_> = (0..12).map(|_| backoff.next_delay(0.0)).collect();
-        assert_eq!(lows[..5], [ms(100), ms(100), ms(200), ms(400), ms(800)]);
+        assert_eq!(lows[..5], [ms(100), ms(200), ms(400), ms(800), ms(1_600)]);
         assert_eq!(lows[11], ms(15_000));
         backoff.reset();
         let highs: Vec<_> = (0..12).map(|_| backoff.next_delay(0.999_999)).collect();
-        assert!(highs[0] <= ms(100) && highs[0] > ms(99), "{:?}", highs[0]);
+        assert!(highs[0] <= ms(200) && highs[0] > ms(199), "the first retry is jittered too: {:?}", highs[0]);
         assert!(highs[11] <= ms(30_000) && highs[11] > ms(29_999), "{:?}", highs[11]);
         let mut backoff = Backoff::new(ms(100), ms(30_000));
         for _ in 0..100 {

@@ -204,7 +204,7 @@ impl Forwarder {
                 }
                 let group: Vec<StoredEntry> = entries.by_ref().take(range.len()).collect();
                 let (first, last) = (group[0].seq, group[group.len() - 1].seq);
-                self.publish(client, group)?;
+                self.publish(client, group, window.unacked_from(first))?;
                 window.record_sent(first, last, Instant::now());
             }
             if entries.len() == 0 {
@@ -229,11 +229,12 @@ impl Forwarder {
         window.rewind();
     }
 
-    fn publish(&self, client: &AsyncClient, group: Vec<StoredEntry>) -> Result<(), SessionEnd> {
+    fn publish(&self, client: &AsyncClient, group: Vec<StoredEntry>, unacked_from: u64) -> Result<(), SessionEnd> {
         let destination = group[0].destination.clone();
         let count = group.len() as u64;
         let envelope = Envelope {
             first_seq: group[0].seq,
+            unacked_from: Some(unacked_from),
             source: self.source.clone(),
             records: group.into_iter().map(|entry| entry.record).collect(),
             database: Some(destination.database.clone()),

@@ -310,6 +310,7 @@ mod tests {
             table: Some("sensors".into()),
             source: Source { device_id: device_id.into(), boot_id: "boot".into() },
             first_seq: 1,
+            unacked_from: None,
             records: (0..readings)
                 .map(|i| Record {
                     dimensions: vec![Dimension { name: "device_id".into(), value: device_id.into() }],

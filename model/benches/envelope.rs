@@ -84,6 +84,7 @@ fn envelope() -> Vec<u8> {
         table: Some("bench".into()),
         source: Source { device_id: "max-0001".into(), boot_id: "boot".into() },
         first_seq: 1,
+        unacked_from: None,
         records,
         ..Default::default()
     };

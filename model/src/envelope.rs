@@ -63,6 +63,13 @@ pub struct Envelope {
     pub table: Option<String>,
     pub source: Source,
     pub first_seq: u64,
+    /// The oldest sequence number of this boot the device has not seen acknowledged and will
+    /// send again until it is: every record of the boot before it is acknowledged, or was given
+    /// up by the device and will never be sent. The bridge starts a device's run of sequence
+    /// numbers here rather than at the first envelope it happens to receive, so an ack never
+    /// covers records the broker lost before the bridge heard of the device. `None` from devices
+    /// that do not track acks; then the first envelope received sets the start.
+    pub unacked_from: Option<u64>,
     /// The records that decoded and validated, in order.
     pub records: Vec<Record>,
     /// The records that did not, by index.
@@ -114,6 +121,7 @@ impl Envelope {
             table: wire.table,
             source: Source { device_id: wire.source.device_id, boot_id: wire.source.boot_id },
             first_seq: wire.first_seq,
+            unacked_from: wire.unacked_from,
             records: Vec::with_capacity(wire.records.len()),
             rejected: Vec::new(),
             traceparent: wire.traceparent,
@@ -142,6 +150,25 @@ impl Envelope {
         serde_json::to_vec(&self.to_wire()).expect("JSON encoding of an envelope cannot fail")
     }
 
+    /// Sets `unacked_from` in an encoded envelope (`bytes`, in `format`) and encodes it again,
+    /// leaving everything else as it was: a device resending an envelope it encoded earlier
+    /// states what it holds now, not what it held then.
+    pub fn restamp_unacked_from(bytes: &[u8], format: ContentType, unacked_from: u64) -> Result<Vec<u8>, DecodeError> {
+        let mut wire: WireEnvelope = match format {
+            ContentType::Json => serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed { encoding: "JSON", detail: e.to_string() })?,
+            ContentType::Cbor => ciborium::from_reader(bytes).map_err(|e| DecodeError::Malformed { encoding: "CBOR", detail: e.to_string() })?,
+        };
+        wire.unacked_from = Some(unacked_from);
+        Ok(match format {
+            ContentType::Json => serde_json::to_vec(&wire).expect("JSON encoding of an envelope cannot fail"),
+            ContentType::Cbor => {
+                let mut out = Vec::with_capacity(bytes.len() + 9);
+                ciborium::into_writer(&wire, &mut out).expect("CBOR encoding into a Vec cannot fail");
+                out
+            }
+        })
+    }
+
     fn to_wire(&self) -> WireEnvelope {
         WireEnvelope {
             v: ENVELOPE_VERSION,
@@ -149,6 +176,7 @@ impl Envelope {
             table: self.table.clone(),
             source: WireSource { device_id: self.source.device_id.clone(), boot_id: self.source.boot_id.clone() },
             first_seq: self.first_seq,
+            unacked_from: self.unacked_from,
             records: self.records.iter().map(WireRecord::from_record).collect(),
             traceparent: self.traceparent.clone(),
         }
@@ -170,6 +198,8 @@ struct WireEnvelope {
     source: WireSource,
     #[serde(default)]
     first_seq: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    unacked_from: Option<u64>,
     records: Vec<WireRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     traceparent: Option<String>,
@@ -423,6 +453,7 @@ mod tests {
             table: Some("trucks".into()),
             source: Source { device_id: "dev-1".into(), boot_id: "boot".into() },
             first_seq: 7,
+            unacked_from: Some(3),
             records: vec![
                 record(MeasureValue::Single(Scalar::Double(21.0))),
                 record(MeasureValue::Single(Scalar::Bigint(-3))),
@@ -444,6 +475,25 @@ mod tests {
             assert_eq!(decoded, envelope);
             assert_eq!(decoded.last_seq(), 12);
         }
+    }
+
+    #[test]
+    fn restamping_changes_only_unacked_from() {
+        let mut envelope = sample();
+        for format in [ContentType::Cbor, ContentType::Json] {
+            let bytes = match format {
+                ContentType::Cbor => envelope.to_cbor(),
+                ContentType::Json => envelope.to_json(),
+            };
+            let restamped = Envelope::restamp_unacked_from(&bytes, format, 5).unwrap();
+            let decoded = Envelope::decode(&restamped, Some(format), &Limits::default(), NOW).unwrap();
+            assert_eq!(decoded, Envelope { unacked_from: Some(5), ..envelope.clone() });
+        }
+        // Absent on the wire when unknown, and read back as unknown.
+        envelope.unacked_from = None;
+        let json = envelope.to_json();
+        assert!(!String::from_utf8_lossy(&json).contains("unacked_from"));
+        assert_eq!(Envelope::decode(&json, None, &Limits::default(), NOW).unwrap().unacked_from, None);
     }
 
     #[test]

@@ -163,7 +163,7 @@ impl ProducerFleet {
         let device_id = series.id().to_owned();
         let batch = series.next_batch().expect("called only while the series has readings");
         let source = Source { device_id: device_id.clone(), boot_id: run.boot_id.clone() };
-        let encoded = encode_envelope(batch, &source, Some(&run.destination), run.format);
+        let encoded = encode_envelope(batch, &source, Some(&run.destination), None, run.format);
         let mut record = FutureRecord::to(&run.topic).key(device_id.as_str()).payload(&encoded.bytes[..]).headers(headers.clone());
         let delivery = loop {
             match producer.send_result(record) {

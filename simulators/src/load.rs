@@ -512,6 +512,7 @@ async fn probe(live: Arc<Live>, scenario: Scenario, target: Target, http: reqwes
             table: Some(table.clone()),
             source: Source { device_id: "load-probe".into(), boot_id: format!("probe-{}", std::process::id()) },
             first_seq: n as u64,
+            unacked_from: None,
             records: vec![Record {
                 dimensions: vec![Dimension { name: "device_id".into(), value: "load-probe".into() }],
                 measure_name: "probe".into(),

@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lodestone_model::topic::{ack_topic, data_topic};
-use lodestone_model::{ContentType, Source};
+use bytes::Bytes;
+use lodestone_model::{ContentType, Envelope, Source};
 use rand::Rng;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS, SubscribeReasonCode};
 use tokio::sync::watch;
@@ -26,7 +27,7 @@ use crate::rate::{RateLimiter, RATE_PER_S_MAX};
 use crate::series::{validate_destination, FleetSpec, Series, Tally};
 use crate::summary::{Progress, SeriesOutcome, Summary};
 use crate::window::{ack_through, AckWindow};
-use crate::wire::{encode_envelope, Encoded};
+use crate::wire::encode_envelope;
 
 /// Default for the largest MQTT packet a device sends (envelope, topic and header): the
 /// broker-bridge's default `packet_bytes_max`. An envelope that does not fit is an error naming
@@ -257,7 +258,7 @@ impl Device {
             if state.ready() {
                 let stalled = !self.window.is_empty() && last_ack_progress.elapsed() >= run.resend_after;
                 if state.connection != published_on || stalled {
-                    self.republish_unacked().await?;
+                    self.republish_unacked(run.format).await?;
                     published_on = state.connection;
                     last_ack_progress = Instant::now();
                 }
@@ -288,8 +289,10 @@ impl Device {
 
     async fn publish_next(&mut self, format: ContentType, progress: &Progress) -> Result<(), SimError> {
         let batch = self.series.next_batch().expect("called only while the series has readings");
-        let encoded = encode_envelope(batch, &self.source, None, format);
-        let packet_bytes = encoded.bytes.len() + self.data_topic.len() + PUBLISH_OVERHEAD_BYTES;
+        let unacked_from = self.window.unacked_from(batch.first_seq);
+        let encoded = encode_envelope(batch, &self.source, None, Some(unacked_from), format);
+        // A resend restamps `unacked_from`, which may then take up to 8 bytes more.
+        let packet_bytes = encoded.bytes.len() + 8 + self.data_topic.len() + PUBLISH_OVERHEAD_BYTES;
         if packet_bytes > self.packet_bytes_max {
             return Err(SimError::PayloadTooLarge {
                 device_id: self.source.device_id.clone(),
@@ -298,24 +301,29 @@ impl Device {
                 bytes_max: self.packet_bytes_max,
             });
         }
-        self.publish(&encoded).await?;
+        self.publish(encoded.bytes.clone()).await?;
         self.sent.add(encoded.tally);
         Progress::add(&progress.sent, encoded.tally.count);
         self.window.sent(encoded);
         Ok(())
     }
 
-    async fn republish_unacked(&self) -> Result<(), SimError> {
+    /// Publishes every unacked envelope again, each stating the oldest unacked record as it is
+    /// now: an ack may have arrived since the envelope was first encoded.
+    async fn republish_unacked(&self, format: ContentType) -> Result<(), SimError> {
+        let Some(oldest) = self.window.unacked().next() else { return Ok(()) };
+        let unacked_from = self.window.unacked_from(oldest.first_seq);
         for encoded in self.window.unacked() {
-            self.publish(encoded).await?;
+            let bytes = Envelope::restamp_unacked_from(&encoded.bytes, format, unacked_from).expect("the simulator's own envelope decodes");
+            self.publish(Bytes::from(bytes)).await?;
         }
         Ok(())
     }
 
     /// Returns once rumqttc has queued the publish; the end-to-end ack says when it is durable.
-    async fn publish(&self, encoded: &Encoded) -> Result<(), SimError> {
+    async fn publish(&self, payload: Bytes) -> Result<(), SimError> {
         self.client
-            .publish_bytes(self.data_topic.as_str(), QoS::AtLeastOnce, false, encoded.bytes.clone())
+            .publish_bytes(self.data_topic.as_str(), QoS::AtLeastOnce, false, payload)
             .await
             .map_err(|e| self.mqtt_error(e))
     }

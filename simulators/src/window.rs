@@ -31,6 +31,12 @@ impl AckWindow {
         self.unacked.len() < self.envelopes_max
     }
 
+    /// The `unacked_from` of an envelope starting at `first_seq`, about to be sent: the first
+    /// record of the oldest unacked envelope (what a resend starts with), or `first_seq` itself.
+    pub fn unacked_from(&self, first_seq: u64) -> u64 {
+        self.unacked.front().map_or(first_seq, |envelope| envelope.first_seq)
+    }
+
     /// Records a newly sent envelope; it must follow the previous one without a gap.
     pub fn sent(&mut self, envelope: Encoded) {
         debug_assert_eq!(envelope.first_seq, self.sent_through + 1, "envelopes must be sent in sequence order");
@@ -100,6 +106,8 @@ mod tests {
         assert_eq!(got, newly, "acks {acks:?}");
         assert_eq!(window.acked_through(), acked_through);
         assert_eq!(window.unacked().map(|e| e.first_seq).collect::<Vec<_>>(), unacked_firsts);
+        // The next envelope declares the oldest unacked one's first record, or its own.
+        assert_eq!(window.unacked_from(next), unacked_firsts.first().copied().unwrap_or(next));
     }
 
     #[test]

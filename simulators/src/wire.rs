@@ -24,14 +24,15 @@ pub struct Encoded {
 }
 
 /// Encodes `batch` as one envelope from `source`; `destination` goes inside it (Kafka) or is
-/// left out (MQTT, where the topic names it).
-pub fn encode_envelope(batch: Batch, source: &Source, destination: Option<&Destination>, format: ContentType) -> Encoded {
+/// left out (MQTT, where the topic names it). `unacked_from` is for devices that wait for acks.
+pub fn encode_envelope(batch: Batch, source: &Source, destination: Option<&Destination>, unacked_from: Option<u64>, format: ContentType) -> Encoded {
     let (first_seq, last_seq, tally) = (batch.first_seq, batch.last_seq(), batch.tally);
     let envelope = Envelope {
         database: destination.map(|d| d.database.clone()),
         table: destination.map(|d| d.table.clone()),
         source: source.clone(),
         first_seq,
+        unacked_from,
         records: batch.records,
         rejected: Vec::new(),
         traceparent: None,
@@ -102,7 +103,7 @@ mod tests {
             let mut series = fleet(SeriesKind::Device, 120, 50).series(2);
             let batch = std::iter::from_fn(|| series.next_batch()).nth(nth).unwrap();
             let expected_records = batch.records.clone();
-            let encoded = encode_envelope(batch, &source, dest, format);
+            let encoded = encode_envelope(batch, &source, dest, None, format);
             let decoded = Envelope::decode(&encoded.bytes, Some(format), &Limits::default(), NOW).unwrap();
             assert_eq!(decoded.rejected, vec![], "{format:?}");
             assert_eq!(decoded.records, expected_records, "{format:?}");

@@ -116,6 +116,7 @@ async fn plain_mqtt_json_and_a_kafka_producer_both_land() {
         table: Some("lines".into()),
         source: Source { device_id: "app-1".into(), boot_id: "b1".into() },
         first_seq: 1,
+        unacked_from: None,
         records: vec![Record {
             dimensions: vec![Dimension { name: "line".into(), value: "b".into() }],
             measure_name: "pressure".into(),
@@ -233,6 +234,7 @@ async fn replaying_the_ingest_topic_from_the_start_stores_nothing_twice() {
             table: Some("replayed".into()),
             source: Source { device_id: format!("app-{}", batch % 4), boot_id: "b1".into() },
             first_seq: 1,
+            unacked_from: None,
             records: (0..10)
                 .map(|i| Record {
                     dimensions: vec![Dimension { name: "batch".into(), value: batch.to_string() }],
@@ -270,6 +272,7 @@ async fn a_write_is_queryable_before_it_is_persisted() {
         table: Some("boilers".into()),
         source: Source { device_id: "app-mem".into(), boot_id: "b1".into() },
         first_seq: version,
+        unacked_from: None,
         records: vec![Record {
             dimensions: vec![Dimension { name: "boiler".into(), value: "b1".into() }],
             measure_name: "temperature".into(),
