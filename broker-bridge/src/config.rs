@@ -125,7 +125,7 @@ impl Default for KafkaConfig {
             inflight_envelopes_max: 10_000,
             inflight_bytes_max: 256 * 1024 * 1024,
             message_timeout_ms: 300_000,
-            shutdown_timeout_ms: 10_000,
+            shutdown_timeout_ms: 7_000,
             bundle_envelopes_max: 1000,
             bundle_bytes_max: 256 * 1024,
             bundle_linger_ms: 10,

@@ -108,7 +108,7 @@ impl Default for KafkaConfig {
 
 impl Default for PersistConfig {
     fn default() -> Self {
-        PersistConfig { interval_ms: 1_000, hot_rows_max: 1_000_000, shutdown_timeout_ms: 10_000 }
+        PersistConfig { interval_ms: 1_000, hot_rows_max: 1_000_000, shutdown_timeout_ms: 7_000 }
     }
 }
 
