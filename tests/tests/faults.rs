@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use lodestone_tests::{report, sim, KafkaStorage, Ledger, Relay, Stack, StackOptions};
+use lodestone_tests::{poll_until, report, sim, KafkaStorage, Ledger, Relay, Stack, StackOptions, INGEST_PARTITIONS};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -59,6 +59,16 @@ async fn settle_and_report(stack: &Stack, test: &str, table: &str, id_dimension:
 async fn ingest_workers_killed_every_20_to_40_s_lose_and_duplicate_nothing() {
     let _serial = SERIAL.lock().await;
     let mut stack = Stack::start(StackOptions { edge_agent: false, ingest_workers: 2, ..Default::default() }).await;
+    // The two workers share the partitions: each reads some, and together all.
+    let assigned = poll_until("both ingest workers to be assigned partitions", Duration::from_secs(60), || async {
+        let mut counts = Vec::new();
+        for &port in &stack.ingest_ports {
+            counts.push(stack.metric(port, "lodestone_ingest_partitions_assigned").await?);
+        }
+        (counts.iter().all(|&c| c > 0.0) && counts.iter().sum::<f64>() == f64::from(INGEST_PARTITIONS)).then_some(counts)
+    })
+    .await;
+    println!("ingest_kill: partitions assigned per worker {assigned:?}");
     // 1,000,000 readings at 10,000/s: about 100 s of load, so 2 to 5 kills land in it.
     let bootstrap = stack.bootstrap();
     let args = ["--bootstrap", &bootstrap, "--batch", "500", "--devices", "100", "--readings-per-device", "10000"];
@@ -232,6 +242,11 @@ async fn sigterm_to_each_service_under_load_exits_within_10_s_and_loses_nothing(
         let status = stack.process(service).terminate(Duration::from_secs(10));
         let Some(status) = status else { panic!("{service} still running 10 s after SIGTERM:\n{}", stack.process(service).tail()) };
         assert!(status.success(), "{service} exited with {status} after SIGTERM:\n{}", stack.process(service).tail());
+        // A clean exit within its budget: no service gave up on draining, persisting or committing.
+        let log = std::fs::read_to_string(&stack.process(service).log).unwrap_or_default();
+        let overran: Vec<&str> =
+            log.lines().filter(|l| l.contains("WARN") && ["shutdown_timeout_ms", "shutdown timeout", "shutdown deadline"].iter().any(|m| l.contains(m))).collect();
+        assert!(overran.is_empty(), "{service} ran out of its shutdown budget:\n{}", overran.join("\n"));
         println!("figure sigterm_{}_exit_ms {} ms", service.replace('-', "_"), started.elapsed().as_millis());
         stack.restart(service).await;
     }
