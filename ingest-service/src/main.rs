@@ -12,8 +12,12 @@ use lodestone_store::{CompactionPolicy, Store};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::ClientContext;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+/// How long to wait before retrying when librdkafka's local queue is full.
+const QUEUE_FULL_RETRY: Duration = Duration::from_millis(20);
 
 /// Lodestone's ingest worker: consumes the ingest topic into the store.
 #[derive(Parser)]
@@ -206,7 +210,7 @@ impl Worker {
             }
         };
         for letter in letters {
-            self.send_dead_letter(letter, &origin);
+            self.send_dead_letter(letter, &origin).await;
         }
         self.next_offsets.insert((origin.topic, origin.partition), origin.offset + 1);
         Ok(())
@@ -241,7 +245,10 @@ impl Worker {
         Ok(through.is_some_and(|next| (origin.offset as u64) < next))
     }
 
-    fn send_dead_letter(&mut self, letter: DeadLetter, origin: &Origin) {
+    /// Queues a dead letter; [`persist_and_commit`](Self::persist_and_commit) waits for its
+    /// delivery before committing. While librdkafka's queue is full this waits for room; a
+    /// letter librdkafka refuses outright is counted as discarded, with the reason.
+    async fn send_dead_letter(&mut self, letter: DeadLetter, origin: &Origin) {
         tracing::warn!(reason = %letter.reason, device_id = ?letter.device_id, offset = origin.offset, "rejected");
         let headers = OwnedHeaders::new()
             .insert(Header { key: "reason", value: Some(letter.reason.as_str()) })
@@ -249,10 +256,19 @@ impl Worker {
             .insert(Header { key: "device_id", value: letter.device_id.as_deref() })
             .insert(Header { key: "source", value: Some("ingest") });
         let key = letter.device_id.clone().unwrap_or_default();
-        let record = FutureRecord::to(&self.config.kafka.dead_letter_topic).key(&key).payload(&letter.payload).headers(headers);
-        match self.producer.send_result(record) {
-            Ok(delivery) => self.pending_letters.push(delivery),
-            Err((error, _)) => tracing::error!(%error, "cannot queue a dead letter"),
+        let mut record = FutureRecord::to(&self.config.kafka.dead_letter_topic).key(&key).payload(&letter.payload).headers(headers);
+        loop {
+            match self.producer.send_result(record) {
+                Ok(delivery) => return self.pending_letters.push(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    record = returned;
+                    tokio::time::sleep(QUEUE_FULL_RETRY).await;
+                }
+                Err((error, _)) => {
+                    tracing::error!(%error, reason = %letter.reason, offset = origin.offset, "cannot queue a dead letter; it is discarded");
+                    return self.counters.discard("dead_letter_refused_by_kafka");
+                }
+            }
         }
     }
 

@@ -19,6 +19,8 @@ pub struct Counters {
     /// Partitions of the ingest and dead-letter topics the group has assigned to this worker.
     pub partitions_assigned: AtomicI64,
     rejected: Mutex<BTreeMap<RejectReason, u64>>,
+    /// Records dropped after they were received, by reason (a dead letter Kafka refused).
+    discarded: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Counters {
@@ -28,6 +30,10 @@ impl Counters {
 
     pub fn reject(&self, reason: RejectReason) {
         *self.rejected.lock().expect("counters lock").entry(reason).or_default() += 1;
+    }
+
+    pub fn discard(&self, reason: &'static str) {
+        *self.discarded.lock().expect("counters lock").entry(reason).or_default() += 1;
     }
 
     /// Whether the group has assigned this worker a partition: it is consuming.
@@ -54,6 +60,26 @@ impl Counters {
         for (reason, count) in self.rejected.lock().expect("counters lock").iter() {
             let _ = writeln!(out, "lodestone_ingest_records_rejected_total{{reason=\"{reason}\"}} {count}");
         }
+        let _ = writeln!(out, "# TYPE lodestone_ingest_records_discarded_total counter");
+        for (reason, count) in self.discarded.lock().expect("counters lock").iter() {
+            let _ = writeln!(out, "lodestone_ingest_records_discarded_total{{reason=\"{reason}\"}} {count}");
+        }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejected_and_discarded_records_are_counted_by_reason() {
+        let counters = Counters::default();
+        counters.reject(RejectReason::MalformedPayload);
+        counters.discard("dead_letter_refused_by_kafka");
+        counters.discard("dead_letter_refused_by_kafka");
+        let text = counters.render();
+        assert!(text.contains("lodestone_ingest_records_rejected_total{reason=\"malformed_payload\"} 1"), "{text}");
+        assert!(text.contains("lodestone_ingest_records_discarded_total{reason=\"dead_letter_refused_by_kafka\"} 2"), "{text}");
     }
 }
