@@ -1,11 +1,16 @@
 use std::path::PathBuf;
+use std::future::IntoFuture;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use query_service::engine::Engine;
 use query_service::memory::MemoryClient;
 use query_service::{api, QueryConfig};
+
+/// How long queries in flight at SIGINT/SIGTERM may still run before the process exits.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Lodestone's query service: SQL over REST.
 #[derive(Parser)]
@@ -28,7 +33,23 @@ async fn main() -> anyhow::Result<()> {
     let engine = Arc::new(Engine::new(store, config.limits.clone()).with_memory(MemoryClient::new(&config.memory)));
     let listener = tokio::net::TcpListener::bind(&config.http.listen).await.with_context(|| format!("binding {}", config.http.listen))?;
     tracing::info!("listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, api::router(engine)).with_graceful_shutdown(shutdown_signal()).await?;
+    let (signalled_tx, signalled) = tokio::sync::oneshot::channel();
+    let server = axum::serve(listener, api::router(engine)).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        let _ = signalled_tx.send(());
+    });
+    // The service keeps no state: queries still running at the deadline are simply cut off.
+    let deadline = async move {
+        if signalled.await.is_ok() {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        served = server.into_future() => served?,
+        () = deadline => tracing::warn!(grace_ms = SHUTDOWN_GRACE.as_millis() as u64, "queries still running at the shutdown deadline are cut off"),
+    }
     tracing::info!("stopped");
     Ok(())
 }
