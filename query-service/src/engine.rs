@@ -426,6 +426,7 @@ pub fn scalar_type(data_type: &datafusion::arrow::datatypes::DataType) -> String
     use datafusion::arrow::datatypes::DataType::*;
     let name = match data_type {
         Utf8 | Utf8View | LargeUtf8 => "VARCHAR",
+        Dictionary(_, values) => return scalar_type(values),
         Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64 => "BIGINT",
         Float16 | Float32 | Float64 | Decimal32(..) | Decimal64(..) | Decimal128(..) | Decimal256(..) => "DOUBLE",
         Boolean => "BOOLEAN",

@@ -168,6 +168,7 @@ pub(crate) fn timestamp_ns(value: &ScalarValue) -> Option<i64> {
 fn string(value: &ScalarValue) -> Option<String> {
     match value {
         ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s)) => Some(s.clone()),
+        ScalarValue::Dictionary(_, value) => string(value),
         _ => None,
     }
 }

@@ -137,6 +137,7 @@ async fn main() {
     let files = &snapshot.table(&table).unwrap().files;
     let bytes: u64 = files.iter().map(|f| f.bytes).sum();
     figure("cold_bytes_per_point", bytes as f64 / points as f64, "bytes/point");
+    eprintln!("cold tier: {bytes} bytes in {} files for {points} points", files.len());
     eprintln!("bytes per column: {:?}", bytes_by_column(&store, files).await);
     let rows = |batches: &[arrow::array::RecordBatch]| batches.iter().map(|b| b.num_rows()).sum::<usize>();
 

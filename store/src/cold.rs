@@ -1,12 +1,14 @@
 //! The cold tier's file format: one Parquet file per table and day partition, rows sorted by
 //! series then time, encodings chosen for time series.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanBuilder, Decimal32Array, Decimal64Array, Float64Array, Float64Builder, Int64Builder, RecordBatch, StringViewBuilder, TimestampNanosecondBuilder, UInt64Builder,
+    Array, ArrayRef, BooleanBuilder, Decimal32Array, Decimal64Array, DictionaryArray, Float64Array, Float64Builder, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
+    StringViewBuilder, TimestampNanosecondBuilder, UInt64Builder,
 };
-use arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Float64Type, Int32Type, Schema, SchemaRef};
 use lodestone_model::{MeasureType, MeasureValue, Scalar};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -129,6 +131,47 @@ impl ScalarColumn {
     }
 }
 
+/// Builds a dictionary column ([`dimension_type`](crate::schema::dimension_type)) from values that come in runs, as a series'
+/// dimensions do in rows sorted by series: a value is looked up only where it changes.
+#[derive(Default)]
+struct RunDictionaryBuilder {
+    keys: Int32Builder,
+    values: StringBuilder,
+    index: HashMap<Box<str>, i32>,
+    /// The last value appended and its key.
+    last: Option<(String, i32)>,
+}
+
+impl RunDictionaryBuilder {
+    fn append(&mut self, value: Option<&str>) {
+        let Some(value) = value else { return self.keys.append_null() };
+        if let Some((last, key)) = &self.last {
+            if last == value {
+                return self.keys.append_value(*key);
+            }
+        }
+        let key = match self.index.get(value) {
+            Some(&key) => key,
+            None => {
+                let key = i32::try_from(self.index.len()).expect("fewer than 2^31 distinct values in one batch");
+                self.values.append_value(value);
+                self.index.insert(value.into(), key);
+                key
+            }
+        };
+        let last = self.last.get_or_insert_with(|| (String::new(), key));
+        last.0.clear();
+        last.0.push_str(value);
+        last.1 = key;
+        self.keys.append_value(key);
+    }
+
+    fn finish(mut self) -> ArrayRef {
+        let dictionary = DictionaryArray::<Int32Type>::try_new(self.keys.finish(), Arc::new(self.values.finish()));
+        Arc::new(dictionary.expect("every key indexes a value appended before it"))
+    }
+}
+
 /// Builds the table-shaped record batch (see [`arrow_schema`]) of `rows`.
 pub fn build_batch<'a>(schema: &TableSchema, rows: impl Iterator<Item = (&'a SeriesKey, i64, &'a Row)>) -> Result<RecordBatch, StoreError> {
     build_batch_columns(schema, rows, None)
@@ -142,9 +185,9 @@ pub fn build_batch_columns<'a>(
     columns: Option<&[String]>,
 ) -> Result<RecordBatch, StoreError> {
     let wanted = |name: &str| columns.is_none_or(|names| names.iter().any(|n| n == name));
-    let mut dimensions: Vec<(&String, StringViewBuilder)> =
-        schema.dimensions.iter().filter(|name| wanted(name)).map(|name| (name, StringViewBuilder::new())).collect();
-    let mut measure_names = wanted(MEASURE_NAME_COLUMN).then(StringViewBuilder::new);
+    let mut dimensions: Vec<(&String, RunDictionaryBuilder)> =
+        schema.dimensions.iter().filter(|name| wanted(name)).map(|name| (name, RunDictionaryBuilder::default())).collect();
+    let mut measure_names = wanted(MEASURE_NAME_COLUMN).then(RunDictionaryBuilder::default);
     let mut times = wanted(TIME_COLUMN).then(TimestampNanosecondBuilder::new);
     let mut singles: Vec<Option<ScalarColumn>> =
         MEASURE_VALUE_COLUMNS.iter().map(|(name, ty)| wanted(name).then(|| ScalarColumn::new(*ty))).collect();
@@ -156,10 +199,10 @@ pub fn build_batch_columns<'a>(
         row_count += 1;
         for (name, builder) in dimensions.iter_mut() {
             let value = series.dimensions.binary_search_by(|d| d.name.as_str().cmp(name.as_str())).ok();
-            builder.append_option(value.map(|i| series.dimensions[i].value.as_str()));
+            builder.append(value.map(|i| series.dimensions[i].value.as_str()));
         }
         if let Some(builder) = measure_names.as_mut() {
-            builder.append_value(&series.measure_name);
+            builder.append(Some(&series.measure_name));
         }
         if let Some(builder) = times.as_mut() {
             builder.append_value(time);
@@ -182,8 +225,8 @@ pub fn build_batch_columns<'a>(
         }
     }
     // In the table's column order, as `arrow_schema` lists them.
-    let mut built: Vec<ArrayRef> = dimensions.into_iter().map(|(_, mut b)| Arc::new(b.finish()) as ArrayRef).collect();
-    built.extend(measure_names.map(|mut b| Arc::new(b.finish()) as ArrayRef));
+    let mut built: Vec<ArrayRef> = dimensions.into_iter().map(|(_, b)| b.finish()).collect();
+    built.extend(measure_names.map(RunDictionaryBuilder::finish));
     built.extend(times.map(|mut b| Arc::new(b.finish()) as ArrayRef));
     built.extend(singles.into_iter().flatten().map(ScalarColumn::finish));
     built.extend(multis.into_iter().map(|(_, column)| column.finish()));
@@ -356,8 +399,9 @@ pub fn unscale_doubles(batch: RecordBatch) -> Result<RecordBatch, arrow::error::
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
 }
 
-/// The Arrow schema to read a cold-tier file with: the file's own, with strings read as string
-/// views (files written before the store used views hold plain strings).
+/// The Arrow schema to read a cold-tier file with: the file's own, with plain strings read as
+/// string views. Dimensions come back as the dictionaries they were written as; in files written
+/// before dimensions were dictionaries they are strings, which scans cast to the table's type.
 pub fn reading_schema(file_schema: &Schema) -> SchemaRef {
     let fields: Vec<Field> = file_schema
         .fields()

@@ -43,7 +43,7 @@ pub use rejected::{
     REJECTION_TEXT_BYTES_MAX,
 };
 pub use scan::{attach_memory, plan_scan, scan_schema, DimensionFilter, ScanRequest, ScanUnit};
-pub use schema::{arrow_schema, TableSchema, MEASURE_NAME_COLUMN, TIME_COLUMN, VERSION_COLUMN};
+pub use schema::{arrow_schema, dimension_type, TableSchema, MEASURE_NAME_COLUMN, TIME_COLUMN, VERSION_COLUMN};
 pub use upsert::{decide, UpsertDecision};
 
 /// Nanoseconds in a day: the cold tier's partition width.

@@ -9,9 +9,10 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, StringViewArray};
+use arrow::array::{Array, ArrayRef, BooleanArray, DictionaryArray, Int64Array, RecordBatch, StringArray, StringViewArray};
+use arrow::buffer::BooleanBuffer;
 use arrow::compute::kernels::cmp;
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::{DataType, Int32Type, SchemaRef};
 use bytes::Bytes;
 use object_store::path::Path;
 use object_store::ObjectStoreExt;
@@ -367,14 +368,32 @@ fn matching_rows(batch: &RecordBatch, from: i64, to: i64, dimensions: &[Dimensio
     let mut keep = arrow::compute::and(&cmp::gt_eq(&times, &Int64Array::new_scalar(from))?, &cmp::lt(&times, &Int64Array::new_scalar(to))?)?;
     for filter in dimensions {
         let column = batch.column_by_name(&filter.name).expect("filtered dimensions are projected");
-        let column = arrow::compute::cast(column, &DataType::Utf8View)?;
-        let mut any = BooleanArray::from(vec![false; batch.num_rows()]);
-        for value in &filter.values {
-            any = arrow::compute::or(&any, &cmp::eq(&column, &StringViewArray::new_scalar(value.as_str()))?)?;
-        }
-        keep = arrow::compute::and(&keep, &any)?;
+        keep = arrow::compute::and(&keep, &equals_any(column, &filter.values)?)?;
     }
     Ok(keep)
+}
+
+/// Whether each string of `column` is one of `values` (a null is not). A dictionary column is
+/// compared through its dictionary: each distinct string once, then a lookup per row.
+fn equals_any(column: &ArrayRef, values: &[String]) -> Result<BooleanArray, arrow::error::ArrowError> {
+    if let Some(dictionary) = column.as_any().downcast_ref::<DictionaryArray<Int32Type>>() {
+        let hits = equals_any(dictionary.values(), values)?;
+        let hits: Vec<bool> = (0..hits.len()).map(|i| hits.is_valid(i) && hits.value(i)).collect();
+        let keys = dictionary.keys();
+        let matched = BooleanBuffer::collect_bool(keys.len(), |row| hits.get(keys.values()[row] as usize).copied().unwrap_or(false));
+        let matched = match keys.nulls() {
+            Some(valid) => &matched & valid.inner(),
+            None => matched,
+        };
+        return Ok(BooleanArray::new(matched, None));
+    }
+    let column = arrow::compute::cast(column, &DataType::Utf8View)?;
+    let mut any = BooleanArray::from(vec![false; column.len()]);
+    for value in values {
+        any = arrow::compute::or(&any, &cmp::eq(&column, &StringViewArray::new_scalar(value.as_str()))?)?;
+    }
+    // `eq` leaves nulls where the column has them; a null matches nothing.
+    Ok(if any.null_count() > 0 { arrow::compute::prep_null_mask_filter(&any) } else { any })
 }
 
 #[cfg(test)]

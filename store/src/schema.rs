@@ -111,6 +111,13 @@ impl TableSchema {
     }
 }
 
+/// The Arrow type of dimension columns and `measure_name`: a dictionary of strings. A series'
+/// values repeat on each of its rows, and the cold tier stores them as Parquet dictionaries,
+/// which a scan then reads as they are: only the keys are decoded per row, not the strings.
+pub fn dimension_type() -> DataType {
+    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
+}
+
 /// The Arrow type of a scalar column.
 pub fn arrow_type(ty: MeasureType) -> DataType {
     match ty {
@@ -124,14 +131,14 @@ pub fn arrow_type(ty: MeasureType) -> DataType {
 
 /// The table's columns, in the order Timestream users know: one per dimension (sorted by name),
 /// `measure_name`, `time`, the five `measure_value::<type>` columns, one per multi-measure name
-/// (sorted), and `version`. Strings are Arrow string views: short values (most dimension values)
-/// sit inline, and reading a dictionary-encoded Parquet column into views copies no bytes.
+/// (sorted), and `version`. Dimensions and `measure_name` are dictionary encoded
+/// ([`dimension_type`]); VARCHAR values are string views.
 pub fn arrow_schema(schema: &TableSchema) -> SchemaRef {
     let mut fields = Vec::with_capacity(schema.dimensions.len() + schema.multi_columns.len() + 8);
     for name in &schema.dimensions {
-        fields.push(Field::new(name, DataType::Utf8View, true));
+        fields.push(Field::new(name, dimension_type(), true));
     }
-    fields.push(Field::new(MEASURE_NAME_COLUMN, DataType::Utf8View, false));
+    fields.push(Field::new(MEASURE_NAME_COLUMN, dimension_type(), false));
     fields.push(Field::new(TIME_COLUMN, DataType::Timestamp(TimeUnit::Nanosecond, None), false));
     for (name, ty) in MEASURE_VALUE_COLUMNS {
         fields.push(Field::new(name, arrow_type(ty), true));

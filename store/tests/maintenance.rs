@@ -42,8 +42,8 @@ async fn rows(store: &Store) -> Vec<(String, i64, f64, u64)> {
     for file in &snapshot.table(&table()).unwrap().files {
         for batch in store.read_file(file).await.unwrap() {
             let column = |name| batch.column_by_name(name).unwrap().clone();
-            let trucks = column("truck");
-            let trucks = trucks.as_any().downcast_ref::<arrow::array::StringViewArray>().unwrap();
+            let trucks = arrow::compute::cast(&column("truck"), &arrow::datatypes::DataType::Utf8).unwrap();
+            let trucks = trucks.as_any().downcast_ref::<arrow::array::StringArray>().unwrap();
             let times = column("time");
             let times = times.as_any().downcast_ref::<arrow::array::TimestampNanosecondArray>().unwrap();
             let values = column("measure_value::double");

@@ -64,8 +64,8 @@ fn keyed_batch(batch: &arrow::array::RecordBatch) -> BTreeMap<Key, (i64, u64)> {
         return BTreeMap::new();
     }
     let column = |name| batch.column_by_name(name).unwrap().clone();
-    let devices = column("device");
-    let devices = devices.as_any().downcast_ref::<arrow::array::StringViewArray>().unwrap();
+    let devices = arrow::compute::cast(&column("device"), &arrow::datatypes::DataType::Utf8).unwrap();
+    let devices = devices.as_any().downcast_ref::<arrow::array::StringArray>().unwrap();
     let times = column("time");
     let times = times.as_any().downcast_ref::<arrow::array::TimestampNanosecondArray>().unwrap();
     let values = column("measure_value::bigint");
