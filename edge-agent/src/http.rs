@@ -47,6 +47,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/health", get(|| async { "ok" }))
         .route("/v1/write", post(write))
         .route("/v1/status", get(status))
+        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(body_bytes_max))
         .with_state(state)
 }
@@ -149,6 +150,16 @@ async fn status(State(state): State<Arc<HttpState>>) -> Response {
         },
     }))
     .into_response()
+}
+
+/// `GET /metrics`: the counters of `/v1/status` for Prometheus.
+async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
+    let outbox = state.outbox.clone();
+    match tokio::task::spawn_blocking(move || outbox.status()).await {
+        Ok(Ok(status)) => state.telemetry.render(&status, state.outbox.dropped_total()).into_response(),
+        Ok(Err(error)) => internal_error(&error.to_string()),
+        Err(error) => internal_error(&error.to_string()),
+    }
 }
 
 fn internal_error(message: &str) -> Response {

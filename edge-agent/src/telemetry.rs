@@ -1,6 +1,9 @@
-//! What every stage counted, shared by the tasks and read by `GET /v1/status`.
+//! What every stage counted, shared by the tasks and read by `GET /v1/status` and `/metrics`.
 
+use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::outbox::OutboxStatus;
 
 /// Counters in records (Vector's convention: received, sent, rejected).
 #[derive(Debug, Default)]
@@ -45,5 +48,64 @@ impl Telemetry {
 
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
+    }
+
+    /// The counters in Prometheus' text format, with the outbox's state and `dropped` (readings
+    /// the outbox discarded under `drop_oldest`).
+    pub fn render(&self, outbox: &OutboxStatus, dropped: u64) -> String {
+        let mut out = String::new();
+        let counters = [
+            ("lodestone_agent_records_received_total", Telemetry::get(&self.received)),
+            ("lodestone_agent_records_forwarded_total", Telemetry::get(&self.forwarded)),
+            ("lodestone_agent_records_acked_total", Telemetry::get(&self.acked)),
+        ];
+        for (name, value) in counters {
+            let _ = writeln!(out, "# TYPE {name} counter\n{name} {value}");
+        }
+        let _ = writeln!(out, "# TYPE lodestone_agent_records_rejected_total counter");
+        for (code, count) in self.rejected_by_code() {
+            let _ = writeln!(out, "lodestone_agent_records_rejected_total{{reason=\"{code}\"}} {count}");
+        }
+        let _ = writeln!(out, "# TYPE lodestone_agent_records_discarded_total counter");
+        let _ = writeln!(out, "lodestone_agent_records_discarded_total{{reason=\"outbox_drop_oldest\"}} {dropped}");
+        let gauges = [
+            ("lodestone_agent_outbox_entries", outbox.entries),
+            ("lodestone_agent_outbox_bytes", outbox.bytes),
+            ("lodestone_agent_acked_through", outbox.acked_through),
+            ("lodestone_agent_connected", u64::from(self.is_connected())),
+        ];
+        for (name, value) in gauges {
+            let _ = writeln!(out, "# TYPE {name} gauge\n{name} {value}");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_carry_every_counter_and_the_outbox() {
+        let telemetry = Telemetry::default();
+        Telemetry::add(&telemetry.received, 12);
+        Telemetry::add(&telemetry.forwarded, 9);
+        Telemetry::add(&telemetry.acked, 7);
+        telemetry.reject("outbox_full", 3);
+        telemetry.set_connected(true);
+        let text = telemetry.render(&OutboxStatus { entries: 2, bytes: 8192, next_seq: 10, acked_through: 7 }, 4);
+        for line in [
+            "lodestone_agent_records_received_total 12",
+            "lodestone_agent_records_forwarded_total 9",
+            "lodestone_agent_records_acked_total 7",
+            "lodestone_agent_records_rejected_total{reason=\"outbox_full\"} 3",
+            "lodestone_agent_records_discarded_total{reason=\"outbox_drop_oldest\"} 4",
+            "lodestone_agent_outbox_entries 2",
+            "lodestone_agent_outbox_bytes 8192",
+            "lodestone_agent_acked_through 7",
+            "lodestone_agent_connected 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+        }
     }
 }

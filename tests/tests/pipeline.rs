@@ -89,6 +89,15 @@ async fn reading_posted_to_an_edge_agent_comes_back_from_sql() {
     let sql = r#"SELECT room, sensor, measure_name, "measure_value::double", CAST(time AS BIGINT) FROM plant.sensors"#;
     let rows = poll_until("the reading to be queryable", LANDING, || async { stack.try_rows(sql).await.filter(|r| !r.is_empty()) }).await;
     assert_eq!(rows, vec![vec![json!("boiler"), json!("s1"), json!("temperature"), json!(21.5), json!(time_ms * 1_000_000)]]);
+    // The agent's Prometheus counters: the reading came in, went out, and the bridge's ack
+    // deleted it from the outbox.
+    let agent = stack.ports.agent_http;
+    poll_until("the agent's ack to show in /metrics", LANDING, || async {
+        (stack.metric(agent, "lodestone_agent_records_acked_total").await? >= 1.0).then_some(())
+    })
+    .await;
+    assert!(stack.metric(agent, "lodestone_agent_records_received_total").await.unwrap() >= 1.0);
+    assert_eq!(stack.metric(agent, "lodestone_agent_records_rejected_total").await, Some(0.0));
 
     // Only queries: anything else is refused with a stable code, and the data stays.
     let url = format!("http://127.0.0.1:{}/v1/query", stack.ports.query_http);
