@@ -59,13 +59,14 @@ async fn settle_and_report(stack: &Stack, test: &str, table: &str, id_dimension:
 async fn ingest_workers_killed_every_20_to_40_s_lose_and_duplicate_nothing() {
     let _serial = SERIAL.lock().await;
     let mut stack = Stack::start(StackOptions { edge_agent: false, ingest_workers: 2, ..Default::default() }).await;
-    // The two workers share the partitions: each reads some, and together all.
+    // The two workers share the partitions: each reads some, and together all of the ingest
+    // topic's and the dead-letter topic's one (the gauge counts both topics).
     let assigned = poll_until("both ingest workers to be assigned partitions", Duration::from_secs(60), || async {
         let mut counts = Vec::new();
         for &port in &stack.ingest_ports {
             counts.push(stack.metric(port, "lodestone_ingest_partitions_assigned").await?);
         }
-        (counts.iter().all(|&c| c > 0.0) && counts.iter().sum::<f64>() == f64::from(INGEST_PARTITIONS)).then_some(counts)
+        (counts.iter().all(|&c| c > 0.0) && counts.iter().sum::<f64>() == f64::from(INGEST_PARTITIONS + 1)).then_some(counts)
     })
     .await;
     println!("ingest_kill: partitions assigned per worker {assigned:?}");
