@@ -131,8 +131,9 @@ impl ScalarColumn {
     }
 }
 
-/// Builds a dictionary column ([`dimension_type`](crate::schema::dimension_type)) from values that come in runs, as a series'
-/// dimensions do in rows sorted by series: a value is looked up only where it changes.
+/// Builds a dictionary column ([`dimension_type`](crate::schema::dimension_type)) from values
+/// that come in runs, as a series' dimensions do in rows sorted by series: a value is looked up
+/// only where it changes.
 #[derive(Default)]
 struct RunDictionaryBuilder {
     keys: Int32Builder,
