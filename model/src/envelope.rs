@@ -107,12 +107,7 @@ impl Envelope {
     /// payload that is not an envelope at all is an error.
     pub fn decode(bytes: &[u8], content_type: Option<ContentType>, limits: &Limits, now_ns: i64) -> Result<Envelope, DecodeError> {
         let content_type = content_type.unwrap_or_else(|| ContentType::sniff(bytes));
-        let wire: WireEnvelope = match content_type {
-            ContentType::Json => serde_json::from_slice(bytes)
-                .map_err(|e| DecodeError::Malformed { encoding: "JSON", detail: e.to_string() })?,
-            ContentType::Cbor => ciborium::from_reader(bytes)
-                .map_err(|e| DecodeError::Malformed { encoding: "CBOR", detail: e.to_string() })?,
-        };
+        let wire = WireEnvelope::read(bytes, content_type)?;
         if wire.v != ENVELOPE_VERSION {
             return Err(DecodeError::UnsupportedVersion(wire.v));
         }
@@ -140,33 +135,21 @@ impl Envelope {
 
     /// Encodes the accepted records as CBOR. Rejections are not encoded.
     pub fn to_cbor(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64 + self.records.len() * 64);
-        ciborium::into_writer(&self.to_wire(), &mut out).expect("CBOR encoding into a Vec cannot fail");
-        out
+        self.to_wire().write(ContentType::Cbor, 64 + self.records.len() * 64)
     }
 
     /// Encodes the accepted records as JSON. Rejections are not encoded.
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.to_wire()).expect("JSON encoding of an envelope cannot fail")
+        self.to_wire().write(ContentType::Json, 64 + self.records.len() * 64)
     }
 
     /// Sets `unacked_from` in an encoded envelope (`bytes`, in `format`) and encodes it again,
     /// leaving everything else as it was: a device resending an envelope it encoded earlier
     /// states what it holds now, not what it held then.
     pub fn restamp_unacked_from(bytes: &[u8], format: ContentType, unacked_from: u64) -> Result<Vec<u8>, DecodeError> {
-        let mut wire: WireEnvelope = match format {
-            ContentType::Json => serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed { encoding: "JSON", detail: e.to_string() })?,
-            ContentType::Cbor => ciborium::from_reader(bytes).map_err(|e| DecodeError::Malformed { encoding: "CBOR", detail: e.to_string() })?,
-        };
+        let mut wire = WireEnvelope::read(bytes, format)?;
         wire.unacked_from = Some(unacked_from);
-        Ok(match format {
-            ContentType::Json => serde_json::to_vec(&wire).expect("JSON encoding of an envelope cannot fail"),
-            ContentType::Cbor => {
-                let mut out = Vec::with_capacity(bytes.len() + 9);
-                ciborium::into_writer(&wire, &mut out).expect("CBOR encoding into a Vec cannot fail");
-                out
-            }
-        })
+        Ok(wire.write(format, bytes.len() + 9))
     }
 
     fn to_wire(&self) -> WireEnvelope {
@@ -203,6 +186,25 @@ struct WireEnvelope {
     records: Vec<WireRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     traceparent: Option<String>,
+}
+
+impl WireEnvelope {
+    fn read(bytes: &[u8], format: ContentType) -> Result<WireEnvelope, DecodeError> {
+        match format {
+            ContentType::Json => serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed { encoding: "JSON", detail: e.to_string() }),
+            ContentType::Cbor => ciborium::from_reader(bytes).map_err(|e| DecodeError::Malformed { encoding: "CBOR", detail: e.to_string() }),
+        }
+    }
+
+    /// The encoding in `format`; `capacity` is a guess of its length.
+    fn write(&self, format: ContentType, capacity: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(capacity);
+        match format {
+            ContentType::Json => serde_json::to_writer(&mut out, self).expect("JSON encoding of an envelope cannot fail"),
+            ContentType::Cbor => ciborium::into_writer(self, &mut out).expect("CBOR encoding into a Vec cannot fail"),
+        }
+        out
+    }
 }
 
 #[derive(Serialize, Deserialize)]
