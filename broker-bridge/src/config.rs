@@ -4,13 +4,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 
+use lodestone_kit::config::{InvalidValue, Validate};
+use lodestone_kit::kafka::guarantee_overridden;
+use lodestone_kit::ShutdownConfig;
 use serde::Deserialize;
-
-use crate::Error;
-
-/// librdkafka producer settings the end-to-end ack relies on; `kafka.properties` may not set
-/// them (the bridge sets `enable.idempotence=true` and `acks=all`).
-pub const GUARANTEE_PROPERTIES: [&str; 3] = ["enable.idempotence", "acks", "request.required.acks"];
 
 /// Environment variables `LODESTONE_BRIDGE__{SECTION}__{KEY}` override the file.
 pub const ENV_PREFIX: &str = "LODESTONE_BRIDGE";
@@ -37,6 +34,7 @@ pub struct BridgeConfig {
     pub mqtt: MqttConfig,
     pub kafka: KafkaConfig,
     pub http: HttpConfig,
+    pub shutdown: ShutdownConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -100,8 +98,6 @@ pub struct KafkaConfig {
     /// librdkafka `message.timeout.ms`: how long a message is retried while Kafka is unreachable
     /// before its envelope counts as failed (not acked; the device resends).
     pub message_timeout_ms: u64,
-    /// On shutdown, how long to wait for in-flight deliveries and the producer flush.
-    pub shutdown_timeout_ms: u64,
     /// Envelopes bound for one partition travel together in one Kafka message (a bundle, content
     /// type `application/vnd.lodestone.bundle.v1+cbor`), sealed at this many envelopes, ...
     /// `1` turns bundling off: each envelope is its own message, keyed by device id.
@@ -112,7 +108,7 @@ pub struct KafkaConfig {
     /// ... or this long after its first envelope: what bundling adds to latency at low rates.
     pub bundle_linger_ms: u64,
     /// Extra librdkafka producer properties, applied last: they may override the above and the
-    /// bridge's own `linger.ms=5`, but not the settings acks depend on ([`GUARANTEE_PROPERTIES`]).
+    /// bridge's own `linger.ms=5`, but not the settings acks depend on ([`lodestone_kit::kafka::GUARANTEE_PROPERTIES`]).
     pub properties: BTreeMap<String, PropertyValue>,
 }
 
@@ -125,7 +121,6 @@ impl Default for KafkaConfig {
             inflight_envelopes_max: 10_000,
             inflight_bytes_max: 256 * 1024 * 1024,
             message_timeout_ms: 300_000,
-            shutdown_timeout_ms: 7_000,
             bundle_envelopes_max: 1000,
             bundle_bytes_max: 256 * 1024,
             bundle_linger_ms: 10,
@@ -169,11 +164,13 @@ impl Default for HttpConfig {
     }
 }
 
-impl BridgeConfig {
+impl Validate for BridgeConfig {
     /// Checks the bounds that serde cannot: each error names the key.
-    pub fn validate(&self) -> Result<(), Error> {
+    fn validate(&self) -> Result<(), InvalidValue> {
+        self.shutdown.validate()?;
         let (m, k) = (&self.mqtt, &self.kafka);
-        let overridden = k.properties.keys().map(|name| name.replace('_', ".")).find(|name| GUARANTEE_PROPERTIES.contains(&name.as_str()));
+        let names: Vec<String> = k.properties.keys().map(|name| name.replace('_', ".")).collect();
+        let overridden = guarantee_overridden(names.iter().map(String::as_str));
         let checks: [(bool, String); 15] = [
             (
                 overridden.is_none(),
@@ -216,11 +213,17 @@ impl BridgeConfig {
             (k.bundle_linger_ms <= BUNDLE_LINGER_MS_MAX, format!("kafka.bundle_linger_ms must be at most {BUNDLE_LINGER_MS_MAX}")),
         ];
         match checks.into_iter().find(|(ok, _)| !ok) {
-            Some((_, message)) => Err(Error::Config(message)),
+            // Each message starts with the key it is about.
+            Some((_, message)) => {
+                let (key, detail) = message.split_once(' ').unwrap_or((message.as_str(), ""));
+                Err(InvalidValue::new(key, detail))
+            }
             None => Ok(()),
         }
     }
+}
 
+impl BridgeConfig {
     /// The embedded broker's settings. `listen` and `listen_v5` must already be concrete
     /// (non-zero) ports.
     pub fn rumqttd_config(&self, listen: SocketAddr, listen_v5: Option<SocketAddr>) -> rumqttd::Config {
@@ -306,8 +309,8 @@ mod tests {
 
     #[test]
     fn example_file_is_the_defaults() {
-        let path = &lodestone_model::config::crate_path("../configs/broker-bridge.example.toml");
-        let loaded: BridgeConfig = lodestone_model::config::load(Some(path.as_ref()), "LODESTONE_BRIDGE_TEST_EXAMPLE").unwrap();
+        let path = &lodestone_kit::config::crate_path("../configs/broker-bridge.example.toml");
+        let loaded: BridgeConfig = lodestone_kit::config::load(Some(path.as_ref()), "LODESTONE_BRIDGE_TEST_EXAMPLE").unwrap();
         assert_eq!(loaded, BridgeConfig::default());
     }
 
@@ -317,7 +320,7 @@ mod tests {
         std::fs::write(file.path(), "[kafka.properties]\n\"compression.type\" = \"zstd\"\n").unwrap();
         std::env::set_var("LODESTONE_BRIDGE_TEST_ENV__MQTT__LISTEN", "127.0.0.1:1884");
         std::env::set_var("LODESTONE_BRIDGE_TEST_ENV__KAFKA__PROPERTIES__BATCH_SIZE", "1000");
-        let loaded: BridgeConfig = lodestone_model::config::load(Some(file.path()), "LODESTONE_BRIDGE_TEST_ENV").unwrap();
+        let loaded: BridgeConfig = lodestone_kit::config::load(Some(file.path()), "LODESTONE_BRIDGE_TEST_ENV").unwrap();
         assert_eq!(loaded.mqtt.listen, "127.0.0.1:1884".parse().unwrap());
         let properties: Vec<(String, String)> = loaded.kafka.properties.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
         assert_eq!(properties, vec![("batch_size".into(), "1000".into()), ("compression.type".into(), "zstd".into())]);
@@ -327,7 +330,7 @@ mod tests {
     fn unknown_key_is_refused() {
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), "[mqtt]\npayload_byte_max = 5\n").unwrap();
-        let err = lodestone_model::config::load::<BridgeConfig>(Some(file.path()), "LODESTONE_BRIDGE_TEST_UNKNOWN").unwrap_err();
+        let err = lodestone_kit::config::load::<BridgeConfig>(Some(file.path()), "LODESTONE_BRIDGE_TEST_UNKNOWN").unwrap_err();
         assert!(err.to_string().contains("payload_byte_max"), "{err}");
     }
 }

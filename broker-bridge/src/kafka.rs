@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use lodestone_kit::kafka::{producer_config, send_waiting_for_room};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -13,20 +14,12 @@ use crate::config::KafkaConfig;
 use crate::route::{Destination, KafkaMessage};
 use crate::Error;
 
-/// How long to wait before retrying when librdkafka's local queue is full.
-const QUEUE_FULL_RETRY: Duration = Duration::from_millis(20);
-
-/// The producer settings: the bridge's own, then `[kafka.properties]` (underscores in their names
-/// become dots, so that environment overrides can spell `batch.size` as `BATCH_SIZE`).
+/// The producer settings: the idempotent producer's, the bridge's own, then `[kafka.properties]`
+/// (underscores in their names become dots, so that environment overrides can spell `batch.size`
+/// as `BATCH_SIZE`).
 pub fn client_config(config: &KafkaConfig) -> ClientConfig {
-    let mut client = ClientConfig::new();
-    client
-        .set("bootstrap.servers", &config.bootstrap_servers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", config.message_timeout_ms.to_string())
-        .set("client.id", "lodestone-broker-bridge");
+    let mut client = producer_config(&config.bootstrap_servers, "lodestone-broker-bridge");
+    client.set("message.timeout.ms", config.message_timeout_ms.to_string());
     for (name, value) in &config.properties {
         client.set(name.replace('_', "."), value.to_string());
     }
@@ -73,14 +66,14 @@ pub async fn partition_count(producer: &FutureProducer, topic: &str, timeout: Du
 }
 
 /// Hands a bundle of `envelopes` envelopes to librdkafka for `partition` of the ingest topic,
-/// waiting while its local queue is full (see [`enqueue`]).
+/// waiting while its local queue is full.
 pub async fn enqueue_bundle(producer: &FutureProducer, topics: &Topics, partition: i32, envelopes: usize, payload: &[u8]) -> Result<DeliveryFuture, KafkaError> {
     let count = envelopes.to_string();
     let headers = OwnedHeaders::new_with_capacity(2)
         .insert(Header { key: "content-type", value: Some(BUNDLE_MIME) })
         .insert(Header { key: "envelopes", value: Some(count.as_str()) });
     let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&topics.ingest).partition(partition).payload(payload).headers(headers);
-    send_waiting(producer, record).await
+    send_waiting_for_room(producer, record).await
 }
 
 /// Hands `message` to librdkafka, waiting while its local queue is full. Returns once the message
@@ -97,18 +90,5 @@ pub async fn enqueue(producer: &FutureProducer, topics: &Topics, message: &Kafka
     if let Some(key) = &message.key {
         record = record.key(key.as_str());
     }
-    send_waiting(producer, record).await
-}
-
-async fn send_waiting<'a>(producer: &FutureProducer, mut record: FutureRecord<'a, str, [u8]>) -> Result<DeliveryFuture, KafkaError> {
-    loop {
-        match producer.send_result(record) {
-            Ok(delivery) => return Ok(delivery),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                record = returned;
-                tokio::time::sleep(QUEUE_FULL_RETRY).await;
-            }
-            Err((e, _)) => return Err(e),
-        }
-    }
+    send_waiting_for_room(producer, record).await
 }

@@ -41,7 +41,7 @@ pub use service::Bridge;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid configuration: {0}")]
-    Config(String),
+    Config(#[from] lodestone_kit::config::InvalidValue),
     #[error("cannot create the Kafka producer: {0}")]
     Producer(#[source] rdkafka::error::KafkaError),
     #[error("bridge link to the embedded MQTT broker failed: {0}")]
@@ -50,8 +50,8 @@ pub enum Error {
     SubscribeTimeout(Duration),
     #[error("MQTT listener on {addr} is not accepting connections: {detail}")]
     MqttListen { addr: SocketAddr, detail: String },
-    #[error("cannot listen for HTTP on {addr}: {source}")]
-    HttpBind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Http(#[from] lodestone_kit::http::BindError),
     #[error("the embedded MQTT broker stopped: {0}")]
     BrokerStopped(String),
 }

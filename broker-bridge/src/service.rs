@@ -22,8 +22,10 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use lodestone_kit::shutdown::{shutdown_channel, Shutdown, ShutdownTrigger};
+use lodestone_kit::{config::Validate, now_ns};
 use lodestone_model::topic::ack_topic;
 use lodestone_model::Limits;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
@@ -83,7 +85,9 @@ pub struct Bridge {
     http_addr: SocketAddr,
     shared: Arc<Shared>,
     producer: FutureProducer,
-    stop: watch::Sender<bool>,
+    stop: ShutdownTrigger,
+    /// Stops the HTTP server, last: `/health` answers 503 while the bridge drains.
+    http_stop: ShutdownTrigger,
     reader: JoinHandle<Result<(), Error>>,
     broker_stopped: oneshot::Receiver<String>,
     acker: mpsc::Sender<AckerMessage>,
@@ -105,8 +109,9 @@ impl Bridge {
             envelopes_max,
         });
 
-        let http_addr = serve_http(config.http.listen, shared.clone()).await?;
-        info!("listening on http://{http_addr}");
+        let (http_stop, http_stopped) = shutdown_channel();
+        let http = lodestone_kit::http::serve(&config.http.listen.to_string(), http::router(shared.clone()), http_stopped).await?;
+        let http_addr = http.addr();
 
         let broker = broker::start(&config).await?;
         info!("mqtt listening on {}", broker.listen);
@@ -119,7 +124,7 @@ impl Bridge {
         spawn_acker(broker.link_tx, ledger.clone(), shared.clone(), acker_rx)?;
         tokio::spawn(tick_router(acker.downgrade()));
 
-        let (stop, stop_rx) = watch::channel(false);
+        let (stop, stop_rx) = shutdown_channel();
         let topics = Topics { ingest: config.kafka.ingest_topic.clone(), dead_letter: config.kafka.dead_letter_topic.clone() };
         let bundler = (config.kafka.bundle_envelopes_max > 1).then(|| {
             Bundler::new(bundle::Bounds {
@@ -154,10 +159,11 @@ impl Bridge {
             shared,
             producer,
             stop,
+            http_stop,
             reader,
             broker_stopped: broker.stopped,
             acker,
-            shutdown_timeout: Duration::from_millis(config.kafka.shutdown_timeout_ms),
+            shutdown_timeout: config.shutdown.timeout(),
         })
     }
 
@@ -210,7 +216,7 @@ impl Bridge {
     }
 
     /// Stops reading from the broker (`/health` turns 503), waits up to
-    /// `kafka.shutdown_timeout_ms` for in-flight envelopes, publishes their acks and flushes the
+    /// `shutdown.timeout_ms` for in-flight envelopes, publishes their acks and flushes the
     /// producer. Returns when whatever Kafka acknowledged in that time has been acked to devices;
     /// the rest is unacked and devices resend it to the next bridge.
     pub async fn shutdown(mut self) -> Result<(), Error> {
@@ -221,7 +227,7 @@ impl Bridge {
 
     async fn stop_reading(&mut self) -> Result<(), Error> {
         self.shared.stopping.store(true, Ordering::Relaxed);
-        let _ = self.stop.send(true);
+        self.stop.trigger();
         match (&mut self.reader).await {
             Ok(result) => result,
             Err(e) if e.is_cancelled() => Ok(()),
@@ -246,19 +252,9 @@ impl Bridge {
         if let Ok(Err(e)) = flushed {
             warn!(error = %e, "producer flush incomplete");
         }
+        self.http_stop.trigger();
         info!("stopped");
     }
-}
-
-async fn serve_http(addr: SocketAddr, shared: Arc<Shared>) -> Result<SocketAddr, Error> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::HttpBind { addr, source })?;
-    let bound = listener.local_addr().map_err(|source| Error::HttpBind { addr, source })?;
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, http::router(shared)).await {
-            error!(error = %e, "HTTP server stopped");
-        }
-    });
-    Ok(bound)
 }
 
 /// Settled envelopes handled per ack burst: their acks are coalesced into one per device.
@@ -318,7 +314,7 @@ const PARTITIONS_RETRY: Duration = Duration::from_secs(1);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Keeps `partitions` at the ingest topic's partition count until `stop`.
-async fn watch_partitions(producer: FutureProducer, topic: String, partitions: watch::Sender<usize>, mut stop: watch::Receiver<bool>) {
+async fn watch_partitions(producer: FutureProducer, topic: String, partitions: watch::Sender<usize>, mut stop: Shutdown) {
     loop {
         let wait = match kafka::partition_count(&producer, &topic, METADATA_TIMEOUT).await {
             Ok(count) => {
@@ -336,7 +332,7 @@ async fn watch_partitions(producer: FutureProducer, topic: String, partitions: w
         };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            _ = stop.wait_for(|stop| *stop) => return,
+            _ = stop.cancelled() => return,
         }
     }
 }
@@ -387,11 +383,11 @@ struct Pending {
 
 impl Reader {
     /// Reads until `stop` turns true. Returns an error if the link fails.
-    async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<(), Error> {
+    async fn run(mut self, mut stop: Shutdown) -> Result<(), Error> {
         if self.bundler.is_some() {
             let known = tokio::select! {
                 known = self.partitions.wait_for(|count| *count > 0) => Some(known.is_ok()),
-                _ = stop.wait_for(|stop| *stop) => None,
+                _ = stop.cancelled() => None,
             };
             match known {
                 None => return Ok(()),
@@ -409,7 +405,7 @@ impl Reader {
             let next = tokio::select! {
                 next = self.link_rx.next() => Next::Notification(next.map_err(Error::Link)?),
                 () = sleep_until_some(due) => Next::BundleDue,
-                _ = stop.wait_for(|stop| *stop) => Next::Stop,
+                _ = stop.cancelled() => Next::Stop,
             };
             let notification = match next {
                 Next::Notification(notification) => notification,
@@ -444,19 +440,19 @@ impl Reader {
 
     /// Takes `count` permits of `semaphore`. Open bundles hold permits, so they are sealed and
     /// produced before the reader waits. `None` if `stop` came first.
-    async fn acquire(&mut self, semaphore: &Arc<Semaphore>, count: u32, stop: &mut watch::Receiver<bool>) -> Option<OwnedSemaphorePermit> {
+    async fn acquire(&mut self, semaphore: &Arc<Semaphore>, count: u32, stop: &mut Shutdown) -> Option<OwnedSemaphorePermit> {
         if let Ok(permit) = semaphore.clone().try_acquire_many_owned(count) {
             return Some(permit);
         }
         self.seal_all().await;
         tokio::select! {
             permit = semaphore.clone().acquire_many_owned(count) => Some(permit.expect("semaphore is never closed")),
-            _ = stop.wait_for(|stop| *stop) => None,
+            _ = stop.cancelled() => None,
         }
     }
 
     /// Routes one publish and sends (or bundles) its messages. False if `stop` came first.
-    async fn handle(&mut self, forward: Forward, envelope: OwnedSemaphorePermit, stop: &mut watch::Receiver<bool>) -> bool {
+    async fn handle(&mut self, forward: Forward, envelope: OwnedSemaphorePermit, stop: &mut Shutdown) -> bool {
         let publish = &forward.publish;
         let topic = String::from_utf8_lossy(&publish.topic);
         let properties = forward.properties.as_ref();
@@ -620,7 +616,3 @@ async fn sleep_until_some(deadline: Option<Instant>) {
     }
 }
 
-fn now_ns() -> i64 {
-    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(since_epoch.as_nanos()).unwrap_or(i64::MAX)
-}

@@ -42,7 +42,7 @@ async fn start_with(edit: impl FnOnce(&mut BridgeConfig)) -> Harness {
     config.kafka.bootstrap_servers = kafka.bootstrap_servers();
     config.kafka.ingest_topic = INGEST.into();
     config.kafka.dead_letter_topic = DEAD_LETTER.into();
-    config.kafka.shutdown_timeout_ms = 2_000;
+    config.shutdown.timeout_ms = 2_000;
     edit(&mut config);
     let bridge = Bridge::start(config).await.unwrap();
     Harness { kafka, bridge }

@@ -7,15 +7,15 @@ use std::time::Duration;
 
 use lodestone_model::{Limits, Source};
 use rand::Rng;
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::config::AgentConfig;
+use lodestone_kit::config::Validate;
 use crate::http::{router, HttpState};
 use crate::intake::Intake;
 use crate::mqtt::Forwarder;
 use crate::outbox::{Destination, Outbox, OutboxError};
-use crate::shutdown::{shutdown_channel, ShutdownTrigger};
+use lodestone_kit::shutdown::{shutdown_channel, ShutdownTrigger};
 use crate::telemetry::Telemetry;
 use crate::writer::spawn_writer;
 
@@ -23,8 +23,10 @@ use crate::writer::spawn_writer;
 pub enum AgentError {
     #[error(transparent)]
     Outbox(#[from] OutboxError),
-    #[error("cannot listen on http://{addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Bind(#[from] lodestone_kit::http::BindError),
+    #[error("invalid configuration: {0}")]
+    Config(#[from] lodestone_kit::config::InvalidValue),
 }
 
 /// A running agent. [`Agent::shutdown`] stops it and waits; dropping it only fires the shutdown
@@ -33,7 +35,7 @@ pub struct Agent {
     http_addr: SocketAddr,
     boot_id: String,
     trigger: ShutdownTrigger,
-    http: JoinHandle<()>,
+    http: lodestone_kit::http::Server,
     forwarder: JoinHandle<()>,
     simulated: Option<JoinHandle<()>>,
     /// Closes when the writer thread has committed its last request and ended.
@@ -52,6 +54,7 @@ impl Agent {
     /// Opens the outbox and starts every task. Returns once the HTTP server is listening (the
     /// log line `listening on http://ADDR` has been written).
     pub async fn start(config: AgentConfig) -> Result<Agent, AgentError> {
+        config.validate()?;
         let boot_id = new_boot_id();
         let source = Source { device_id: config.device_id.clone(), boot_id: boot_id.clone() };
         let outbox = Outbox::open(&config.outbox.path, config.outbox.bytes_max, source.clone())?.with_full_policy(config.outbox.full_policy);
@@ -68,8 +71,6 @@ impl Agent {
         let defaults = Destination { database: config.database.clone(), table: config.table.clone() };
         let (trigger, shutdown) = shutdown_channel();
 
-        let listener = TcpListener::bind(config.http.listen).await.map_err(|source| AgentError::Bind { addr: config.http.listen, source })?;
-        let http_addr = listener.local_addr().map_err(|source| AgentError::Bind { addr: config.http.listen, source })?;
         let state = Arc::new(HttpState {
             intake: intake.clone(),
             outbox: outbox.clone(),
@@ -81,14 +82,7 @@ impl Agent {
             body_bytes_max: config.http.body_bytes_max,
             records_per_request_max: config.http.records_per_request_max,
         });
-        let mut http_shutdown = shutdown.clone();
-        let http = tokio::spawn(async move {
-            let served = axum::serve(listener, router(state)).with_graceful_shutdown(async move { http_shutdown.cancelled().await }).await;
-            if let Err(error) = served {
-                tracing::error!(%error, "HTTP server failed");
-            }
-        });
-        tracing::info!("listening on http://{http_addr}");
+        let http = lodestone_kit::http::serve(&config.http.listen.to_string(), router(state), shutdown.clone()).await?;
 
         let forwarder = Forwarder::new(&config, source, outbox, writer, committed.clone(), telemetry);
         let forwarder = tokio::spawn(forwarder.run(status.acked_through, shutdown.clone()));
@@ -98,7 +92,7 @@ impl Agent {
             .then(|| tokio::spawn(crate::simulated::run(config.simulated.clone(), config.device_id.clone(), defaults, intake, shutdown)));
 
         Ok(Agent {
-            http_addr,
+            http_addr: http.addr(),
             boot_id,
             trigger,
             http,
@@ -106,7 +100,7 @@ impl Agent {
             simulated,
             writer_done: committed,
             outbox_closed,
-            shutdown_timeout: Duration::from_millis(config.shutdown_timeout_ms),
+            shutdown_timeout: config.shutdown.timeout(),
         })
     }
 
@@ -120,16 +114,16 @@ impl Agent {
     }
 
     /// Stops taking writes, lets writes already handed to the writer commit, disconnects MQTT
-    /// and waits for the writer thread to end, all within `shutdown_timeout_ms`. Every write that
+    /// and waits for the writer thread to end, all within `shutdown.timeout_ms`. Every write that
     /// was answered 200 is in LMDB whatever happens here: answers are sent only after the commit.
     pub async fn shutdown(self) {
         self.trigger.trigger();
         let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
-        let mut tasks = vec![("HTTP server", self.http), ("forwarder", self.forwarder)];
+        let mut tasks = vec![("HTTP server", self.http.into_task()), ("forwarder", self.forwarder)];
         tasks.extend(self.simulated.map(|task| ("simulated sensors", task)));
         for (name, mut task) in tasks {
             if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
-                tracing::warn!(task = name, "did not stop within shutdown_timeout_ms; abandoning it");
+                tracing::warn!(task = name, "did not stop within shutdown.timeout_ms; abandoning it");
                 task.abort();
             }
         }

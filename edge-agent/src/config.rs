@@ -1,20 +1,15 @@
 //! The agent's configuration: one TOML file (see `configs/edge-agent.example.toml`), every key overridable by
 //! an environment variable `LODESTONE_AGENT__{SECTION}__{KEY}`. Loaded by
-//! [`lodestone_model::config::load`]; [`AgentConfig::check`] refuses values that parse but make
-//! no sense. Every `Default` here equals the documented default.
+//! [`lodestone_kit::config::load`], which runs [`Validate::validate`]: values that parse but make
+//! no sense are refused. Every `Default` here equals the documented default.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use lodestone_kit::config::{InvalidValue, Validate};
+use lodestone_kit::ShutdownConfig;
 use lodestone_model::validate_name;
 use serde::Deserialize;
-
-/// A configuration that parsed but cannot run.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("config key {key}: {detail}")]
-    Invalid { key: &'static str, detail: String },
-}
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -26,9 +21,9 @@ pub struct AgentConfig {
     /// the simulated sensors).
     pub database: String,
     pub table: String,
-    /// Bound on a clean shutdown: HTTP writes still running after it are abandoned (they were
-    /// never acknowledged); a commit already in progress always finishes.
-    pub shutdown_timeout_ms: u64,
+    /// `[shutdown] timeout_ms` bounds a clean shutdown: HTTP writes still running after it are
+    /// abandoned (they were never acknowledged); a commit already in progress always finishes.
+    pub shutdown: ShutdownConfig,
     pub http: HttpConfig,
     pub outbox: OutboxConfig,
     pub mqtt: MqttConfig,
@@ -127,7 +122,7 @@ impl Default for AgentConfig {
             device_id: "edge-agent-1".into(),
             database: "iot".into(),
             table: "readings".into(),
-            shutdown_timeout_ms: 5_000,
+            shutdown: ShutdownConfig::default(),
             http: HttpConfig::default(),
             outbox: OutboxConfig::default(),
             mqtt: MqttConfig::default(),
@@ -197,15 +192,19 @@ impl AgentConfig {
         self.mqtt.client_id.as_deref().filter(|id| !id.is_empty()).unwrap_or(&self.device_id)
     }
 
+}
+
+impl Validate for AgentConfig {
     /// Refuses values that parse but cannot work, naming the key.
-    pub fn check(&self) -> Result<(), ConfigError> {
-        let invalid = |key, detail: &str| Err(ConfigError::Invalid { key, detail: detail.to_string() });
+    fn validate(&self) -> Result<(), InvalidValue> {
+        let invalid = |key, detail: &str| Err(InvalidValue::new(key, detail));
         let device_ok = !self.device_id.is_empty() && self.device_id.len() <= DEVICE_ID_BYTES_MAX && !self.device_id.contains(['/', '+', '#']);
         if !device_ok {
             return invalid("device_id", "must be 1 to 128 bytes and hold no '/', '+' or '#'");
         }
-        validate_name("database", &self.database).map_err(|detail| ConfigError::Invalid { key: "database", detail })?;
-        validate_name("table", &self.table).map_err(|detail| ConfigError::Invalid { key: "table", detail })?;
+        validate_name("database", &self.database).map_err(|detail| InvalidValue::new("database", detail))?;
+        validate_name("table", &self.table).map_err(|detail| InvalidValue::new("table", detail))?;
+        self.shutdown.validate()?;
         let positive: [(&'static str, u64); 7] = [
             ("http.body_bytes_max", self.http.body_bytes_max as u64),
             ("http.records_per_request_max", self.http.records_per_request_max as u64),
@@ -243,9 +242,9 @@ mod tests {
 
     #[test]
     fn defaults_are_valid_and_example_file_matches_them() {
-        AgentConfig::default().check().unwrap();
-        let example = &lodestone_model::config::crate_path("../configs/edge-agent.example.toml");
-        let loaded: AgentConfig = lodestone_model::config::load(Some(example.as_ref()), "LODESTONE_AGENT_TEST_UNUSED").unwrap();
+        AgentConfig::default().validate().unwrap();
+        let example = &lodestone_kit::config::crate_path("../configs/edge-agent.example.toml");
+        let loaded: AgentConfig = lodestone_kit::config::load(Some(example.as_ref()), "LODESTONE_AGENT_TEST_UNUSED").unwrap();
         assert_eq!(loaded, AgentConfig::default());
     }
 
@@ -254,7 +253,7 @@ mod tests {
         let check = |edit: fn(&mut AgentConfig), key: &str| {
             let mut config = AgentConfig::default();
             edit(&mut config);
-            let err = config.check().unwrap_err().to_string();
+            let err = config.validate().unwrap_err().to_string();
             assert!(err.contains(key), "{err}");
         };
         check(|c| c.device_id = "a/b".into(), "device_id");

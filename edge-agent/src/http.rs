@@ -22,7 +22,8 @@ use lodestone_model::{validate_name, Record};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::intake::{decode_body, now_ns, BodyFormat, Intake, IntakeError};
+use crate::intake::{decode_body, BodyFormat, Intake, IntakeError};
+use lodestone_kit::now_ns;
 use crate::line_protocol::Precision;
 use crate::outbox::{Destination, Outbox};
 use crate::telemetry::Telemetry;

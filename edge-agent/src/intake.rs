@@ -5,7 +5,6 @@
 //! of every way a write can be refused.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::http::StatusCode;
 use lodestone_model::{validate_record, ContentType, Envelope, Limits, Record, RejectReason, Rejection};
@@ -181,12 +180,6 @@ pub fn validate_all(records: &[Record], limits: &Limits, now_ns: i64) -> Result<
     } else {
         Err(IntakeError::Invalid { total: records.len(), rejections })
     }
-}
-
-/// Nanoseconds since the Unix epoch, by the system clock.
-pub fn now_ns() -> i64 {
-    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(since_epoch.as_nanos()).unwrap_or(i64::MAX)
 }
 
 /// The one way readings are stored, for HTTP writes and the simulated source alike.

@@ -38,7 +38,6 @@ pub mod intake;
 pub mod line_protocol;
 pub mod mqtt;
 pub mod outbox;
-pub mod shutdown;
 pub mod simulated;
 pub mod telemetry;
 pub mod writer;

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::{AgentConfig, ForwardConfig, MqttConfig};
 use crate::forward::{plan_envelopes, Backoff, ForwardWindow};
 use crate::outbox::{Outbox, OutboxError, StoredEntry};
-use crate::shutdown::Shutdown;
+use lodestone_kit::Shutdown;
 use crate::telemetry::Telemetry;
 use crate::writer::OutboxWriter;
 

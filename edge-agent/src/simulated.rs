@@ -7,9 +7,10 @@ use lodestone_model::{Dimension, MeasureValue, Record, Scalar};
 use rand::Rng;
 
 use crate::config::SimulatedConfig;
-use crate::intake::{now_ns, Intake};
+use crate::intake::Intake;
+use lodestone_kit::now_ns;
 use crate::outbox::Destination;
-use crate::shutdown::Shutdown;
+use lodestone_kit::Shutdown;
 
 /// The sensors' state: each reading takes a small random step from the previous one.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,7 +1,8 @@
 //! What every stage counted, shared by the tasks and read by `GET /v1/status` and `/metrics`.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use lodestone_kit::metrics::{CountsBy, Exposition, Kind};
 
 use crate::outbox::OutboxStatus;
 
@@ -18,7 +19,7 @@ pub struct Telemetry {
     /// Records refused: every record of a refused write (invalid, outbox full, too large, …).
     pub rejected: AtomicU64,
     /// `rejected` by the refusal's error code (`outbox_full`, `too_many_records`, …).
-    pub rejected_by_code: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    pub rejected_by_code: CountsBy<&'static str>,
     /// Whether the MQTT connection is up and subscribed to the ack topic.
     pub connected: AtomicBool,
 }
@@ -35,11 +36,11 @@ impl Telemetry {
     /// Counts `records` refused with error `code`.
     pub fn reject(&self, code: &'static str, records: u64) {
         Telemetry::add(&self.rejected, records);
-        *self.rejected_by_code.lock().expect("telemetry lock").entry(code).or_insert(0) += records;
+        self.rejected_by_code.add(code, records);
     }
 
     pub fn rejected_by_code(&self) -> std::collections::BTreeMap<&'static str, u64> {
-        self.rejected_by_code.lock().expect("telemetry lock").clone()
+        self.rejected_by_code.snapshot().into_iter().collect()
     }
 
     pub fn set_connected(&self, connected: bool) {
@@ -53,31 +54,23 @@ impl Telemetry {
     /// The counters in Prometheus' text format, with the outbox's state and `dropped` (readings
     /// the outbox discarded under `drop_oldest`).
     pub fn render(&self, outbox: &OutboxStatus, dropped: u64) -> String {
-        let mut out = String::new();
-        let counters = [
-            ("lodestone_agent_records_received_total", Telemetry::get(&self.received)),
-            ("lodestone_agent_records_forwarded_total", Telemetry::get(&self.forwarded)),
-            ("lodestone_agent_records_acked_total", Telemetry::get(&self.acked)),
-        ];
-        for (name, value) in counters {
-            let _ = writeln!(out, "# TYPE {name} counter\n{name} {value}");
-        }
-        let _ = writeln!(out, "# TYPE lodestone_agent_records_rejected_total counter");
-        for (code, count) in self.rejected_by_code() {
-            let _ = writeln!(out, "lodestone_agent_records_rejected_total{{reason=\"{code}\"}} {count}");
-        }
-        let _ = writeln!(out, "# TYPE lodestone_agent_records_discarded_total counter");
-        let _ = writeln!(out, "lodestone_agent_records_discarded_total{{reason=\"outbox_drop_oldest\"}} {dropped}");
-        let gauges = [
-            ("lodestone_agent_outbox_entries", outbox.entries),
-            ("lodestone_agent_outbox_bytes", outbox.bytes),
-            ("lodestone_agent_acked_through", outbox.acked_through),
-            ("lodestone_agent_connected", u64::from(self.is_connected())),
-        ];
-        for (name, value) in gauges {
-            let _ = writeln!(out, "# TYPE {name} gauge\n{name} {value}");
-        }
-        out
+        let mut out = Exposition::new();
+        out.counter("lodestone_agent_records_received_total", "Records taken in by HTTP writes and the simulated source.", Telemetry::get(&self.received))
+            .counter("lodestone_agent_records_forwarded_total", "Records published on MQTT, resends included.", Telemetry::get(&self.forwarded))
+            .counter("lodestone_agent_records_acked_total", "Records deleted from the outbox on the bridge's end-to-end ack.", Telemetry::get(&self.acked))
+            .family("lodestone_agent_records_rejected_total", Kind::Counter, "Records refused, by error code.", "reason", self.rejected_by_code.snapshot())
+            .family(
+                "lodestone_agent_records_discarded_total",
+                Kind::Counter,
+                "Records the outbox dropped unsent, by reason.",
+                "reason",
+                [("outbox_drop_oldest", dropped)],
+            )
+            .gauge("lodestone_agent_outbox_entries", "Envelopes in the outbox.", outbox.entries)
+            .gauge("lodestone_agent_outbox_bytes", "Bytes of readings in the outbox.", outbox.bytes)
+            .gauge("lodestone_agent_acked_through", "The last sequence number acknowledged end to end.", outbox.acked_through)
+            .gauge("lodestone_agent_connected", "1 while the MQTT connection is up and subscribed to acks.", u64::from(self.is_connected()));
+        out.finish()
     }
 }
 

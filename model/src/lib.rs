@@ -14,12 +14,9 @@
 //! - Bundles ([`encode_bundle`], [`split_bundle`]): many envelopes in one Kafka message, as the
 //!   broker-bridge produces them; [`split_message`] reads either kind of ingest-topic message.
 //!
-//! - [`config`]: loading a service's TOML configuration with environment overrides.
-//!
 //! Nothing here does network I/O: bytes in, values out.
 
 mod bundle;
-pub mod config;
 mod envelope;
 mod record;
 pub mod topic;

@@ -17,6 +17,7 @@ use crate::engine::{Engine, QueryError, QueryResult};
 pub fn router(engine: Arc<Engine>) -> Router {
     Router::new()
         .route("/health", get(|| async { "ok" }))
+        .route("/metrics", get(|State(engine): State<Arc<Engine>>| async move { engine.metrics().render(engine.running()) }))
         .route("/v1/query", post(query))
         .route("/v1/queries/{query_id}", get(query_progress).delete(cancel_query))
         .route("/v1/openapi.json", get(openapi))
@@ -79,16 +80,26 @@ struct QueryRequest {
     query_id: Option<String>,
 }
 
-/// Answer formats, chosen by the Accept header.
+/// Answer formats, chosen by the Accept header (CSV answers are UTF-8, and say so).
 const CSV: &str = "text/csv";
+const CSV_CONTENT_TYPE: &str = "text/csv; charset=utf-8";
 const ARROW: &str = "application/vnd.apache.arrow.stream";
 
 async fn query(State(engine): State<Arc<Engine>>, headers: axum::http::HeaderMap, Json(request): Json<QueryRequest>) -> Result<Response, ApiError> {
+    let answered = answer(&engine, &headers, &request).await;
+    if let Err(error) = &answered {
+        engine.metrics().failed(error.code);
+    }
+    answered
+}
+
+async fn answer(engine: &Engine, headers: &axum::http::HeaderMap, request: &QueryRequest) -> Result<Response, ApiError> {
     let page = match (&request.next_token, &request.sql) {
         (Some(token), _) => engine.next_page(token, request.max_rows)?,
         (None, Some(sql)) => engine.query(sql, request.max_rows, request.query_id.clone()).await?,
         (None, None) => return Err(ApiError { status: StatusCode::BAD_REQUEST, code: "invalid_request", message: "give `sql`, or `next_token` for the next page".into() }),
     };
+    engine.metrics().answered(&page);
     let accept = headers.get(axum::http::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
     if accept.contains(CSV) || accept.contains(ARROW) {
         let internal = |e: datafusion::arrow::error::ArrowError| ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, code: "internal", message: e.to_string() };
@@ -101,7 +112,7 @@ async fn query(State(engine): State<Arc<Engine>>, headers: axum::http::HeaderMap
         } else {
             let mut writer = datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(&mut body);
             writer.write(&page.batch).map_err(internal)?;
-            CSV
+            CSV_CONTENT_TYPE
         };
         let mut response = (StatusCode::OK, body).into_response();
         let headers = response.headers_mut();

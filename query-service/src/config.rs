@@ -1,7 +1,8 @@
 //! Configuration of the query service. Every key has the default shown in
 //! `configs/query-service.example.toml` and can be overridden by `LODESTONE_QUERY__…` variables.
 
-
+use lodestone_kit::config::{non_empty, positive, InvalidValue, Validate};
+use lodestone_kit::ShutdownConfig;
 use lodestone_store::StoreConfig;
 use serde::Deserialize;
 
@@ -12,6 +13,35 @@ pub struct QueryConfig {
     pub store: StoreConfig,
     pub memory: MemoryConfig,
     pub limits: LimitsConfig,
+    /// `[shutdown] timeout_ms`: how long queries in flight at SIGINT/SIGTERM may still run.
+    pub shutdown: ShutdownConfig,
+}
+
+impl Validate for QueryConfig {
+    fn validate(&self) -> Result<(), InvalidValue> {
+        non_empty("http.listen", &self.http.listen)?;
+        positive("memory.timeout_ms", self.memory.timeout_ms)?;
+        let l = &self.limits;
+        let positive_limits: [(&str, u64); 8] = [
+            ("limits.query_timeout_ms", l.query_timeout_ms),
+            ("limits.rows_max", l.rows_max as u64),
+            ("limits.query_memory_bytes_max", l.query_memory_bytes_max as u64),
+            ("limits.concurrent_queries_max", l.concurrent_queries_max as u64),
+            ("limits.sql_bytes_max", l.sql_bytes_max as u64),
+            ("limits.response_bytes_max", l.response_bytes_max as u64),
+            ("limits.page_token_ttl_s", l.page_token_ttl_s),
+            ("limits.paged_results_bytes_max", l.paged_results_bytes_max as u64),
+        ];
+        for (key, value) in positive_limits {
+            positive(key, value)?;
+        }
+        for worker in &self.memory.workers {
+            if !(worker.starts_with("http://") || worker.starts_with("https://")) {
+                return Err(InvalidValue::new("memory.workers", format!("{worker:?} must be a base URL starting with http:// or https://")));
+            }
+        }
+        self.shutdown.validate()
+    }
 }
 
 /// Where the rows not persisted yet are: the ingest workers, each serving its own memory.
@@ -44,9 +74,10 @@ pub struct HttpConfig {
 pub struct LimitsConfig {
     /// A query running longer is cancelled and answered with 408 `query_timeout`.
     pub query_timeout_ms: u64,
-    /// Most rows one response returns; a larger result is answered with 413 `too_many_rows`.
+    /// Most rows one answer may have, over all its pages; a larger result is answered with 413
+    /// `too_many_rows`. `max_rows` in a request only sets the page size.
     pub rows_max: usize,
-    /// Memory one query may use for sorts, joins and aggregations; past it, 507 `memory_limit`.
+    /// Memory one query may use for sorts, joins and aggregations; past it, 422 `memory_limit`.
     pub query_memory_bytes_max: usize,
     /// Queries running at once; one more is answered with 503 `too_many_queries`.
     pub concurrent_queries_max: usize,
@@ -62,7 +93,13 @@ pub struct LimitsConfig {
 
 impl Default for QueryConfig {
     fn default() -> Self {
-        QueryConfig { http: HttpConfig::default(), store: StoreConfig::default(), memory: MemoryConfig::default(), limits: LimitsConfig::default() }
+        QueryConfig {
+            http: HttpConfig::default(),
+            store: StoreConfig::default(),
+            memory: MemoryConfig::default(),
+            limits: LimitsConfig::default(),
+            shutdown: ShutdownConfig::default(),
+        }
     }
 }
 
@@ -93,8 +130,8 @@ mod tests {
 
     #[test]
     fn the_example_file_holds_exactly_the_defaults() {
-        let path = &lodestone_model::config::crate_path("../configs/query-service.example.toml");
-        let loaded: QueryConfig = lodestone_model::config::load(Some(std::path::Path::new(path)), "LODESTONE_QUERY_EXAMPLE_TEST").unwrap();
+        let path = &lodestone_kit::config::crate_path("../configs/query-service.example.toml");
+        let loaded: QueryConfig = lodestone_kit::config::load(Some(std::path::Path::new(path)), "LODESTONE_QUERY_EXAMPLE_TEST").unwrap();
         assert_eq!(loaded, QueryConfig::default());
     }
 
@@ -102,8 +139,22 @@ mod tests {
     fn a_mistyped_key_is_refused_with_its_line() {
         let file = std::env::temp_dir().join(format!("query-config-{}.toml", std::process::id()));
         std::fs::write(&file, "[limits]\nrow_max = 5\n").unwrap();
-        let error = lodestone_model::config::load::<QueryConfig>(Some(&file), "LODESTONE_QUERY_TYPO_TEST").unwrap_err().to_string();
+        let error = lodestone_kit::config::load::<QueryConfig>(Some(&file), "LODESTONE_QUERY_TYPO_TEST").unwrap_err().to_string();
         std::fs::remove_file(&file).unwrap();
         assert!(error.contains("line 2") && error.contains("row_max"), "{error}");
+    }
+
+    #[test]
+    fn values_that_cannot_work_are_refused_with_their_key() {
+        let check = |edit: fn(&mut QueryConfig), key: &str| {
+            let mut config = QueryConfig::default();
+            edit(&mut config);
+            assert_eq!(config.validate().map_err(|e| e.key), Err(key.to_string()));
+        };
+        assert!(QueryConfig::default().validate().is_ok());
+        check(|c| c.limits.concurrent_queries_max = 0, "limits.concurrent_queries_max");
+        check(|c| c.limits.query_timeout_ms = 0, "limits.query_timeout_ms");
+        check(|c| c.memory.workers = vec!["127.0.0.1:9281".into()], "memory.workers");
+        check(|c| c.shutdown.timeout_ms = 0, "shutdown.timeout_ms");
     }
 }

@@ -190,18 +190,28 @@ pub struct Engine {
     memory: MemoryClient,
     queries: std::sync::Mutex<std::collections::HashMap<String, Running>>,
     pages: std::sync::Mutex<std::collections::HashMap<String, Paged>>,
+    metrics: crate::metrics::Metrics,
 }
 
 impl Engine {
     pub fn new(store: Store, limits: LimitsConfig) -> Engine {
         let running = Semaphore::new(limits.concurrent_queries_max);
-        Engine { store, limits, running, memory: MemoryClient::none(), queries: Default::default(), pages: Default::default() }
+        Engine { store, limits, running, memory: MemoryClient::none(), queries: Default::default(), pages: Default::default(), metrics: Default::default() }
     }
 
     /// Unions every table with the rows the ingest workers hold in memory.
     pub fn with_memory(mut self, memory: MemoryClient) -> Engine {
         self.memory = memory;
         self
+    }
+
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
+    /// Queries running now.
+    pub fn running(&self) -> usize {
+        self.limits.concurrent_queries_max.saturating_sub(self.running.available_permits())
     }
 
     pub fn store(&self) -> &Store {

@@ -13,7 +13,8 @@
 //!   DataFusion has under other names (`bin`, `ago`, `max_by`, `create_time_series`…);
 //!   [`timeseries`]: the functions on timeseries (`interpolate_*`, `derivative_linear`,
 //!   `integral_trapezoidal`).
-//! - [`api`]: the REST routes (`/v1/query`, `/v1/databases…`) and their JSON errors.
+//! - [`api`]: the REST routes (`/v1/query`, `/v1/databases…`, `/metrics`) and their JSON errors;
+//!   [`metrics::Metrics`]: what the service answered, for `/metrics`.
 //!
 //! Requests enter through [`api::router`]; data enters from the store's object store and the
 //! ingest workers' memory (Arrow IPC over HTTP) and leaves as JSON. The service holds no state between requests: any number of them can run.
@@ -28,6 +29,7 @@ pub mod gapfill;
 pub mod measure_value;
 pub mod show;
 pub mod memory;
+pub mod metrics;
 pub mod table;
 pub mod timeseries;
 pub mod timestream;

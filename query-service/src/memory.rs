@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::ipc::reader::StreamReader;
 use lodestone_store::TableRef;
 
 use crate::config::MemoryConfig;
@@ -52,11 +51,7 @@ impl MemoryClient {
                         return Err(format!("{} {}", response.status(), response.text().await.unwrap_or_default()));
                     }
                     let bytes = response.bytes().await.map_err(|e| e.to_string())?;
-                    if bytes.is_empty() {
-                        return Ok(Vec::new());
-                    }
-                    let reader = StreamReader::try_new(std::io::Cursor::new(bytes), None).map_err(|e| e.to_string())?;
-                    reader.collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())
+                    lodestone_store::decode_ipc(&bytes).map_err(|e| e.to_string())
                 };
                 answer.await.map_err(|error| (url, error))
             }

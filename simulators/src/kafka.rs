@@ -13,8 +13,8 @@ use std::time::Duration;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use lodestone_model::{ContentType, Source};
+use lodestone_kit::kafka::{producer_config, send_waiting_for_room};
 use rdkafka::config::ClientConfig;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use tokio::time::Instant;
@@ -27,9 +27,6 @@ use crate::wire::{encode_envelope, Destination};
 
 /// Largest `--inflight` (envelopes awaiting delivery across the run).
 pub const INFLIGHT_ENVELOPES_MAX: usize = 100_000;
-/// How long to wait before retrying when librdkafka's local queue is full and no delivery is
-/// pending to wait for instead.
-const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(10);
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// One `lodestone-sim kafka` run.
@@ -69,14 +66,8 @@ impl KafkaRun {
 
     /// The producer's settings: idempotent, `acks=all`, deliveries bounded by the run's timeout.
     fn client_config(&self) -> ClientConfig {
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", &self.bootstrap)
-            .set("client.id", "lodestone-sim")
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("message.timeout.ms", self.timeout.as_millis().clamp(1, i32::MAX as u128).to_string());
+        let mut config = producer_config(&self.bootstrap, "lodestone-sim");
+        config.set("message.timeout.ms", self.timeout.as_millis().clamp(1, i32::MAX as u128).to_string());
         for (key, value) in &self.producer_config {
             config.set(key, value);
         }
@@ -164,20 +155,10 @@ impl ProducerFleet {
         let batch = series.next_batch().expect("called only while the series has readings");
         let source = Source { device_id: device_id.clone(), boot_id: run.boot_id.clone() };
         let encoded = encode_envelope(batch, &source, Some(&run.destination), None, run.format);
-        let mut record = FutureRecord::to(&run.topic).key(device_id.as_str()).payload(&encoded.bytes[..]).headers(headers.clone());
-        let delivery = loop {
-            match producer.send_result(record) {
-                Ok(delivery) => break delivery,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                    record = returned;
-                    if !self.await_one().await {
-                        tokio::time::sleep(QUEUE_FULL_PAUSE).await;
-                    }
-                }
-                Err((source, _)) => {
-                    return Err(SimError::KafkaEnqueue { device_id, first_seq: encoded.first_seq, source });
-                }
-            }
+        let record = FutureRecord::to(&run.topic).key(device_id.as_str()).payload(&encoded.bytes[..]).headers(headers.clone());
+        let delivery = match send_waiting_for_room(producer, record).await {
+            Ok(delivery) => delivery,
+            Err(source) => return Err(SimError::KafkaEnqueue { device_id, first_seq: encoded.first_seq, source }),
         };
         self.sent[device].add(encoded.tally);
         Progress::add(&self.progress.sent, encoded.tally.count);

@@ -625,9 +625,7 @@ fn clock_ticks_per_second() -> f64 {
     100.0
 }
 
-fn now_ns() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
-}
+use lodestone_kit::now_ns;
 
 impl PhaseReport {
     /// Readings per second from the phase's start until all of them were queryable.

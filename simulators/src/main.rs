@@ -3,7 +3,6 @@
 //! 1 when some were not (timeout or failed deliveries; the summary is still printed), 2 when the
 //! run could not start or had to stop (bad arguments, a refused write, ...).
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -315,13 +314,7 @@ async fn run(command: Command, now_ns: i64) -> anyhow::Result<(Summary, &'static
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    lodestone_kit::log::init("info");
     let cli = Cli::parse();
     if let Command::Load(args) = cli.command {
         return match run_load(args).await {

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use lodestone_model::topic::{ack_topic, parse_data_topic, Ack, DATA_FILTER};
 use lodestone_model::{ContentType, Envelope, Limits, MeasureValue, Scalar};
@@ -15,9 +15,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 const PACKET_BYTES_MAX: usize = 2 * 1024 * 1024;
 
-fn now_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as i64
-}
+use lodestone_kit::now_ns;
 
 /// Starts rumqttd on a free port in its own thread (it lives until the test process ends).
 fn start_broker() -> SocketAddr {

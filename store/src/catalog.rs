@@ -235,7 +235,8 @@ impl Store {
     }
 
     /// Applies `change` to the latest snapshot and commits the result as the next version,
-    /// retrying on a lost race. Returns after the commit is durable on the object store.
+    /// retrying on a lost race. Returns after the object store accepted the commit: on S3 it is durable;
+    /// on a local folder (no fsync) it survives a process crash, not a power loss.
     pub async fn commit<F>(&self, mut change: F) -> Result<Snapshot, StoreError>
     where
         F: FnMut(&mut Snapshot) -> Result<(), StoreError>,
@@ -344,7 +345,8 @@ impl Store {
 
     /// Writes `batch` as Parquet files (one per table and day) and commits them, the tables'
     /// learned schemas and `watermarks` in one catalog version. Returns after that commit: the
-    /// rows are durable and the caller may acknowledge its input up to the watermarks.
+    /// rows are as safe as the object store makes them (durable on S3; on a local folder, safe
+    /// from a process crash) and the caller may acknowledge its input up to the watermarks.
     /// On error nothing is committed (files already written are unreferenced garbage).
     pub async fn persist(&self, batch: &PersistBatch, watermarks: &BTreeMap<String, u64>) -> Result<Snapshot, StoreError> {
         let mut written: Vec<(usize, FileMeta)> = Vec::new();

@@ -1,4 +1,4 @@
-//! Fault tests of the durability contract (DESIGN.md): each runs a load through the real
+//! Fault tests of the durability contract (ARCHITECTURE.md, invariants): each runs a load through the real
 //! pipeline, injects a fault (kill -9, a restart, a cut connection, bad payloads), and checks the
 //! store against the load's ledger with SQL: every acknowledged reading present exactly once.
 //! Each prints `figure <test>_lost <n>` and `figure <test>_duplicated <n>`.
@@ -246,7 +246,7 @@ async fn sigterm_to_each_service_under_load_exits_within_10_s_and_loses_nothing(
         // A clean exit within its budget: no service gave up on draining, persisting or committing.
         let log = std::fs::read_to_string(&stack.process(service).log).unwrap_or_default();
         let overran: Vec<&str> =
-            log.lines().filter(|l| l.contains("WARN") && ["shutdown_timeout_ms", "shutdown timeout", "shutdown deadline"].iter().any(|m| l.contains(m))).collect();
+            log.lines().filter(|l| l.contains("WARN") && ["shutdown.timeout_ms", "shutdown timeout", "shutdown deadline"].iter().any(|m| l.contains(m))).collect();
         assert!(overran.is_empty(), "{service} ran out of its shutdown budget:\n{}", overran.join("\n"));
         println!("figure sigterm_{}_exit_ms {} ms", service.replace('-', "_"), started.elapsed().as_millis());
         stack.restart(service).await;

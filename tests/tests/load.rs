@@ -10,7 +10,7 @@ async fn the_smoke_scenario_lands_every_reading_and_reports_its_figures() {
     let stack = Stack::start(StackOptions::default()).await;
     let out = tempfile::tempdir().unwrap();
     let (report_path, chart_path) = (out.path().join("report.json"), out.path().join("chart.svg"));
-    let scenario = lodestone_model::config::crate_path("../configs/scenarios/smoke.toml");
+    let scenario = lodestone_kit::config::crate_path("../configs/scenarios/smoke.toml");
     let output = tokio::process::Command::new(bin_dir().join("lodestone-sim"))
         .arg("load")
         .arg("--scenario")

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use lodestone_model::{Dimension, Envelope, MeasureValue, Record, Scalar, Source};
 use lodestone_tests::{bin_dir, poll_until, Stack, StackOptions, DEAD_LETTER_TOPIC, INGEST_TOPIC};
@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 const LANDING: Duration = Duration::from_secs(60);
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+    lodestone_kit::now_ns() / 1_000_000
 }
 
 /// Publishes with Debian's mosquitto_pub, as any device without Lodestone code would.
@@ -32,12 +32,7 @@ fn mosquitto_pub(port: u16, topic: &str, payload: &[u8]) {
 }
 
 async fn produce(bootstrap: &str, key: &str, payload: &[u8], content_type: Option<&str>) {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .create()
-        .unwrap();
+    let producer: FutureProducer = lodestone_kit::kafka::producer_config(bootstrap, "lodestone-test").create().unwrap();
     let mut record = FutureRecord::to(INGEST_TOPIC).key(key).payload(payload);
     if let Some(content_type) = content_type {
         record = record.headers(OwnedHeaders::new().insert(Header { key: "content-type", value: Some(content_type) }));

@@ -1,5 +1,6 @@
 //! Service configuration: one TOML file per service, every key overridable by an environment
-//! variable, unknown or mistyped keys refused with the file, line and key named.
+//! variable, unknown or mistyped keys refused with the file, line and key named, and values that
+//! parse but cannot work refused by the service's [`Validate`] with the key named.
 //!
 //! Environment overrides: `{PREFIX}__{SECTION}__{KEY}=value` (case-insensitive, `__` between
 //! levels). The value is read as a TOML literal when it parses as one (`42`, `true`, `"x"`,
@@ -17,12 +18,59 @@ pub enum ConfigError {
     Invalid { path: String, detail: String },
     #[error("environment variable {var}: {detail}")]
     Env { var: String, detail: String },
+    #[error("config {path}: {source}")]
+    Refused { path: String, source: InvalidValue },
 }
 
-/// Loads `T` from the TOML file at `path` (or all defaults when `None`), then applies environment
-/// overrides that start with `{env_prefix}__`. `T` should use `#[serde(deny_unknown_fields)]`
-/// and `#[serde(default)]` so that a missing key takes its documented default.
-pub fn load<T: DeserializeOwned>(path: Option<&Path>, env_prefix: &str) -> Result<T, ConfigError> {
+/// A value that parses but cannot work, e.g. a zero interval or an empty topic name.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{key} {detail}")]
+pub struct InvalidValue {
+    /// The key as written in the file, with its section: `persist.interval_ms`.
+    pub key: String,
+    pub detail: String,
+}
+
+impl InvalidValue {
+    pub fn new(key: impl Into<String>, detail: impl Into<String>) -> InvalidValue {
+        InvalidValue { key: key.into(), detail: detail.into() }
+    }
+}
+
+/// The checks a configuration needs beyond its types. [`load`] runs them; so does every service's
+/// own constructor when it is given a configuration in code (tests).
+pub trait Validate {
+    fn validate(&self) -> Result<(), InvalidValue>;
+}
+
+/// `Err` naming `key` unless `value` is above zero: the check most bounds and periods need.
+pub fn positive(key: &str, value: u64) -> Result<(), InvalidValue> {
+    if value == 0 {
+        return Err(InvalidValue::new(key, "must be greater than 0"));
+    }
+    Ok(())
+}
+
+/// `Err` naming `key` when `value` is empty.
+pub fn non_empty(key: &str, value: &str) -> Result<(), InvalidValue> {
+    if value.trim().is_empty() {
+        return Err(InvalidValue::new(key, "must not be empty"));
+    }
+    Ok(())
+}
+
+/// Loads `T` from the TOML file at `path` (or all defaults when `None`), applies environment
+/// overrides that start with `{env_prefix}__`, then [`Validate::validate`]s it. `T` should use
+/// `#[serde(deny_unknown_fields)]` and `#[serde(default)]` so that a missing key takes its
+/// documented default.
+pub fn load<T: DeserializeOwned + Validate>(path: Option<&Path>, env_prefix: &str) -> Result<T, ConfigError> {
+    let shown = path.map_or_else(|| "(defaults)".to_string(), |p| p.display().to_string());
+    let config: T = parse(path, env_prefix)?;
+    config.validate().map_err(|source| ConfigError::Refused { path: shown, source })?;
+    Ok(config)
+}
+
+fn parse<T: DeserializeOwned>(path: Option<&Path>, env_prefix: &str) -> Result<T, ConfigError> {
     let (text, shown) = match path {
         Some(path) => {
             let shown = path.display().to_string();
@@ -95,6 +143,12 @@ mod tests {
         }
     }
 
+    impl Validate for Example {
+        fn validate(&self) -> Result<(), InvalidValue> {
+            positive("port", u64::from(self.port))
+        }
+    }
+
     impl Default for Kafka {
         fn default() -> Self {
             Kafka { bootstrap_servers: "127.0.0.1:9092".into() }
@@ -123,6 +177,13 @@ mod tests {
         let file = write("port = 5\n\n[kafka]\nbootstrap_server = \"x\"\n");
         let err = load::<Example>(Some(file.path()), "LODESTONE_TEST_C").unwrap_err().to_string();
         assert!(err.contains("line 4") && err.contains("bootstrap_server"), "{err}");
+    }
+
+    #[test]
+    fn a_value_that_cannot_work_is_refused_with_its_key() {
+        let file = write("port = 0\n");
+        let err = load::<Example>(Some(file.path()), "LODESTONE_TEST_D").unwrap_err().to_string();
+        assert_eq!(err, format!("config {}: port must be greater than 0", file.path().display()));
     }
 }
 
