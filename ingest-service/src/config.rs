@@ -2,6 +2,9 @@
 
 use std::collections::BTreeMap;
 
+use lodestone_kit::config::{non_empty, positive, InvalidValue, Validate};
+use lodestone_kit::kafka::guarantee_overridden;
+use lodestone_kit::ShutdownConfig;
 use lodestone_store::StoreConfig;
 use serde::Deserialize;
 
@@ -14,6 +17,36 @@ pub struct IngestConfig {
     pub tables: TablesConfig,
     pub maintenance: MaintenanceConfig,
     pub http: HttpConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+impl Validate for IngestConfig {
+    fn validate(&self) -> Result<(), InvalidValue> {
+        let k = &self.kafka;
+        non_empty("kafka.bootstrap_servers", &k.bootstrap_servers)?;
+        non_empty("kafka.group_id", &k.group_id)?;
+        non_empty("kafka.ingest_topic", &k.ingest_topic)?;
+        non_empty("kafka.dead_letter_topic", &k.dead_letter_topic)?;
+        if k.ingest_topic == k.dead_letter_topic {
+            return Err(InvalidValue::new("kafka.dead_letter_topic", "must differ from kafka.ingest_topic"));
+        }
+        if let Some(name) = guarantee_overridden(k.properties.keys().map(String::as_str)) {
+            return Err(InvalidValue::new(
+                "kafka.properties",
+                format!("must not set {name:?}: dead letters are delivered before offsets are committed only with an idempotent producer and acks=all"),
+            ));
+        }
+        positive("persist.interval_ms", self.persist.interval_ms)?;
+        positive("persist.hot_rows_max", self.persist.hot_rows_max as u64)?;
+        positive("tables.memory_store_retention_hours", u64::from(self.tables.memory_store_retention_hours))?;
+        positive("tables.magnetic_store_retention_days", u64::from(self.tables.magnetic_store_retention_days))?;
+        if self.maintenance.enabled {
+            positive("maintenance.interval_ms", self.maintenance.interval_ms)?;
+            positive("maintenance.compact_input_bytes_max", self.maintenance.compact_input_bytes_max)?;
+        }
+        non_empty("http.listen", &self.http.listen)?;
+        self.shutdown.validate()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -57,7 +90,7 @@ pub struct KafkaConfig {
     /// and stable across restarts, e.g. the host or pod name. A worker restarted within the
     /// session timeout takes its partitions back without a rebalance. Empty: dynamic membership.
     /// Needed on tansu 0.6.0, whose coordinator can leave a crashed member's partitions assigned
-    /// to it for good (ARCHITECTURE.md, departures).
+    /// to it for good (ARCHITECTURE.md, design notes).
     pub instance_id: String,
     /// Extra librdkafka properties for the consumer and the dead-letter producer.
     pub properties: BTreeMap<String, String>,
@@ -70,8 +103,6 @@ pub struct PersistConfig {
     pub interval_ms: u64,
     /// Bound of the hot tier in rows; reaching it triggers a persist before more is consumed.
     pub hot_rows_max: usize,
-    /// Bound on the final persist and offset commit at shutdown (SIGINT/SIGTERM).
-    pub shutdown_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -89,7 +120,7 @@ pub struct TablesConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// Address of `/health` and `/metrics`.
+    /// Address of `/health`, `/ready`, `/metrics` and `/v1/memory/{database}/{table}`.
     pub listen: String,
 }
 
@@ -108,7 +139,7 @@ impl Default for KafkaConfig {
 
 impl Default for PersistConfig {
     fn default() -> Self {
-        PersistConfig { interval_ms: 1_000, hot_rows_max: 1_000_000, shutdown_timeout_ms: 7_000 }
+        PersistConfig { interval_ms: 1_000, hot_rows_max: 1_000_000 }
     }
 }
 
@@ -130,8 +161,24 @@ mod tests {
 
     #[test]
     fn the_example_file_holds_exactly_the_defaults() {
-        let path = &lodestone_model::config::crate_path("../configs/ingest-service.example.toml");
-        let loaded: IngestConfig = lodestone_model::config::load(Some(std::path::Path::new(path)), "LODESTONE_INGEST_EXAMPLE_TEST").unwrap();
+        let path = &lodestone_kit::config::crate_path("../configs/ingest-service.example.toml");
+        let loaded: IngestConfig = lodestone_kit::config::load(Some(std::path::Path::new(path)), "LODESTONE_INGEST_EXAMPLE_TEST").unwrap();
         assert_eq!(loaded, IngestConfig::default());
+    }
+
+    #[test]
+    fn values_that_cannot_work_are_refused_with_their_key() {
+        let check = |edit: fn(&mut IngestConfig), key: &str| {
+            let mut config = IngestConfig::default();
+            edit(&mut config);
+            assert_eq!(config.validate().map_err(|e| e.key), Err(key.to_string()));
+        };
+        assert!(IngestConfig::default().validate().is_ok());
+        check(|c| c.persist.interval_ms = 0, "persist.interval_ms");
+        check(|c| c.persist.hot_rows_max = 0, "persist.hot_rows_max");
+        check(|c| c.maintenance.interval_ms = 0, "maintenance.interval_ms");
+        check(|c| c.kafka.dead_letter_topic = c.kafka.ingest_topic.clone(), "kafka.dead_letter_topic");
+        check(|c| c.kafka.properties = [("acks".to_string(), "1".to_string())].into(), "kafka.properties");
+        check(|c| c.shutdown.timeout_ms = 0, "shutdown.timeout_ms");
     }
 }

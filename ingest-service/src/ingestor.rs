@@ -1,12 +1,10 @@
 //! The Kafka-free core of an ingest worker: envelopes in, hot-tier rows and dead letters out.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-
-use arrow::array::RecordBatch;
+use std::sync::Arc;
 
 use lodestone_model::{record_to_json, split_message, DecodeError, Envelope, Limits, RejectReason, Rejection};
-use lodestone_store::{HotTier, PersistBatch, Snapshot, Store, StoreError, TableProperties, TableRef};
+use lodestone_store::{Memory, Snapshot, Store, StoreError, TableProperties, TableRef};
 use serde_json::json;
 
 use crate::config::TablesConfig;
@@ -59,7 +57,7 @@ pub struct Ingestor {
 impl Ingestor {
     pub async fn open(store: Store, hot_rows_max: usize, tables: TablesConfig, counters: Arc<Counters>) -> Result<Ingestor, StoreError> {
         let snapshot = store.snapshot().await?;
-        let memory = Memory { hot: Arc::new(Mutex::new(HotTier::new(hot_rows_max))), persisting: Arc::new(Mutex::new(None)) };
+        let memory = Memory::new(hot_rows_max);
         Ok(Ingestor { last_rejection_ns: 0, store, memory, hot_rows_max, snapshot, tables, limits: Limits::default(), counters })
     }
 
@@ -228,16 +226,10 @@ impl Ingestor {
     /// catalog commit; the caller may commit its Kafka offsets up to the watermarks.
     pub async fn persist(&mut self, watermarks: &BTreeMap<String, u64>) -> Result<usize, StoreError> {
         // The drained rows stay visible to queries until their files are committed.
-        let batch = {
-            // Under the hot tier's lock, so that a reader sees the rows in one place or the other.
-            let mut hot = self.memory.hot();
-            let batch = Arc::new(hot.drain());
-            *self.memory.persisting.lock().expect("memory lock") = Some(batch.clone());
-            batch
-        };
+        let batch = self.memory.begin_persist();
         let rows = batch.row_count();
         let persisted = if rows > 0 || !watermarks.is_empty() { self.store.persist(&batch, watermarks).await.map(Some) } else { Ok(None) };
-        *self.memory.persisting.lock().expect("memory lock") = None;
+        self.memory.end_persist();
         if let Some(snapshot) = persisted? {
             self.snapshot = snapshot;
             Counters::add(&self.counters.records_persisted, rows as u64);
@@ -246,33 +238,6 @@ impl Ingestor {
         Ok(rows)
     }
 }
-
-/// A worker's rows not persisted yet: the hot tier, and the batch being persisted (drained from
-/// the hot tier, its files not committed yet). Queries fetch both before they read the catalog,
-/// so a row is always in one or the other or in a committed file.
-#[derive(Clone)]
-pub struct Memory {
-    hot: Arc<Mutex<HotTier>>,
-    persisting: Arc<Mutex<Option<Arc<PersistBatch>>>>,
-}
-
-impl Memory {
-    fn hot(&self) -> std::sync::MutexGuard<'_, HotTier> {
-        self.hot.lock().expect("memory lock")
-    }
-
-    /// The rows of `table` in `[from_ns, to_ns)`: those being persisted first, then the hot
-    /// tier's (accepted later).
-    pub fn table_batches(&self, table: &TableRef, from_ns: i64, to_ns: i64, columns: Option<&[String]>) -> Result<Vec<RecordBatch>, StoreError> {
-        let hot = self.hot();
-        let persisting = self.persisting.lock().expect("memory lock").clone();
-        let mut batches: Vec<RecordBatch> = Vec::new();
-        batches.extend(persisting.map(|p| p.table_batch(table, from_ns, to_ns, columns)).transpose()?.flatten());
-        batches.extend(hot.table_batch(table, from_ns, to_ns, columns)?);
-        Ok(batches.into_iter().filter(|b| b.num_rows() > 0).collect())
-    }
-}
-
 
 fn dead_letter(envelope: &Envelope, origin: &Origin, rejection: Rejection, record: Option<serde_json::Value>) -> DeadLetter {
     let body = json!({

@@ -10,17 +10,29 @@
 //!   workers') also becomes a row of `"_lodestone"."rejected_records"`, so rejections are data.
 //! - [`Counters`]: what the worker received, wrote and rejected, by reason, for `/metrics`.
 //!
+//! - [`Worker`] (`worker.rs`): the loop around an ingestor, behind the small [`worker::Log`]
+//!   trait: [`Worker::handle`] applies a message (or skips it, below its partition's catalog
+//!   watermark), [`Worker::checkpoint`] is the one order *persist → dead letters delivered →
+//!   commit offsets*. Unit-tested against a fake log. Its bookkeeping is [`offsets::OffsetBook`].
+//! - `kafka.rs`: the Kafka consumer and producer behind [`worker::Log`], and the receive loop.
+//! - `http.rs`: `/health`, `/ready`, `/metrics` and `GET /v1/memory/{database}/{table}`.
+//! - `maintenance.rs`: compaction and retention rounds.
+//!
 //! Data enters as Kafka messages (envelopes in CBOR or JSON) and leaves as Parquet files and
-//! catalog commits through the store, and as dead-letter messages. The Kafka loop lives in
-//! `main.rs`: it commits a partition's offset only after [`Ingestor::persist`] returned for every
-//! record before it.
+//! catalog commits through the store, and as dead-letter messages. `main.rs` only wires these.
 //!
 //! **Invariant:** only this crate owns Kafka offsets; the store sees opaque watermarks.
 
 pub mod config;
+pub mod http;
 mod ingestor;
+pub mod kafka;
+pub mod maintenance;
 mod metrics;
+pub mod offsets;
+pub mod worker;
 
 pub use config::IngestConfig;
-pub use ingestor::{Applied, DeadLetter, Ingestor, Memory, Origin, REJECTED_RECORDS};
+pub use ingestor::{Applied, DeadLetter, Ingestor, Origin, REJECTED_RECORDS};
 pub use metrics::Counters;
+pub use worker::{Worker, WorkerError};

@@ -29,6 +29,7 @@ mod cold;
 mod compact;
 mod error;
 mod hot;
+mod memory;
 mod rejected;
 mod scan;
 mod schema;
@@ -38,6 +39,7 @@ pub use compact::{merge_dedup, CompactionPolicy, MaintenanceReport};
 pub use catalog::{FileMeta, Snapshot, Store, StoreConfig, TableEntry, TableProperties, TableRef};
 pub use error::StoreError;
 pub use hot::{HotTier, PersistBatch, TableRows, WriteOutcome};
+pub use memory::{decode_ipc, encode_ipc, Memory};
 pub use rejected::{
     records_of, rejected_records_properties, rejected_records_table, truncate, Rejected, REJECTED_RECORDS_DATABASE, REJECTED_RECORDS_TABLE,
     REJECTION_TEXT_BYTES_MAX,
