@@ -72,7 +72,7 @@ async fn csv_and_arrow_answers_by_the_accept_header() {
     let service = start(LimitsConfig::default()).await;
     let body = json!({"sql": "SELECT truck, count(*) AS records FROM fleet.trucks GROUP BY truck ORDER BY truck", "max_rows": 1});
     let response = service.http.post(format!("{}/v1/query", service.url)).header("accept", "text/csv").json(&body).send().await.unwrap();
-    assert_eq!(response.headers()["content-type"], "text/csv");
+    assert_eq!(response.headers()["content-type"], "text/csv; charset=utf-8");
     assert!(response.headers().contains_key("x-lodestone-query-id"));
     let token = response.headers()["x-lodestone-next-token"].to_str().unwrap().to_string();
     assert_eq!(response.text().await.unwrap(), "truck,records\nt1,50\n");
