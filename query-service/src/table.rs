@@ -22,7 +22,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, SendableRecordBatchStream};
 use futures::{StreamExt, TryStreamExt};
 use lodestone_store::{
-    attach_memory, plan_scan, scan_schema, DimensionFilter, ScanRequest, ScanUnit, Store, TableEntry, TableRef, MEASURE_NAME_COLUMN, TIME_COLUMN,
+    attach_memory, plan_scan, scan_schema, DimensionFilter, ScanRequest, ScanUnit, Store, TableEntry, TableRef, TIME_COLUMN,
     VERSION_COLUMN,
 };
 
@@ -76,7 +76,7 @@ impl TableProvider for StoreTable {
         // Only the columns the scan reads: those asked for, and the key and version that
         // deduplication needs.
         let memory_columns: Option<Vec<String>> = request.projection.as_ref().map(|names| {
-            let key = self.entry.schema.dimensions.iter().map(String::as_str).chain([MEASURE_NAME_COLUMN, TIME_COLUMN, VERSION_COLUMN]);
+            let key = self.entry.schema.upsert_key().into_iter().chain([VERSION_COLUMN]);
             let mut columns: Vec<String> = key.map(str::to_owned).collect();
             columns.extend(names.iter().filter(|n| !columns.contains(n)).cloned().collect::<Vec<_>>());
             columns

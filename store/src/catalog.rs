@@ -5,68 +5,21 @@
 //! that a reader never sees.
 
 use std::collections::BTreeMap;
-use std::path::Path as FsPath;
 use std::sync::Arc;
 
 use futures::TryStreamExt;
-use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use crate::cold::write_partition_file;
 use crate::error::StoreError;
-use crate::hot::PersistBatch;
 use crate::schema::TableSchema;
+use crate::table::{TableProperties, TableRef};
 
 const CATALOG_PREFIX: &str = "_catalog";
 /// Old catalog versions kept behind the latest, for readers that listed just before a commit.
 const CATALOG_VERSIONS_KEPT: u64 = 20;
 const COMMIT_ATTEMPTS_MAX: u32 = 100;
-
-/// A table's name within its database.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct TableRef {
-    pub database: String,
-    pub table: String,
-}
-
-impl std::fmt::Display for TableRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}", self.database, self.table)
-    }
-}
-
-/// Timestream's retention properties of a table.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TableProperties {
-    /// How long rows stay in the memory store (1–8766 h, default 6). Older writes are rejected
-    /// unless `magnetic_store_writes` is on.
-    pub memory_retention_hours: u32,
-    /// How long rows stay in the magnetic store (1–73000 days, default 73000).
-    pub magnetic_retention_days: u32,
-    /// Whether late records (older than the memory retention) are written to the magnetic store.
-    pub magnetic_store_writes: bool,
-}
-
-impl Default for TableProperties {
-    fn default() -> Self {
-        TableProperties { memory_retention_hours: 6, magnetic_retention_days: 73_000, magnetic_store_writes: false }
-    }
-}
-
-impl TableProperties {
-    pub fn validate(&self) -> Result<(), StoreError> {
-        let invalid = |detail: String| Err(StoreError::Invalid { what: "table properties", detail });
-        if !(1..=8766).contains(&self.memory_retention_hours) {
-            return invalid(format!("memory_retention_hours {} is not within 1..=8766", self.memory_retention_hours));
-        }
-        if !(1..=73_000).contains(&self.magnetic_retention_days) {
-            return invalid(format!("magnetic_retention_days {} is not within 1..=73000", self.magnetic_retention_days));
-        }
-        Ok(())
-    }
-}
 
 /// One Parquet file of the cold tier.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,97 +82,19 @@ impl Snapshot {
     }
 }
 
-/// Where a store is, as services configure it (the `[store]` section of their TOML files).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StoreConfig {
-    /// Local folder of the store (catalog and Parquet files), when `url` is empty.
-    pub path: std::path::PathBuf,
-    /// Any S3-compatible bucket instead, e.g. `s3://bucket/prefix`; empty: the local `path`.
-    pub url: String,
-    /// Options of the object store at `url`, passed to object_store as they are (`aws_endpoint`,
-    /// `aws_region`, `aws_access_key_id`, `aws_secret_access_key`, `aws_allow_http`…).
-    pub options: BTreeMap<String, String>,
-}
-
-impl Default for StoreConfig {
-    fn default() -> Self {
-        StoreConfig { path: "data/store".into(), url: String::new(), options: BTreeMap::new() }
-    }
-}
-
-impl StoreConfig {
-    pub fn open(&self) -> Result<Store, StoreError> {
-        if self.url.is_empty() {
-            Store::open_local(&self.path)
-        } else {
-            Store::open(&self.url, &self.options)
-        }
-    }
-
-    /// Where the store is, for messages (never the options: they may hold secrets).
-    pub fn describe(&self) -> String {
-        if self.url.is_empty() {
-            self.path.display().to_string()
-        } else {
-            self.url.clone()
-        }
-    }
-}
-
-/// The cold tier and the catalog on one object store.
+/// The versions of the catalog on one object store: read the latest, commit the next.
 #[derive(Clone, Debug)]
-pub struct Store {
+pub(crate) struct Catalog {
     objects: Arc<dyn ObjectStore>,
 }
 
-impl Store {
-    /// Opens (creating if needed) a store in a local folder.
-    pub fn open_local(root: &FsPath) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(root).map_err(|e| StoreError::Invalid { what: "store path", detail: format!("{}: {e}", root.display()) })?;
-        let objects = LocalFileSystem::new_with_prefix(root)?;
-        Ok(Store { objects: Arc::new(objects) })
+impl Catalog {
+    pub(crate) fn new(objects: Arc<dyn ObjectStore>) -> Catalog {
+        Catalog { objects }
     }
 
-    /// Opens the store at `location`: a local folder (a path, or a `file://` URL), or any
-    /// S3-compatible bucket (`s3://bucket/prefix`). `options` go to object_store's builder as
-    /// they are: `aws_endpoint`, `aws_region`, `aws_access_key_id`, `aws_secret_access_key`,
-    /// `aws_allow_http`… For S3, `aws_conditional_put` defaults to `etag`: catalog commits need
-    /// create-if-absent writes (S3's `If-None-Match: *`).
-    pub fn open(location: &str, options: &BTreeMap<String, String>) -> Result<Store, StoreError> {
-        let invalid = |detail: String| StoreError::Invalid { what: "store location", detail };
-        if !location.contains("://") {
-            return Store::open_local(FsPath::new(location));
-        }
-        let url = url::Url::parse(location).map_err(|e| invalid(format!("{location}: {e}")))?;
-        if url.scheme() == "file" {
-            let path = url.to_file_path().map_err(|()| invalid(format!("{location} is not a local path")))?;
-            return Store::open_local(&path);
-        }
-        let mut options = options.clone();
-        if url.scheme() == "s3" {
-            options.entry("aws_conditional_put".into()).or_insert_with(|| "etag".into());
-        }
-        let (objects, prefix) = object_store::parse_url_opts(&url, options)?;
-        let objects: Arc<dyn ObjectStore> = Arc::from(objects);
-        if prefix.as_ref().is_empty() {
-            return Ok(Store { objects });
-        }
-        Ok(Store { objects: Arc::new(object_store::prefix::PrefixStore::new(objects, prefix)) })
-    }
-
-    /// Wraps any object store (S3-compatible, in-memory for tests…).
-    pub fn with_object_store(objects: Arc<dyn ObjectStore>) -> Store {
-        Store { objects }
-    }
-
-    /// The object store holding the Parquet files; paths in [`FileMeta::path`] are relative to it.
-    pub fn object_store(&self) -> Arc<dyn ObjectStore> {
-        self.objects.clone()
-    }
-
-    /// The latest committed catalog version (version 0, empty, for a new store).
-    pub async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+    /// The latest committed version (version 0, empty, for a new store).
+    pub(crate) async fn latest(&self) -> Result<Snapshot, StoreError> {
         let prefix = Path::from(CATALOG_PREFIX);
         let metas: Vec<_> = self.objects.list(Some(&prefix)).try_collect().await?;
         let latest = metas.iter().filter_map(|m| version_of(&m.location)).max();
@@ -235,14 +110,13 @@ impl Store {
     }
 
     /// Applies `change` to the latest snapshot and commits the result as the next version,
-    /// retrying on a lost race. Returns after the object store accepted the commit: on S3 it is durable;
-    /// on a local folder (no fsync) it survives a process crash, not a power loss.
-    pub async fn commit<F>(&self, mut change: F) -> Result<Snapshot, StoreError>
+    /// retrying on a lost race (see the module's comment).
+    pub(crate) async fn commit<F>(&self, mut change: F) -> Result<Snapshot, StoreError>
     where
         F: FnMut(&mut Snapshot) -> Result<(), StoreError>,
     {
         for _ in 0..COMMIT_ATTEMPTS_MAX {
-            let mut next = self.snapshot().await?;
+            let mut next = self.latest().await?;
             change(&mut next)?;
             next.version += 1;
             let bytes = serde_json::to_vec(&next).expect("catalog snapshots always encode");
@@ -264,113 +138,6 @@ impl Store {
             // Best effort: a leftover old version is harmless.
             let _ = self.objects.delete(&catalog_path(latest - CATALOG_VERSIONS_KEPT)).await;
         }
-    }
-
-    pub async fn create_database(&self, name: &str) -> Result<Snapshot, StoreError> {
-        lodestone_model::validate_name("database", name).map_err(|detail| StoreError::Invalid { what: "database name", detail })?;
-        self.commit(|snapshot| {
-            if snapshot.databases.contains_key(name) {
-                return Err(StoreError::DatabaseExists(name.into()));
-            }
-            snapshot.databases.insert(name.into(), BTreeMap::new());
-            Ok(())
-        })
-        .await
-    }
-
-    pub async fn drop_database(&self, name: &str) -> Result<Snapshot, StoreError> {
-        self.commit(|snapshot| {
-            let tables = snapshot.databases.get(name).ok_or_else(|| StoreError::DatabaseNotFound(name.into()))?;
-            if !tables.is_empty() {
-                return Err(StoreError::DatabaseNotEmpty(name.into()));
-            }
-            snapshot.databases.remove(name);
-            Ok(())
-        })
-        .await
-    }
-
-    pub async fn create_table(&self, table: &TableRef, properties: TableProperties) -> Result<Snapshot, StoreError> {
-        lodestone_model::validate_name("table", &table.table).map_err(|detail| StoreError::Invalid { what: "table name", detail })?;
-        self.commit(|snapshot| snapshot.add_table(table, properties.clone())).await
-    }
-
-    /// Creates the database and table if they do not exist yet (an ingest worker's implicit
-    /// creation, as InfluxDB does); existing ones are left as they are.
-    pub async fn ensure_table(&self, table: &TableRef, properties: TableProperties) -> Result<Snapshot, StoreError> {
-        lodestone_model::validate_name("database", &table.database).map_err(|detail| StoreError::Invalid { what: "database name", detail })?;
-        lodestone_model::validate_name("table", &table.table).map_err(|detail| StoreError::Invalid { what: "table name", detail })?;
-        let existing = self.snapshot().await?;
-        if existing.table(table).is_some() {
-            return Ok(existing);
-        }
-        self.commit(|snapshot| {
-            if snapshot.table(table).is_some() {
-                return Ok(());
-            }
-            snapshot.databases.entry(table.database.clone()).or_default();
-            snapshot.add_table(table, properties.clone())
-        })
-        .await
-    }
-
-    pub async fn update_table(&self, table: &TableRef, properties: TableProperties) -> Result<Snapshot, StoreError> {
-        properties.validate()?;
-        self.commit(|snapshot| {
-            snapshot.table_mut(table)?.properties = properties.clone();
-            Ok(())
-        })
-        .await
-    }
-
-    /// Adds the names and types `learned` to the table's schema, so that queries know the
-    /// columns of rows still in a worker's memory.
-    pub async fn learn_schema(&self, table: &TableRef, learned: &TableSchema) -> Result<Snapshot, StoreError> {
-        self.commit(|snapshot| {
-            snapshot.table_mut(table)?.schema.merge(learned);
-            Ok(())
-        })
-        .await
-    }
-
-    /// Removes the table from the catalog. Its files are left for a later garbage collection.
-    pub async fn drop_table(&self, table: &TableRef) -> Result<Snapshot, StoreError> {
-        self.commit(|snapshot| {
-            snapshot.table_mut(table)?;
-            snapshot.databases.get_mut(&table.database).map(|tables| tables.remove(&table.table));
-            Ok(())
-        })
-        .await
-    }
-
-    /// Writes `batch` as Parquet files (one per table and day) and commits them, the tables'
-    /// learned schemas and `watermarks` in one catalog version. Returns after that commit: the
-    /// rows are as safe as the object store makes them (durable on S3; on a local folder, safe
-    /// from a process crash) and the caller may acknowledge its input up to the watermarks.
-    /// On error nothing is committed (files already written are unreferenced garbage).
-    pub async fn persist(&self, batch: &PersistBatch, watermarks: &BTreeMap<String, u64>) -> Result<Snapshot, StoreError> {
-        let mut written: Vec<(usize, FileMeta)> = Vec::new();
-        for (index, table_rows) in batch.tables.iter().enumerate() {
-            let snapshot_schema = self.snapshot().await?.table(&table_rows.table).map(|t| t.schema.clone()).unwrap_or_default();
-            let mut schema = snapshot_schema;
-            schema.merge(&table_rows.schema);
-            for file in write_partition_file(self.objects.as_ref(), &table_rows.table, &schema, &table_rows.rows).await? {
-                written.push((index, file));
-            }
-        }
-        self.commit(|snapshot| {
-            for table_rows in &batch.tables {
-                snapshot.table_mut(&table_rows.table)?.schema.merge(&table_rows.schema);
-            }
-            for (index, file) in &written {
-                snapshot.table_mut(&batch.tables[*index].table)?.files.push(file.clone());
-            }
-            for (key, value) in watermarks {
-                snapshot.watermarks.insert(key.clone(), *value);
-            }
-            Ok(())
-        })
-        .await
     }
 }
 

@@ -17,9 +17,10 @@ use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
-use crate::catalog::{FileMeta, TableRef};
+use crate::catalog::FileMeta;
+use crate::table::TableRef;
 use crate::error::StoreError;
-use crate::hot::{Row, SeriesKey};
+use crate::rows::{Row, SeriesKey};
 use crate::schema::{arrow_schema, TableSchema, MEASURE_NAME_COLUMN, MEASURE_VALUE_COLUMNS, TIME_COLUMN, VERSION_COLUMN};
 use crate::{day_of, DAY_NS};
 

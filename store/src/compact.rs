@@ -11,19 +11,20 @@
 
 use std::collections::BTreeMap;
 
-use arrow::array::{new_null_array, Array, ArrayRef, RecordBatch, UInt32Array, UInt64Array};
+use arrow::array::{Array, RecordBatch, UInt32Array};
 use arrow::compute::{concat_batches, take_record_batch};
-use arrow::datatypes::SchemaRef;
-use arrow::row::{RowConverter, SortField};
 use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use crate::catalog::{FileMeta, Store, TableRef};
+use crate::catalog::FileMeta;
+use crate::store::Store;
+use crate::table::TableRef;
+use crate::upsert::{merge, Merged};
 use crate::cold::{encode_parquet, file_path, unscale_doubles, ZSTD_LEVEL_COMPACTED};
 use crate::error::StoreError;
-use crate::schema::{arrow_schema, TableSchema, MEASURE_NAME_COLUMN, TIME_COLUMN, VERSION_COLUMN};
+use crate::schema::{arrow_schema, TableSchema, TIME_COLUMN};
 use crate::rejected::{records_of, rejected_records_properties, rejected_records_table, Rejected, REJECTED_RECORDS_DATABASE};
 use crate::DAY_NS;
 use lodestone_model::{record_to_json, Record, RejectReason};
@@ -133,7 +134,7 @@ impl Store {
         if !rejections.is_empty() {
             let known = self.snapshot().await?.table(&rejected).map(|t| t.schema.clone()).unwrap_or_default();
             let properties = rejected_records_properties(6, 73_000);
-            let mut hot = crate::HotTier::new(usize::MAX);
+            let mut hot = crate::hot::HotTier::new(usize::MAX);
             for record in rejections {
                 if let Err(rejection) = hot.write(&rejected, &properties, &known, record, now_ns, 0) {
                     tracing::warn!(%rejection, "a conflict could not be recorded in rejected_records");
@@ -343,104 +344,4 @@ fn split_by_time(batch: &RecordBatch, span_ns: i64) -> Result<Vec<RecordBatch>, 
         slices.entry(time.div_euclid(span_ns.max(1))).or_default().push(row as u32);
     }
     slices.into_values().map(|rows| Ok(take_record_batch(batch, &UInt32Array::from(rows))?)).collect()
-}
-
-/// Brings `batch` to `schema`: columns it lacks become nulls, others are cast when their type
-/// differs (a file written before the table learned a column).
-pub(crate) fn align(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, StoreError> {
-    let columns: Vec<ArrayRef> = schema
-        .fields()
-        .iter()
-        .map(|field| match batch.column_by_name(field.name()) {
-            Some(column) if column.data_type() == field.data_type() => Ok(column.clone()),
-            Some(column) => arrow::compute::cast(column, field.data_type()),
-            None => Ok(new_null_array(field.data_type(), batch.num_rows())),
-        })
-        .collect::<Result<_, _>>()?;
-    // The row count is explicit: a projection may ask for no column at all (`count(*)`).
-    let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-    Ok(RecordBatch::try_new_with_options(schema.clone(), columns, &options)?)
-}
-
-/// Concatenates `batches` (in commit order), sorts by series then time, and keeps one row per
-/// upsert key: the highest version, and among equal versions the first.
-pub fn merge_dedup(schema: &TableSchema, batches: &[RecordBatch]) -> Result<RecordBatch, StoreError> {
-    Ok(merge(schema, batches, false)?.merged)
-}
-
-/// What a merge kept, and the rows the upsert rule refuses.
-pub(crate) struct Merged {
-    pub merged: RecordBatch,
-    /// Rows that met an earlier row of their key with another value at a version not lower
-    /// (a cross-tier conflict), each with the version it met; `None` unless asked for.
-    pub conflicts: Option<(RecordBatch, Vec<u64>)>,
-}
-
-/// [`merge_dedup`], also finding the conflicts when `find_conflicts` is set.
-pub(crate) fn merge(schema: &TableSchema, batches: &[RecordBatch], find_conflicts: bool) -> Result<Merged, StoreError> {
-    let key_names: Vec<&str> = schema.dimensions.iter().map(String::as_str).chain([MEASURE_NAME_COLUMN, TIME_COLUMN]).collect();
-    merge_columns(&arrow_schema(schema), &key_names, batches, find_conflicts)
-}
-
-/// [`merge`] of batches brought to `target`, which holds the key columns `key_names` and the
-/// version column (and any others: the values, compared when finding conflicts).
-pub(crate) fn merge_columns(target: &SchemaRef, key_names: &[&str], batches: &[RecordBatch], find_conflicts: bool) -> Result<Merged, StoreError> {
-    let aligned: Vec<RecordBatch> = batches.iter().map(|b| align(b, target)).collect::<Result<_, _>>()?;
-    let all = concat_batches(target, &aligned)?;
-    let rows = all.num_rows();
-    let key_columns: Vec<ArrayRef> = key_names.iter().map(|n| all.column_by_name(n).expect("aligned").clone()).collect();
-    // The keys in Arrow's row format (ascending, nulls first), so that comparing two keys is one
-    // memcmp; sorting with per-column comparators instead took most of a query's time.
-    let converter = RowConverter::new(key_columns.iter().map(|c| SortField::new(c.data_type().clone())).collect())?;
-    let keys = converter.convert_columns(&key_columns)?;
-    let version = all.column_by_name(VERSION_COLUMN).expect("aligned").clone();
-    let versions = version.as_any().downcast_ref::<UInt64Array>().expect("version is UInt64");
-    // By key, then highest version (a null one last), then commit order. A stable sort keeps
-    // commit order among equals, and merges the runs it finds: each persisted file is already
-    // sorted by key, so a scan of k files costs about n·log k comparisons, not n·log n.
-    let version_of = |i: u32| if versions.is_null(i as usize) { None } else { Some(versions.value(i as usize)) };
-    let mut order: Vec<u32> = (0..rows as u32).collect();
-    order.sort_by(|&a, &b| keys.row(a as usize).cmp(&keys.row(b as usize)).then_with(|| version_of(b).cmp(&version_of(a))));
-
-    let mut keep: Vec<u32> = Vec::with_capacity(rows);
-    let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
-    let mut start = 0;
-    for i in 1..=rows {
-        if i == rows || keys.row(order[i] as usize) != keys.row(order[start] as usize) {
-            keep.push(order[start]);
-            if i - start > 1 {
-                groups.push(start..i);
-            }
-            start = i;
-        }
-    }
-    let merged = take_record_batch(&all, &UInt32Array::from(keep))?;
-    if !find_conflicts {
-        return Ok(Merged { merged, conflicts: None });
-    }
-    let value_columns: Vec<ArrayRef> = target
-        .fields()
-        .iter()
-        .filter(|f| f.name() != VERSION_COLUMN && !key_names.contains(&f.name().as_str()))
-        .map(|f| all.column_by_name(f.name()).expect("aligned").clone())
-        .collect();
-    let value_converter = RowConverter::new(value_columns.iter().map(|c| SortField::new(c.data_type().clone())).collect())?;
-    let values = value_converter.convert_columns(&value_columns)?;
-    let (mut refused, mut met) = (Vec::new(), Vec::new());
-    for group in groups {
-        // Replay the key's rows in acceptance order through the upsert rule.
-        let mut arrivals: Vec<usize> = group.map(|i| order[i] as usize).collect();
-        arrivals.sort_unstable();
-        let mut current = arrivals[0];
-        for &row in &arrivals[1..] {
-            if versions.value(row) > versions.value(current) {
-                current = row;
-            } else if values.row(row) != values.row(current) {
-                refused.push(row as u32);
-                met.push(versions.value(current));
-            }
-        }
-    }
-    let conflicts = take_record_batch(&all, &UInt32Array::from(refused))?;
-    Ok(Merged { merged, conflicts: Some((conflicts, met)) })
 }

@@ -3,30 +3,18 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use lodestone_model::{Dimension, MeasureValue, Record, RejectReason, Rejection};
+use lodestone_model::{Record, RejectReason, Rejection};
 
 use arrow::array::RecordBatch;
 
-use crate::catalog::{TableProperties, TableRef};
 use crate::cold::build_batch_columns;
 use crate::error::StoreError;
+use crate::rows::{Row, SeriesKey};
 use crate::schema::TableSchema;
+use crate::table::{TableProperties, TableRef};
 use crate::upsert::{decide, UpsertDecision};
 
 const HOUR_NS: i64 = 3_600 * 1_000_000_000;
-
-/// A series: the dimensions and measure name shared by its rows.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SeriesKey {
-    pub dimensions: Vec<Dimension>,
-    pub measure_name: String,
-}
-
-#[derive(Debug, Clone)]
-pub struct Row {
-    pub value: MeasureValue,
-    pub version: u64,
-}
 
 #[derive(Default)]
 struct HotTable {
@@ -199,7 +187,7 @@ impl HotTier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lodestone_model::Scalar;
+    use lodestone_model::{Dimension, MeasureValue, Scalar};
 
     const NOW: i64 = 1_700_000_000_000_000_000;
 

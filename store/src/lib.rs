@@ -24,19 +24,25 @@
 //! **Invariant:** the store knows nothing of Kafka or MQTT; a writer's progress is an opaque
 //! watermark in the catalog.
 
+// The modules, from the bottom layer up; each uses only those above it in this list.
+mod error;
+mod schema;
+mod table;
+mod rows;
+mod upsert;
 mod catalog;
 mod cold;
-mod compact;
-mod error;
 mod hot;
 mod memory;
 mod rejected;
+mod store;
 mod scan;
-mod schema;
-mod upsert;
+mod compact;
 
-pub use compact::{merge_dedup, CompactionPolicy, MaintenanceReport};
-pub use catalog::{FileMeta, Snapshot, Store, StoreConfig, TableEntry, TableProperties, TableRef};
+pub use catalog::{FileMeta, Snapshot, TableEntry};
+pub use compact::{CompactionPolicy, MaintenanceReport};
+pub use store::{Store, StoreConfig};
+pub use table::{TableProperties, TableRef};
 pub use error::StoreError;
 pub use hot::{HotTier, PersistBatch, TableRows, WriteOutcome};
 pub use memory::{decode_ipc, encode_ipc, Memory};
@@ -46,7 +52,7 @@ pub use rejected::{
 };
 pub use scan::{attach_memory, plan_scan, scan_schema, DimensionFilter, ScanRequest, ScanUnit};
 pub use schema::{arrow_schema, dimension_type, TableSchema, MEASURE_NAME_COLUMN, TIME_COLUMN, VERSION_COLUMN};
-pub use upsert::{decide, UpsertDecision};
+pub use upsert::{decide, merge_dedup, UpsertDecision};
 
 /// Nanoseconds in a day: the cold tier's partition width.
 pub const DAY_NS: i64 = 86_400 * 1_000_000_000;

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use arrow::array::RecordBatch;
 use arrow::datatypes::Schema;
 
-use crate::catalog::TableRef;
+use crate::table::TableRef;
 use crate::error::StoreError;
 use crate::hot::{HotTier, PersistBatch};
 

@@ -6,7 +6,7 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float64Type, Int64Type, TimestampNanosecondType, UInt64Type};
 use lodestone_model::{Dimension, MeasureType, MeasureValue, Record, Scalar};
 
-use crate::catalog::{TableProperties, TableRef};
+use crate::table::{TableProperties, TableRef};
 use crate::schema::{TableSchema, MEASURE_NAME_COLUMN, TIME_COLUMN, VERSION_COLUMN};
 
 pub const REJECTED_RECORDS_DATABASE: &str = "_lodestone";

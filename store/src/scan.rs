@@ -21,11 +21,13 @@ use parquet::arrow::arrow_reader::{ArrowPredicateFn, ArrowReaderMetadata, ArrowR
 use parquet::arrow::ProjectionMask;
 use parquet::file::metadata::PageIndexPolicy;
 
-use crate::catalog::{FileMeta, Store, TableEntry, TableRef};
+use crate::catalog::{FileMeta, TableEntry};
+use crate::store::Store;
+use crate::table::TableRef;
 use crate::cold::{reading_schema, unscale_doubles};
-use crate::compact::{align, merge_columns};
+use crate::upsert::{align, merge_columns};
 use crate::error::StoreError;
-use crate::schema::{arrow_schema, TableSchema, MEASURE_NAME_COLUMN, TIME_COLUMN, VERSION_COLUMN};
+use crate::schema::{arrow_schema, TableSchema, TIME_COLUMN, VERSION_COLUMN};
 
 /// Rows per decoded batch.
 const BATCH_ROWS: usize = 8 * 1024;
@@ -163,7 +165,7 @@ impl Store {
         }
         // Deduplication needs the whole key and the version, asked for or not.
         let full = arrow_schema(schema);
-        let key_names: Vec<&str> = schema.dimensions.iter().map(String::as_str).chain([MEASURE_NAME_COLUMN, TIME_COLUMN]).collect();
+        let key_names = schema.upsert_key();
         let needed: Vec<usize> = (0..full.fields().len())
             .filter(|&i| {
                 let name = full.field(i).name().as_str();
@@ -399,7 +401,7 @@ fn equals_any(column: &ArrayRef, values: &[String]) -> Result<BooleanArray, arro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::TableProperties;
+    use crate::table::TableProperties;
 
     fn file(path: &str, level: u8, min: i64, max: i64) -> FileMeta {
         FileMeta { path: path.into(), day: 0, min_time_ns: min, max_time_ns: max, rows: 1, bytes: 1, level, created_ns: 0 }

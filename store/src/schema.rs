@@ -92,6 +92,12 @@ impl TableSchema {
         }
     }
 
+    /// The columns of the upsert key, (dimensions, measure_name, time): one row per key survives
+    /// a merge (see [`crate::merge_dedup`]). With the version column, what deduplicating needs.
+    pub fn upsert_key(&self) -> Vec<&str> {
+        self.dimensions.iter().map(String::as_str).chain([MEASURE_NAME_COLUMN, TIME_COLUMN]).collect()
+    }
+
     /// Whether this schema already has every name `other` has.
     pub fn covers(&self, other: &TableSchema) -> bool {
         other.dimensions.is_subset(&self.dimensions)
