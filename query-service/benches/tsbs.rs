@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use lodestone_simulators::tsbs::{points, TruckFleet};
+use lodestone_tsbs::{points, TruckFleet};
 use lodestone_store::{CompactionPolicy, HotTier, PersistBatch, Store, TableProperties, TableRef};
 use query_service::config::LimitsConfig;
 use query_service::engine::Engine;

@@ -41,7 +41,7 @@ pub mod rate;
 mod profile;
 mod series;
 mod summary;
-pub mod tsbs;
+pub use lodestone_tsbs as tsbs;
 mod window;
 pub mod wire;
 

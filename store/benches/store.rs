@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use lodestone_model::Record;
-use lodestone_simulators::tsbs::{points, TruckFleet};
+use lodestone_tsbs::{points, TruckFleet};
 use lodestone_store::{CompactionPolicy, DimensionFilter, HotTier, PersistBatch, ScanRequest, Store, TableProperties, TableRef};
 
 const TRUCKS: usize = 1_000;

@@ -4,6 +4,10 @@
 //! missing and 1% arriving a few steps late. Seeded: the same seed gives the same fleet.
 //!
 //! A point is one field value, as TSBS and VictoriaMetrics count them.
+//!
+//! A crate of its own, with no dependency but the model and `rand`, so that the store's and the
+//! query service's benchmarks generate the fleet without building MQTT and Kafka clients. The
+//! live simulators (`lodestone-simulators`) drive the same [`Truck`] per series.
 
 use lodestone_model::{Dimension, MeasureValue, Record, Scalar};
 use rand::rngs::StdRng;
@@ -29,10 +33,10 @@ impl Walk {
 }
 
 /// A truck's state: `readings` (7 fields), and `diagnostics` (fuel_state, current_load, status).
-/// The live simulators drive one per series ([`crate::Profile::Truck`]).
+/// The live simulators drive one per series (their `truck` profile).
 #[derive(Debug, Clone)]
-pub(crate) struct Truck {
-    pub(crate) tags: Vec<Dimension>,
+pub struct Truck {
+    pub tags: Vec<Dimension>,
     readings: Vec<Walk>,
     fuel: Walk,
     load: f64,
@@ -40,7 +44,7 @@ pub(crate) struct Truck {
 }
 
 impl Truck {
-    pub(crate) fn new(index: usize, rng: &mut impl Rng) -> Truck {
+    pub fn new(index: usize, rng: &mut impl Rng) -> Truck {
         let fleets = ["East", "West", "North", "South"];
         let models = ["F-150", "G-2000", "H-2"];
         let tag = |name: &str, value: String| Dimension { name: name.into(), value };
@@ -73,14 +77,14 @@ impl Truck {
         }
     }
 
-    pub(crate) fn readings(&mut self, rng: &mut impl Rng) -> Vec<(String, Scalar)> {
+    pub fn readings(&mut self, rng: &mut impl Rng) -> Vec<(String, Scalar)> {
         // Multi-measure values are kept sorted by name.
         let mut values: Vec<_> = self.readings.iter_mut().map(|w| (w.name.to_string(), Scalar::Double(w.advance(rng)))).collect();
         values.sort_by(|a, b| a.0.cmp(&b.0));
         values
     }
 
-    pub(crate) fn diagnostics(&mut self, rng: &mut impl Rng) -> Vec<(String, Scalar)> {
+    pub fn diagnostics(&mut self, rng: &mut impl Rng) -> Vec<(String, Scalar)> {
         let mut fuel = self.fuel.advance(rng);
         if self.fuel.value <= 0.0 {
             self.fuel.value = 1.0; // refuelled
