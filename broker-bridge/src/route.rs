@@ -2,7 +2,8 @@
 //! sequence range to acknowledge once they are delivered.
 
 use lodestone_model::topic::{ack_topic, parse_data_topic, DataTopic};
-use lodestone_model::{validate_name, ContentType, Envelope, Limits, RejectReason};
+use lodestone_model::{validate_name, ContentType, DeadLetter, Envelope, Limits, RejectReason, RejectedBy};
+use serde_json::Value;
 
 use crate::acks::SeqRange;
 
@@ -43,6 +44,16 @@ pub struct KafkaMessage {
 }
 
 impl KafkaMessage {
+    /// The dead-letter topic's message for `letter`, keyed by its device id.
+    pub fn dead_letter(letter: &DeadLetter) -> KafkaMessage {
+        KafkaMessage {
+            destination: Destination::DeadLetter,
+            key: letter.device_id.clone(),
+            headers: letter.headers().into_iter().map(|(name, value)| (name, value.to_owned())).collect(),
+            payload: letter.payload.clone(),
+        }
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(key, _)| *key == name).map(|(_, value)| value.as_str())
     }
@@ -111,7 +122,7 @@ impl Router {
         if envelope.traceparent.is_none() {
             envelope.traceparent = inbound.traceparent.map(str::to_owned);
         }
-        route_envelope(&envelope, &destination)
+        route_envelope(&envelope)
     }
 }
 
@@ -128,26 +139,14 @@ fn parse_destination(topic: &str) -> Result<DataTopic, (Option<String>, String)>
 }
 
 fn reject_payload(inbound: &Inbound<'_>, device_id: Option<String>, reason: RejectReason, detail: String) -> Routed {
-    let mut headers = vec![
-        ("reason", reason.as_str().to_string()),
-        ("device_id", device_id.clone().unwrap_or_default()),
-        ("topic", inbound.topic.to_string()),
-        ("detail", detail.clone()),
-    ];
-    if let Some(content_type) = inbound.content_type {
-        headers.push(("content-type", content_type.to_string()));
-    }
-    let message = KafkaMessage {
-        destination: Destination::DeadLetter,
-        key: device_id.clone(),
-        headers,
-        payload: inbound.payload.to_vec(),
-    };
-    Routed { outcome: Outcome::PayloadRejected { device_id, reason, detail }, messages: vec![message], ack: None }
+    let mut letter = DeadLetter::for_payload(RejectedBy::Bridge, reason, detail.clone(), device_id.clone(), inbound.payload);
+    letter.topic = Some(inbound.topic.to_string());
+    letter.content_type = inbound.content_type.map(str::to_owned);
+    Routed { outcome: Outcome::PayloadRejected { device_id, reason, detail }, messages: vec![KafkaMessage::dead_letter(&letter)], ack: None }
 }
 
 /// One ingest message for the accepted records (if any), one dead-letter message per rejection.
-fn route_envelope(envelope: &Envelope, destination: &DataTopic) -> Routed {
+fn route_envelope(envelope: &Envelope) -> Routed {
     let device_id = &envelope.source.device_id;
     let mut messages = Vec::with_capacity(1 + envelope.rejected.len());
     if !envelope.records.is_empty() {
@@ -163,26 +162,8 @@ fn route_envelope(envelope: &Envelope, destination: &DataTopic) -> Routed {
         });
     }
     for rejection in &envelope.rejected {
-        let entry = serde_json::json!({
-            "reason": rejection.reason.as_str(),
-            "detail": rejection.detail,
-            "device_id": device_id,
-            "boot_id": envelope.source.boot_id,
-            "seq": envelope.first_seq + rejection.index as u64,
-            "database": destination.database,
-            "table": destination.table,
-            "source": "mqtt",
-        });
-        messages.push(KafkaMessage {
-            destination: Destination::DeadLetter,
-            key: Some(device_id.clone()),
-            headers: vec![
-                ("reason", rejection.reason.as_str().to_string()),
-                ("device_id", device_id.clone()),
-                ("content-type", ContentType::Json.mime().to_string()),
-            ],
-            payload: serde_json::to_vec(&entry).expect("JSON encoding of a dead-letter entry cannot fail"),
-        });
+        let letter = DeadLetter::for_record(RejectedBy::Bridge, envelope, rejection.clone(), Value::Null);
+        messages.push(KafkaMessage::dead_letter(&letter));
     }
     let ack = SeqRange {
         device_id: device_id.clone(),
@@ -365,7 +346,8 @@ mod tests {
         assert_eq!(entry["seq"], 11);
         assert_eq!(entry["database"], "fleet");
         assert_eq!(entry["table"], "trucks");
-        assert_eq!(entry["source"], "mqtt");
+        assert_eq!(entry["source"], "bridge");
+        assert_eq!(dead.header("source"), Some("bridge"));
         assert!(entry["detail"].as_str().is_some_and(|d| !d.is_empty()));
 
         let raw = b"{not json";

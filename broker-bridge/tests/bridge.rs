@@ -225,7 +225,7 @@ async fn bad_payloads_go_to_dead_letter_and_the_device_stays_connected() {
     assert_eq!(dead[0].headers["device_id"], "dev-2");
     assert_eq!(dead[1].payload.len(), 4097);
     let entry: serde_json::Value = serde_json::from_slice(&dead[4].payload).unwrap();
-    assert_eq!((entry["seq"].as_u64(), entry["boot_id"].as_str(), entry["source"].as_str()), (Some(1), Some("b"), Some("mqtt")));
+    assert_eq!((entry["seq"].as_u64(), entry["boot_id"].as_str(), entry["source"].as_str()), (Some(1), Some("b"), Some("bridge")));
 
     let metrics = http_get(&harness, "/metrics").await.1;
     assert!(metrics.contains("lodestone_bridge_rejected_total{reason=\"invalid_destination\"} 2"), "{metrics}");

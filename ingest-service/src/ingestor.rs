@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use lodestone_model::{record_to_json, split_message, DecodeError, Envelope, Limits, RejectReason, Rejection};
+use lodestone_model::{record_to_json, split_message, DeadLetter, DecodeError, Envelope, Limits, ReceivedDeadLetter, RejectReason, RejectedBy, Rejection};
 use lodestone_store::{Memory, Snapshot, Store, StoreError, TableProperties, TableRef};
 use serde_json::json;
 
@@ -16,17 +16,6 @@ pub struct Origin {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
-}
-
-/// One entry for the dead-letter topic.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeadLetter {
-    pub reason: RejectReason,
-    pub detail: String,
-    /// Device id, when known: the dead-letter message's key.
-    pub device_id: Option<String>,
-    /// The raw payload for an undecodable message, else a JSON description of the record.
-    pub payload: Vec<u8>,
 }
 
 /// What [`Ingestor::apply`] did with a message.
@@ -89,7 +78,7 @@ impl Ingestor {
         let parts = match split_message(payload, content_type) {
             Ok(parts) => parts,
             Err(error) => {
-                let letter = DeadLetter { reason: error.reason(), detail: error.to_string(), device_id: None, payload: payload.to_vec() };
+                let letter = DeadLetter::for_payload(RejectedBy::Ingest, error.reason(), error.to_string(), None, payload);
                 self.counters.reject(letter.reason);
                 return Ok(Applied::Done(vec![letter]));
             }
@@ -108,7 +97,7 @@ impl Ingestor {
             match envelope {
                 Ok(envelope) => letters.extend(self.write(&envelope, origin, now_ns).await?),
                 Err((error, part)) => {
-                    let letter = DeadLetter { reason: error.reason(), detail: error.to_string(), device_id: None, payload: part.to_vec() };
+                    let letter = DeadLetter::for_payload(RejectedBy::Ingest, error.reason(), error.to_string(), None, part);
                     self.counters.reject(letter.reason);
                     letters.push(letter);
                 }
@@ -162,23 +151,17 @@ impl Ingestor {
     /// `dead_letter_offset`. Returns before anything is durable, like [`Ingestor::apply`].
     pub async fn apply_dead_letter(&mut self, headers: &BTreeMap<String, String>, payload: &[u8], origin: &Origin, now_ns: i64) -> Result<(), StoreError> {
         let table = lodestone_store::rejected_records_table();
-        let properties = lodestone_store::rejected_records_properties(self.tables.memory_store_retention_hours, self.tables.magnetic_store_retention_days);
         if self.snapshot.table(&table).is_none() {
-            self.snapshot = self.store.ensure_table(&table, properties).await?;
+            self.snapshot = self.store.ensure_table(&table, lodestone_store::rejected_records_properties()).await?;
         }
         let entry = self.snapshot.table(&table).cloned().expect("table just ensured");
-        let header = |name: &str| headers.get(name).cloned().unwrap_or_default();
-        let body: Option<serde_json::Value> = serde_json::from_slice(payload).ok();
-        let from_body = |name: &str| body.as_ref().and_then(|b| b.get(name)).and_then(|v| v.as_str()).map(str::to_owned);
-        let device_id = Some(header("device_id")).filter(|d| !d.is_empty()).or_else(|| from_body("device_id")).unwrap_or_default();
-        let source = Some(header("source")).filter(|s| !s.is_empty()).unwrap_or_else(|| "bridge".into());
-        let detail = Some(header("detail")).filter(|d| !d.is_empty()).or_else(|| from_body("detail")).unwrap_or_default();
+        let received = ReceivedDeadLetter::read(|name| headers.get(name).map(String::as_str), payload);
         self.last_rejection_ns = now_ns.max(self.last_rejection_ns + 1);
         let record = lodestone_store::Rejected {
-            device_id,
-            reason: header("reason"),
-            source,
-            detail,
+            device_id: received.device_id,
+            reason: received.reason,
+            source: received.source,
+            detail: received.detail,
             payload: String::from_utf8_lossy(payload).into_owned(),
             extra: vec![
                 ("dead_letter_offset".into(), lodestone_model::Scalar::Bigint(origin.offset)),
@@ -239,27 +222,10 @@ impl Ingestor {
     }
 }
 
+/// The dead letter of one refused record: the record itself and where its message was found.
 fn dead_letter(envelope: &Envelope, origin: &Origin, rejection: Rejection, record: Option<serde_json::Value>) -> DeadLetter {
-    let body = json!({
-        "reason": rejection.reason.as_str(),
-        "detail": rejection.detail,
-        "device_id": envelope.source.device_id,
-        "boot_id": envelope.source.boot_id,
-        "seq": envelope.first_seq + rejection.index as u64,
-        "database": envelope.database,
-        "table": envelope.table,
-        "source": "kafka",
-        "topic": origin.topic,
-        "partition": origin.partition,
-        "offset": origin.offset,
-        "record": record,
-    });
-    DeadLetter {
-        reason: rejection.reason,
-        detail: rejection.detail,
-        device_id: Some(envelope.source.device_id.clone()),
-        payload: serde_json::to_vec(&body).expect("JSON encoding cannot fail"),
-    }
+    let context = json!({"topic": origin.topic, "partition": origin.partition, "offset": origin.offset, "record": record});
+    DeadLetter::for_record(RejectedBy::Ingest, envelope, rejection, context)
 }
 
 #[cfg(test)]

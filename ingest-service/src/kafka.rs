@@ -14,7 +14,8 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use crate::config::{KafkaConfig, PersistConfig};
-use crate::ingestor::{DeadLetter, Origin};
+use crate::ingestor::Origin;
+use lodestone_model::DeadLetter;
 use crate::metrics::Counters;
 use crate::offsets::{Partition, Rebalances};
 use crate::worker::{Log, Message, Worker, WorkerError};
@@ -92,11 +93,7 @@ impl Log for KafkaLog {
     type Delivery = futures::future::BoxFuture<'static, Result<(), String>>;
 
     async fn send_dead_letter(&self, letter: &DeadLetter) -> Result<Self::Delivery, String> {
-        let headers = OwnedHeaders::new()
-            .insert(Header { key: "reason", value: Some(letter.reason.as_str()) })
-            .insert(Header { key: "detail", value: Some(letter.detail.as_str()) })
-            .insert(Header { key: "device_id", value: letter.device_id.as_deref() })
-            .insert(Header { key: "source", value: Some("ingest") });
+        let headers = letter.headers().into_iter().fold(OwnedHeaders::new(), |headers, (key, value)| headers.insert(Header { key, value: Some(value) }));
         let key = letter.device_id.clone().unwrap_or_default();
         let record = FutureRecord::to(&self.dead_letter_topic).key(&key).payload(&letter.payload).headers(headers);
         let delivery: DeliveryFuture = send_waiting_for_room(&self.producer, record).await.map_err(|e| e.to_string())?;

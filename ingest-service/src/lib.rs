@@ -33,6 +33,6 @@ pub mod offsets;
 pub mod worker;
 
 pub use config::IngestConfig;
-pub use ingestor::{Applied, DeadLetter, Ingestor, Origin, REJECTED_RECORDS};
+pub use ingestor::{Applied, Ingestor, Origin, REJECTED_RECORDS};
 pub use metrics::Counters;
 pub use worker::{Worker, WorkerError};

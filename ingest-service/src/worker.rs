@@ -16,7 +16,8 @@ use std::sync::Arc;
 use futures::future::join_all;
 use lodestone_store::StoreError;
 
-use crate::ingestor::{Applied, DeadLetter, Ingestor, Origin};
+use crate::ingestor::{Applied, Ingestor, Origin};
+use lodestone_model::DeadLetter;
 use crate::metrics::Counters;
 use crate::offsets::{below_watermark, watermark_key, OffsetBook, Partition, Rebalances};
 

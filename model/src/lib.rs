@@ -10,6 +10,8 @@
 //!   record, and splits the good records from the [`Rejection`]s.
 //! - [`Limits`]: Timestream's quotas, checked by [`validate_record`].
 //! - [`RejectReason`]: the stable reason codes shared by dead-letter entries, metrics and errors.
+//! - [`DeadLetter`]: a refused payload or record on the dead-letter topic — its headers, who
+//!   refused it ([`RejectedBy`]) and how a worker reads it back ([`ReceivedDeadLetter`]).
 //! - [`topic`]: the MQTT topic layout and the end-to-end [`topic::Ack`].
 //! - Bundles ([`encode_bundle`], [`split_bundle`]): many envelopes in one Kafka message, as the
 //!   broker-bridge produces them; [`split_message`] reads either kind of ingest-topic message.
@@ -17,12 +19,14 @@
 //! Nothing here does network I/O: bytes in, values out.
 
 mod bundle;
+mod dead_letter;
 mod envelope;
 mod record;
 pub mod topic;
 mod validate;
 
 pub use bundle::{encode_bundle, split_bundle, split_message, BUNDLE_MIME};
+pub use dead_letter::{header as dead_letter_header, DeadLetter, ReceivedDeadLetter, RejectedBy};
 pub use envelope::{record_to_json, ContentType, DecodeError, Envelope, Source, ENVELOPE_VERSION};
 pub use record::{Dimension, MeasureType, MeasureValue, Record, Scalar};
 pub use validate::{validate_name, validate_record, Limits, RejectReason, Rejection};

@@ -133,7 +133,7 @@ impl Store {
         let mut rejected_files = Vec::new();
         if !rejections.is_empty() {
             let known = self.snapshot().await?.table(&rejected).map(|t| t.schema.clone()).unwrap_or_default();
-            let properties = rejected_records_properties(6, 73_000);
+            let properties = rejected_records_properties();
             let mut hot = crate::hot::HotTier::new(usize::MAX);
             for record in rejections {
                 if let Err(rejection) = hot.write(&rejected, &properties, &known, record, now_ns, 0) {
@@ -160,7 +160,7 @@ impl Store {
             if !rejected_files.is_empty() {
                 if snapshot.table(&rejected).is_none() {
                     snapshot.databases.entry(rejected.database.clone()).or_default();
-                    snapshot.add_table(&rejected, rejected_records_properties(6, 73_000))?;
+                    snapshot.add_table(&rejected, rejected_records_properties())?;
                 }
                 let entry = snapshot.table_mut(&rejected)?;
                 entry.schema.merge(&rejected_rows.schema);
@@ -287,7 +287,7 @@ fn conflict_rejections(table: &TableRef, schema: &TableSchema, conflicts: &Recor
             Rejected {
                 device_id: device_id.unwrap_or_default(),
                 reason: RejectReason::VersionConflict.as_str().to_string(),
-                source: "store".into(),
+                source: lodestone_model::RejectedBy::Store.as_str().into(),
                 detail: format!(
                     "{table}: another value exists under this key at version {existing_version}; write a higher version to replace it"
                 ),

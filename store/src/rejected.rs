@@ -18,9 +18,11 @@ pub fn rejected_records_table() -> TableRef {
     TableRef { database: REJECTED_RECORDS_DATABASE.into(), table: REJECTED_RECORDS_TABLE.into() }
 }
 
-/// Properties of the rejected-records table when a writer creates it: late rows are accepted.
-pub fn rejected_records_properties(memory_retention_hours: u32, magnetic_retention_days: u32) -> TableProperties {
-    TableProperties { memory_retention_hours, magnetic_retention_days, magnetic_store_writes: true }
+/// Properties of the rejected-records table, whichever writer creates it (an ingest worker or
+/// compaction): Timestream's default retention (6 hours in memory, 73,000 days on disk), and late
+/// rows accepted. Change them on the table like any other's.
+pub fn rejected_records_properties() -> TableProperties {
+    TableProperties { memory_retention_hours: 6, magnetic_retention_days: 73_000, magnetic_store_writes: true }
 }
 
 /// One rejection: what was refused, why, and where it was found.
@@ -29,7 +31,7 @@ pub struct Rejected {
     pub device_id: String,
     /// A stable reason code (see `lodestone_model::RejectReason`).
     pub reason: String,
-    /// Who refused it: `bridge`, `ingest` or `store`.
+    /// Who refused it: a `lodestone_model::RejectedBy`, or what another producer wrote.
     pub source: String,
     pub detail: String,
     pub payload: String,
