@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 
-use lodestone_kit::config::{InvalidValue, Validate};
+use lodestone_kit::config::{ensure, InvalidValue, Validate};
 use lodestone_kit::kafka::guarantee_overridden;
 use lodestone_kit::ShutdownConfig;
 use serde::Deserialize;
@@ -171,55 +171,36 @@ impl Validate for BridgeConfig {
         let (m, k) = (&self.mqtt, &self.kafka);
         let names: Vec<String> = k.properties.keys().map(|name| name.replace('_', ".")).collect();
         let overridden = guarantee_overridden(names.iter().map(String::as_str));
-        let checks: [(bool, String); 15] = [
-            (
-                overridden.is_none(),
-                format!(
-                    "kafka.properties must not set {:?}: acks promise durability only with an idempotent producer and acks=all",
-                    overridden.unwrap_or_default()
-                ),
-            ),
-            (m.payload_bytes_max >= 1, "mqtt.payload_bytes_max must be at least 1".into()),
-            (
-                m.packet_bytes_max >= m.payload_bytes_max.saturating_add(1024),
-                format!("mqtt.packet_bytes_max must be at least mqtt.payload_bytes_max + 1024 = {}", m.payload_bytes_max.saturating_add(1024)),
-            ),
-            (m.connections_max >= 1, "mqtt.connections_max must be at least 1".into()),
-            (m.inflight_packets_max >= 1, "mqtt.inflight_packets_max must be at least 1".into()),
-            (m.log_segment_bytes >= SEGMENT_BYTES_MIN, format!("mqtt.log_segment_bytes must be at least {SEGMENT_BYTES_MIN}")),
-            (m.log_segments_max >= 1, "mqtt.log_segments_max must be at least 1".into()),
-            (m.devices_tracked_max >= 1, "mqtt.devices_tracked_max must be at least 1".into()),
-            (!k.bootstrap_servers.trim().is_empty(), "kafka.bootstrap_servers must not be empty".into()),
-            (
-                !k.ingest_topic.is_empty() && !k.dead_letter_topic.is_empty() && k.ingest_topic != k.dead_letter_topic,
-                "kafka.ingest_topic and kafka.dead_letter_topic must be set and differ".into(),
-            ),
-            (
-                (1..=u32::MAX as usize).contains(&k.inflight_envelopes_max),
-                "kafka.inflight_envelopes_max must be between 1 and 4294967295".into(),
-            ),
-            (
-                (m.packet_bytes_max..=u32::MAX as usize).contains(&k.inflight_bytes_max),
-                format!("kafka.inflight_bytes_max must be between mqtt.packet_bytes_max ({}) and 4294967295", m.packet_bytes_max),
-            ),
-            (
-                (1..=k.inflight_envelopes_max).contains(&k.bundle_envelopes_max),
-                "kafka.bundle_envelopes_max must be between 1 and kafka.inflight_envelopes_max".into(),
-            ),
-            (
-                (BUNDLE_BYTES_MIN..=BUNDLE_BYTES_MAX).contains(&k.bundle_bytes_max),
-                format!("kafka.bundle_bytes_max must be between {BUNDLE_BYTES_MIN} and {BUNDLE_BYTES_MAX}"),
-            ),
-            (k.bundle_linger_ms <= BUNDLE_LINGER_MS_MAX, format!("kafka.bundle_linger_ms must be at most {BUNDLE_LINGER_MS_MAX}")),
-        ];
-        match checks.into_iter().find(|(ok, _)| !ok) {
-            // Each message starts with the key it is about.
-            Some((_, message)) => {
-                let (key, detail) = message.split_once(' ').unwrap_or((message.as_str(), ""));
-                Err(InvalidValue::new(key, detail))
-            }
-            None => Ok(()),
-        }
+        let min = |bound: &str| format!("must be at least {bound}");
+        ensure(overridden.is_none(), "kafka.properties", || {
+            format!(
+                "must not set {:?}: acks promise durability only with an idempotent producer and acks=all",
+                overridden.unwrap_or_default()
+            )
+        })?;
+        ensure(m.payload_bytes_max >= 1, "mqtt.payload_bytes_max", || min("1"))?;
+        let packet_min = m.payload_bytes_max.saturating_add(1024);
+        ensure(m.packet_bytes_max >= packet_min, "mqtt.packet_bytes_max", || min(&format!("mqtt.payload_bytes_max + 1024 = {packet_min}")))?;
+        ensure(m.connections_max >= 1, "mqtt.connections_max", || min("1"))?;
+        ensure(m.inflight_packets_max >= 1, "mqtt.inflight_packets_max", || min("1"))?;
+        ensure(m.log_segment_bytes >= SEGMENT_BYTES_MIN, "mqtt.log_segment_bytes", || min(&SEGMENT_BYTES_MIN.to_string()))?;
+        ensure(m.log_segments_max >= 1, "mqtt.log_segments_max", || min("1"))?;
+        ensure(m.devices_tracked_max >= 1, "mqtt.devices_tracked_max", || min("1"))?;
+        ensure(!k.bootstrap_servers.trim().is_empty(), "kafka.bootstrap_servers", || "must not be empty".into())?;
+        let topics_ok = !k.ingest_topic.is_empty() && !k.dead_letter_topic.is_empty() && k.ingest_topic != k.dead_letter_topic;
+        ensure(topics_ok, "kafka.ingest_topic", || "and kafka.dead_letter_topic must be set and differ".into())?;
+        let between = |low: &str, high: &str| format!("must be between {low} and {high}");
+        ensure((1..=u32::MAX as usize).contains(&k.inflight_envelopes_max), "kafka.inflight_envelopes_max", || between("1", "4294967295"))?;
+        ensure((m.packet_bytes_max..=u32::MAX as usize).contains(&k.inflight_bytes_max), "kafka.inflight_bytes_max", || {
+            between(&format!("mqtt.packet_bytes_max ({})", m.packet_bytes_max), "4294967295")
+        })?;
+        ensure((1..=k.inflight_envelopes_max).contains(&k.bundle_envelopes_max), "kafka.bundle_envelopes_max", || {
+            between("1", "kafka.inflight_envelopes_max")
+        })?;
+        ensure((BUNDLE_BYTES_MIN..=BUNDLE_BYTES_MAX).contains(&k.bundle_bytes_max), "kafka.bundle_bytes_max", || {
+            between(&BUNDLE_BYTES_MIN.to_string(), &BUNDLE_BYTES_MAX.to_string())
+        })?;
+        ensure(k.bundle_linger_ms <= BUNDLE_LINGER_MS_MAX, "kafka.bundle_linger_ms", || format!("must be at most {BUNDLE_LINGER_MS_MAX}"))
     }
 }
 

@@ -1,9 +1,8 @@
 //! The bridge's counters and their Prometheus text rendering.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+
+use lodestone_kit::metrics::{CountsBy, Exposition, Kind};
 
 use crate::route::Destination;
 
@@ -25,8 +24,8 @@ pub struct Metrics {
     acks_sent: AtomicU64,
     sequence_gaps: AtomicU64,
     inflight_envelopes: AtomicU64,
-    rejected: Mutex<BTreeMap<&'static str, u64>>,
-    discarded: Mutex<BTreeMap<&'static str, u64>>,
+    rejected: CountsBy<&'static str>,
+    discarded: CountsBy<&'static str>,
 }
 
 impl Metrics {
@@ -64,50 +63,49 @@ impl Metrics {
     }
 
     pub fn rejected(&self, reason: &'static str) {
-        *self.rejected.lock().expect("metrics lock").entry(reason).or_default() += 1;
+        self.rejected.add(reason, 1);
     }
 
     pub fn discarded(&self, reason: &'static str) {
-        *self.discarded.lock().expect("metrics lock").entry(reason).or_default() += 1;
+        self.discarded.add(reason, 1);
     }
 
     /// Prometheus text exposition format 0.0.4.
     pub fn render(&self) -> String {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let mut out = String::with_capacity(2048);
-        let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
-            let _ = writeln!(out, "# HELP lodestone_bridge_{name} {help}");
-            let _ = writeln!(out, "# TYPE lodestone_bridge_{name} {kind}");
-            for (labels, value) in samples {
-                let _ = writeln!(out, "lodestone_bridge_{name}{labels} {value}");
-            }
-        };
-        let labelled = |label: &str, map: &Mutex<BTreeMap<&'static str, u64>>| -> Vec<(String, u64)> {
-            map.lock().expect("metrics lock").iter().map(|(k, v)| (format!("{{{label}=\"{k}\"}}"), *v)).collect()
-        };
-        family("received_total", "counter", "MQTT publishes read from the embedded broker.", &[(String::new(), load(&self.received))]);
-        family("records_accepted_total", "counter", "Records that decoded and validated.", &[(String::new(), load(&self.records_accepted))]);
-        family(
-            "sent_total",
-            "counter",
-            "Envelopes and dead letters acknowledged by Kafka, by topic (a bundle counts its envelopes).",
-            &[
-                ("{topic=\"ingest\"}".into(), load(&self.sent_ingest)),
-                ("{topic=\"dead_letter\"}".into(), load(&self.sent_dead_letter)),
-            ],
-        );
-        family("bundles_sent_total", "counter", "Bundles of envelopes acknowledged by Kafka.", &[(String::new(), load(&self.bundles_sent))]);
-        family("rejected_total", "counter", "Records and payloads sent to the dead-letter topic, by reason.", &labelled("reason", &self.rejected));
-        family("discarded_total", "counter", "Messages and acks dropped without a dead-letter entry, by reason.", &labelled("reason", &self.discarded));
-        family("acks_sent_total", "counter", "End-to-end acks published to devices.", &[(String::new(), load(&self.acks_sent))]);
-        family(
-            "sequence_gaps_total",
-            "counter",
-            "Envelopes that did not continue their device's sequence (not acked until resent).",
-            &[(String::new(), load(&self.sequence_gaps))],
-        );
-        family("inflight_envelopes", "gauge", "Envelopes awaiting Kafka delivery.", &[(String::new(), load(&self.inflight_envelopes))]);
-        out
+        let mut text = Exposition::new();
+        text.counter("lodestone_bridge_received_total", "MQTT publishes read from the embedded broker.", load(&self.received))
+            .counter("lodestone_bridge_records_accepted_total", "Records that decoded and validated.", load(&self.records_accepted))
+            .family(
+                "lodestone_bridge_sent_total",
+                Kind::Counter,
+                "Envelopes and dead letters acknowledged by Kafka, by topic (a bundle counts its envelopes).",
+                "topic",
+                [(Destination::Ingest.label(), load(&self.sent_ingest)), (Destination::DeadLetter.label(), load(&self.sent_dead_letter))],
+            )
+            .counter("lodestone_bridge_bundles_sent_total", "Bundles of envelopes acknowledged by Kafka.", load(&self.bundles_sent))
+            .family(
+                "lodestone_bridge_rejected_total",
+                Kind::Counter,
+                "Records and payloads sent to the dead-letter topic, by reason.",
+                "reason",
+                self.rejected.snapshot(),
+            )
+            .family(
+                "lodestone_bridge_discarded_total",
+                Kind::Counter,
+                "Messages and acks dropped without a dead-letter entry, by reason.",
+                "reason",
+                self.discarded.snapshot(),
+            )
+            .counter("lodestone_bridge_acks_sent_total", "End-to-end acks published to devices.", load(&self.acks_sent))
+            .counter(
+                "lodestone_bridge_sequence_gaps_total",
+                "Envelopes that did not continue their device's sequence (not acked until resent).",
+                load(&self.sequence_gaps),
+            )
+            .gauge("lodestone_bridge_inflight_envelopes", "Envelopes awaiting Kafka delivery.", load(&self.inflight_envelopes));
+        text.finish()
     }
 }
 

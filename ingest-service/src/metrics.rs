@@ -1,10 +1,8 @@
 //! Counters of what the worker received, wrote and rejected, rendered for Prometheus.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Mutex;
 
+use lodestone_kit::metrics::{CountsBy, Exposition, Kind};
 use lodestone_model::RejectReason;
 
 #[derive(Default)]
@@ -18,9 +16,9 @@ pub struct Counters {
     pub persists: AtomicU64,
     /// Partitions of the ingest and dead-letter topics the group has assigned to this worker.
     pub partitions_assigned: AtomicI64,
-    rejected: Mutex<BTreeMap<RejectReason, u64>>,
+    rejected: CountsBy<RejectReason>,
     /// Records dropped after they were received, by reason (a dead letter Kafka refused).
-    discarded: Mutex<BTreeMap<&'static str, u64>>,
+    discarded: CountsBy<&'static str>,
 }
 
 impl Counters {
@@ -29,11 +27,11 @@ impl Counters {
     }
 
     pub fn reject(&self, reason: RejectReason) {
-        *self.rejected.lock().expect("counters lock").entry(reason).or_default() += 1;
+        self.rejected.add(reason, 1);
     }
 
     pub fn discard(&self, reason: &'static str) {
-        *self.discarded.lock().expect("counters lock").entry(reason).or_default() += 1;
+        self.discarded.add(reason, 1);
     }
 
     /// Whether the group has assigned this worker a partition: it is consuming.
@@ -41,30 +39,35 @@ impl Counters {
         self.partitions_assigned.load(Ordering::Relaxed) > 0
     }
 
+    /// Prometheus text exposition format 0.0.4.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let plain = [
-            ("lodestone_ingest_messages_received_total", &self.messages_received),
-            ("lodestone_ingest_messages_skipped_total", &self.messages_skipped),
-            ("lodestone_ingest_records_received_total", &self.records_received),
-            ("lodestone_ingest_records_written_total", &self.records_written),
-            ("lodestone_ingest_records_persisted_total", &self.records_persisted),
-            ("lodestone_ingest_persists_total", &self.persists),
-        ];
-        for (name, counter) in plain {
-            let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", counter.load(Ordering::Relaxed));
-        }
-        let assigned = self.partitions_assigned.load(Ordering::Relaxed);
-        let _ = writeln!(out, "# TYPE lodestone_ingest_partitions_assigned gauge\nlodestone_ingest_partitions_assigned {assigned}");
-        let _ = writeln!(out, "# TYPE lodestone_ingest_records_rejected_total counter");
-        for (reason, count) in self.rejected.lock().expect("counters lock").iter() {
-            let _ = writeln!(out, "lodestone_ingest_records_rejected_total{{reason=\"{reason}\"}} {count}");
-        }
-        let _ = writeln!(out, "# TYPE lodestone_ingest_records_discarded_total counter");
-        for (reason, count) in self.discarded.lock().expect("counters lock").iter() {
-            let _ = writeln!(out, "lodestone_ingest_records_discarded_total{{reason=\"{reason}\"}} {count}");
-        }
-        out
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let rejected = self.rejected.snapshot().into_iter().map(|(reason, count)| (reason.as_str(), count));
+        let mut text = Exposition::new();
+        text.counter("lodestone_ingest_messages_received_total", "Messages consumed from the ingest and dead-letter topics.", load(&self.messages_received))
+            .counter(
+                "lodestone_ingest_messages_skipped_total",
+                "Messages below their partition's catalog watermark: already persisted, not stored again.",
+                load(&self.messages_skipped),
+            )
+            .counter("lodestone_ingest_records_received_total", "Records in the envelopes consumed.", load(&self.records_received))
+            .counter("lodestone_ingest_records_written_total", "Records written to the memory tier.", load(&self.records_written))
+            .counter("lodestone_ingest_records_persisted_total", "Records made durable in Parquet files.", load(&self.records_persisted))
+            .counter("lodestone_ingest_persists_total", "Persists committed to the catalog.", load(&self.persists))
+            .gauge(
+                "lodestone_ingest_partitions_assigned",
+                "Partitions of the ingest and dead-letter topics assigned to this worker.",
+                self.partitions_assigned.load(Ordering::Relaxed),
+            )
+            .family("lodestone_ingest_records_rejected_total", Kind::Counter, "Records and messages sent to the dead-letter topic, by reason.", "reason", rejected)
+            .family(
+                "lodestone_ingest_records_discarded_total",
+                Kind::Counter,
+                "Records dropped after they were received, by reason.",
+                "reason",
+                self.discarded.snapshot(),
+            );
+        text.finish()
     }
 }
 

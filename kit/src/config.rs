@@ -43,6 +43,14 @@ pub trait Validate {
     fn validate(&self) -> Result<(), InvalidValue>;
 }
 
+/// `Err(InvalidValue { key, detail })` unless `ok`: one line per check in a `validate()`.
+pub fn ensure(ok: bool, key: &str, detail: impl FnOnce() -> String) -> Result<(), InvalidValue> {
+    if ok {
+        return Ok(());
+    }
+    Err(InvalidValue::new(key, detail()))
+}
+
 /// `Err` naming `key` unless `value` is above zero: the check most bounds and periods need.
 pub fn positive(key: &str, value: u64) -> Result<(), InvalidValue> {
     if value == 0 {
