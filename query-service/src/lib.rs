@@ -17,7 +17,11 @@
 //!   [`metrics::Metrics`]: what the service answered, for `/metrics`.
 //!
 //! Requests enter through [`api::router`]; data enters from the store's object store and the
-//! ingest workers' memory (Arrow IPC over HTTP) and leaves as JSON. The service holds no state between requests: any number of them can run.
+//! ingest workers' memory (Arrow IPC over HTTP) and leaves as JSON. A service keeps only what
+//! lives for one answer: the queries running now (for cancel) and the unread pages of paged
+//! answers (until their token expires), both in its own memory. A `next_token` must therefore come
+//! back to the service that issued it; everything else (tables, data) is in the catalog and the
+//! object store, so any number of services can run side by side.
 //!
 //! **Invariant:** the query service never writes data; it changes only the catalog's databases
 //! and tables.

@@ -4,7 +4,7 @@
 //! run could not start or had to stop (bad arguments, a refused write, ...).
 
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -322,10 +322,10 @@ async fn main() -> ExitCode {
             Err(error) => fail(error),
         };
     }
-    let now_ns = match SystemTime::now().duration_since(UNIX_EPOCH) {
-        Ok(since_epoch) => since_epoch.as_nanos() as i64,
-        Err(_) => return fail(anyhow::anyhow!("the system clock is before 1970")),
-    };
+    let now_ns = lodestone_kit::now_ns();
+    if now_ns < 0 {
+        return fail(anyhow::anyhow!("the system clock is before 1970"));
+    }
     let (summary, series_noun, timeout_s) = match run(cli.command, now_ns).await {
         Ok(done) => done,
         Err(error) => return fail(error),

@@ -60,7 +60,7 @@ pub async fn write_partition_file(
             rows: indexes.len() as u64,
             bytes: size,
             level: 0,
-            created_ns: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64),
+            created_ns: lodestone_kit::now_ns(),
         });
     }
     Ok(files)

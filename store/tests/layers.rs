@@ -11,25 +11,56 @@ fn layers(lib: &str) -> Vec<String> {
         .collect()
 }
 
-/// The modules of `modules` that the code (comments aside) of `source` names as `crate::x`.
-fn used<'a>(source: &str, modules: &'a [String]) -> Vec<(&'a str, String)> {
+/// `source` without its `//` comments, line for line.
+fn code(source: &str) -> String {
+    source.lines().map(|line| line.find("//").map_or(line, |at| &line[..at])).collect::<Vec<_>>().join("\n")
+}
+
+/// The top-level items of the `{…}` group that `group` starts inside of (after its `{`), which may
+/// span lines and nest: `a::{b, c}, d}` gives `a::{b, c}` and `d`.
+fn group_items(group: &str) -> Vec<&str> {
+    let (mut items, mut depth, mut start) = (Vec::new(), 0usize, 0);
+    for (at, c) in group.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => {
+                items.push(&group[start..at]);
+                return items;
+            }
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                items.push(&group[start..at]);
+                start = at + 1;
+            }
+            _ => {}
+        }
+    }
+    items.push(&group[start..]);
+    items
+}
+
+/// The modules of `modules` that the code (comments aside) of `source` names as `crate::x` or,
+/// from a module directly under the crate root, `super::x`, with the line number of each use.
+fn used<'a>(source: &str, modules: &'a [String]) -> Vec<(&'a str, usize)> {
+    let code = code(source);
     let mut found = Vec::new();
-    for line in source.lines().filter(|l| !l.trim_start().starts_with("//")) {
-        let mut rest = line;
-        while let Some(at) = rest.find("crate::") {
-            rest = &rest[at + "crate::".len()..];
-            let names: Vec<&str> = if let Some(group) = rest.strip_prefix('{') {
-                group[..group.find('}').unwrap_or(group.len())].split(',').map(|n| n.trim().split("::").next().unwrap_or("")).collect()
-            } else {
-                vec![rest.split(|c: char| !(c.is_alphanumeric() || c == '_')).next().unwrap_or("")]
+    for prefix in ["crate::", "super::"] {
+        for (at, _) in code.match_indices(prefix) {
+            let rest = &code[at + prefix.len()..];
+            let line = code[..at].matches('\n').count() + 1;
+            let items = match rest.strip_prefix('{') {
+                Some(group) => group_items(group),
+                None => vec![rest],
             };
-            for name in names {
+            for item in items {
+                let name = item.trim_start().split(|c: char| !(c.is_alphanumeric() || c == '_')).next().unwrap_or("");
                 if let Some(module) = modules.iter().find(|m| m.as_str() == name) {
-                    found.push((module.as_str(), line.trim().to_owned()));
+                    found.push((module.as_str(), line));
                 }
             }
         }
     }
+    found.sort();
     found
 }
 
@@ -45,7 +76,7 @@ fn every_module_uses_only_the_layers_below_it() {
         for (target, line) in used(&source, &modules) {
             let target_level = modules.iter().position(|m| m == target).expect("listed");
             if target_level >= level && target != module {
-                upward.push(format!("{module} uses {target}: {line}"));
+                upward.push(format!("{module} uses {target}: src/{module}.rs line {line}"));
             }
         }
     }
@@ -53,9 +84,9 @@ fn every_module_uses_only_the_layers_below_it() {
 }
 
 #[test]
-fn the_check_sees_grouped_and_inline_uses() {
-    let modules: Vec<String> = ["hot", "cold", "scan"].map(String::from).to_vec();
-    let source = "use crate::{hot::Row, cold};\n// crate::scan in a comment\nlet x = crate::scan::f();";
-    let found: Vec<&str> = used(source, &modules).into_iter().map(|(m, _)| m).collect();
-    assert_eq!(found, ["hot", "cold", "scan"]);
+fn the_check_sees_grouped_nested_multiline_and_super_uses() {
+    let modules: Vec<String> = ["hot", "cold", "scan", "rows", "table"].map(String::from).to_vec();
+    let source = "use crate::{hot::{Row, Key}, cold};\n// crate::scan in a comment\nlet x = crate::scan::f(); // crate::table\nuse crate::{\n    rows::Row,\n};\nuse super::table::TableRef;";
+    let found: Vec<(&str, usize)> = used(source, &modules);
+    assert_eq!(found, [("cold", 1), ("hot", 1), ("rows", 4), ("scan", 3), ("table", 7)]);
 }
