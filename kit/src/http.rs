@@ -1,17 +1,46 @@
 //! The HTTP listener every service serves its axum router through, so that what every listener
-//! needs (TLS, authentication, request bounds) is added here once.
+//! needs (TLS, request bounds) is added here once; authentication is [`crate::auth::require_token`]
+//! around the router. With the `client` feature, [`client`] builds the HTTP client services and
+//! tools call each other with.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
+use tokio_rustls::server::TlsStream;
 
 use crate::shutdown::Shutdown;
+use crate::auth::AuthConfig;
+use crate::tls::{ServerTls, TlsConfig};
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on http://{listen}: {source}")]
+#[error("cannot listen on {listen}: {source}")]
 pub struct BindError {
     pub listen: String,
     pub source: std::io::Error,
+}
+
+/// Why a service's listener could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Tokens(#[from] crate::auth::TokenFileError),
+}
+
+/// Serves a service's `router` as its `[tls]` and `[auth]` say: TLS (or plain text, said
+/// explicitly), and a token checked on every path but `/health` and `/ready`
+/// ([`crate::auth::require_token`]). Every service's listener starts here.
+pub async fn serve_service(listen: &str, router: axum::Router, tls: &TlsConfig, auth: &AuthConfig, shutdown: Shutdown) -> Result<Server, ServeError> {
+    let server_tls = tls.server()?;
+    let authenticator = Arc::new(auth.authenticator()?);
+    Ok(serve(listen, crate::auth::require_token(router, authenticator), &server_tls, shutdown).await?)
 }
 
 /// A running HTTP server.
@@ -22,19 +51,103 @@ pub struct Server {
 
 /// Binds `listen` (`host:port`; port 0 picks a free one) and serves `router` until `shutdown`
 /// fires, then stops accepting and finishes the requests in flight. Returns once listening; the
-/// log line `listening on http://ADDR` has been written.
-pub async fn serve(listen: &str, router: axum::Router, mut shutdown: Shutdown) -> Result<Server, BindError> {
+/// log line `listening on http(s)://ADDR` has been written.
+///
+/// With [`ServerTls::Rustls`], each connection's handshake runs in a task of its own under the
+/// handshake timeout, at most [`HANDSHAKES_MAX`] at once (connections beyond are closed at
+/// once): a client that connects and stalls holds up no one, and a flood of them is bounded.
+pub async fn serve(listen: &str, router: axum::Router, tls: &ServerTls, mut shutdown: Shutdown) -> Result<Server, BindError> {
     let bind_error = |source| BindError { listen: listen.to_string(), source };
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(bind_error)?;
     let addr = listener.local_addr().map_err(bind_error)?;
-    tracing::info!("listening on http://{addr}");
-    let task = tokio::spawn(async move {
-        let served = axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
-        if let Err(error) = served {
-            tracing::error!(%error, "HTTP server failed");
+    tracing::info!("listening on {}://{addr}", tls.scheme());
+    let stopped = async move { shutdown.cancelled().await };
+    let task = match tls {
+        ServerTls::Plain => tokio::spawn(async move {
+            let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
+                let _ = stream.set_nodelay(true);
+            });
+            report(axum::serve(listener, router).with_graceful_shutdown(stopped).await);
+        }),
+        ServerTls::Rustls { config, handshake_timeout } => {
+            let handshakes = TlsListener::start(listener, tokio_rustls::TlsAcceptor::from(config.clone()), *handshake_timeout, addr);
+            tokio::spawn(async move { report(axum::serve(handshakes, router).with_graceful_shutdown(stopped).await) })
         }
-    });
+    };
     Ok(Server { addr, task })
+}
+
+fn report(served: std::io::Result<()>) {
+    if let Err(error) = served {
+        tracing::error!(%error, "HTTP server failed");
+    }
+}
+
+/// TLS handshakes under way at once on one listener; a connection beyond is closed at once.
+pub const HANDSHAKES_MAX: usize = 1024;
+
+/// Connections whose TLS handshake has finished, handed to axum one by one. The handshakes run
+/// in tasks of their own (see [`serve`]); the accept loop stops when axum drops the listener.
+struct TlsListener {
+    handshaken: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    addr: SocketAddr,
+}
+
+impl TlsListener {
+    fn start(listener: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcceptor, timeout: Duration, addr: SocketAddr) -> TlsListener {
+        let (handshaken, receiver) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let pending = Arc::new(Semaphore::new(HANDSHAKES_MAX));
+            loop {
+                let (stream, peer) = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok(accepted) => accepted,
+                        Err(error) => {
+                            // Out of file descriptors, say: wait a moment rather than spin.
+                            tracing::warn!(%error, "accepting a connection failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                    _ = handshaken.closed() => return,
+                };
+                let Ok(permit) = pending.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, "{HANDSHAKES_MAX} TLS handshakes under way; connection closed");
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let (acceptor, handshaken) = (acceptor.clone(), handshaken.clone());
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = handshaken.send((tls, peer)).await;
+                        }
+                        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, ?timeout, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        TlsListener { handshaken: receiver, addr }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.handshaken.recv().await {
+            Some(connection) => connection,
+            // The accept loop ended: nothing more will come.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.addr)
+    }
 }
 
 impl Server {
@@ -60,6 +173,18 @@ impl Server {
     }
 }
 
+/// An HTTP client for calls between Lodestone services and from its tools: it trusts exactly
+/// the CAs of `tls` (built by [`crate::tls::client_config`]), or speaks only plain HTTP when
+/// `None`. Add timeouts on the builder.
+#[cfg(feature = "client")]
+pub fn client(tls: Option<rustls::ClientConfig>) -> reqwest::ClientBuilder {
+    let builder = reqwest::Client::builder().tls_built_in_root_certs(false);
+    match tls {
+        Some(config) => builder.use_preconfigured_tls(config),
+        None => builder,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,7 +195,7 @@ mod tests {
     async fn serves_until_the_signal() {
         let (trigger, shutdown) = shutdown_channel();
         let router = axum::Router::new().route("/health", axum::routing::get(|| async { "ok" }));
-        let mut server = serve("127.0.0.1:0", router, shutdown).await.unwrap();
+        let mut server = serve("127.0.0.1:0", router, &ServerTls::Plain, shutdown).await.unwrap();
         let mut stream = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
         stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
         let mut response = String::new();
@@ -86,7 +211,70 @@ mod tests {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let listen = taken.local_addr().unwrap().to_string();
         let (_trigger, shutdown) = shutdown_channel();
-        let error = serve(&listen, axum::Router::new(), shutdown).await.err().unwrap();
-        assert!(error.to_string().starts_with(&format!("cannot listen on http://{listen}")), "{error}");
+        let error = serve(&listen, axum::Router::new(), &ServerTls::Plain, shutdown).await.err().unwrap();
+        assert!(error.to_string().starts_with(&format!("cannot listen on {listen}")), "{error}");
+    }
+
+    /// A CA and a certificate for 127.0.0.1 signed by it, as PEM files in `dir`.
+    fn certificates(dir: &std::path::Path) -> (std::path::PathBuf, ServerTls) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        let certificate = params.signed_by(&key, &ca).unwrap();
+        let (ca_path, cert_path, key_path) = (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"));
+        std::fs::write(&ca_path, ca.pem()).unwrap();
+        std::fs::write(&cert_path, certificate.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        let config = crate::tls::server_config(&cert_path, &key_path).unwrap();
+        (ca_path, ServerTls::Rustls { config: std::sync::Arc::new(config), handshake_timeout: Duration::from_millis(500) })
+    }
+
+    /// One HTTPS GET of `/health` through a client trusting `ca_path`; the body.
+    async fn get_health(ca_path: &std::path::Path, addr: SocketAddr) -> std::io::Result<String> {
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(crate::tls::client_config(ca_path).unwrap()));
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let mut tls = connector.connect(name, stream).await?;
+        tls.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await?;
+        let mut response = Vec::new();
+        // A server may close a TLS stream without close_notify after a `Connection: close`.
+        let _ = tls.read_to_end(&mut response).await;
+        Ok(String::from_utf8_lossy(&response).into_owned())
+    }
+
+    #[tokio::test]
+    async fn tls_serves_while_stalled_handshakes_wait_and_plain_text_gets_no_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca_path, tls) = certificates(dir.path());
+        let (trigger, shutdown) = shutdown_channel();
+        let router = axum::Router::new().route("/health", axum::routing::get(|| async { "ok" }));
+        let mut server = serve("127.0.0.1:0", router, &tls, shutdown).await.unwrap();
+        // 50 clients connect and never say a word: a real one is still served.
+        let mut stalled = Vec::new();
+        for _ in 0..50 {
+            stalled.push(tokio::net::TcpStream::connect(server.addr()).await.unwrap());
+        }
+        let answer = get_health(&ca_path, server.addr()).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok"), "{answer}");
+        // The stalled ones are closed once their handshake timeout passes (500 ms here).
+        let mut byte = [0u8; 1];
+        let closed = tokio::time::timeout(Duration::from_secs(10), stalled[0].read(&mut byte)).await.expect("closed within 10 s");
+        assert!(matches!(closed, Ok(0) | Err(_)), "a stalled connection got data: {closed:?}");
+        // Plain HTTP to the TLS port: no HTTP answer.
+        let mut plain = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+        plain.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut response = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), plain.read_to_end(&mut response)).await.expect("closed");
+        assert!(!String::from_utf8_lossy(&response).contains("HTTP/1.1"), "plain text got an HTTP answer");
+        // A client trusting another CA refuses the server.
+        let other = tempfile::tempdir().unwrap();
+        let (other_ca, _) = certificates(other.path());
+        assert!(get_health(&other_ca, server.addr()).await.is_err());
+        trigger.trigger();
+        server.stopped().await.unwrap();
     }
 }

@@ -9,8 +9,10 @@
 //! - [`shutdown`]: one signal per process ([`shutdown::Shutdown`], fired by SIGINT or SIGTERM or by
 //!   its trigger) that every task listens to, and the `[shutdown] timeout_ms` key
 //!   ([`shutdown::ShutdownConfig`]) that bounds each service's drain.
-//! - [`http::serve`]: the HTTP listener every service serves its router through; it stops on the
-//!   shutdown signal.
+//! - [`http::serve`]: the HTTP listener every service serves its router through, plain or TLS
+//!   ([`tls::TlsConfig`], `[tls]`); it stops on the shutdown signal.
+//! - [`auth`]: bearer tokens with scopes (`[auth]`, [`auth::require_token`] around a router,
+//!   [`auth::Principal`] in every handler), and the token file `lodestone-admin` manages.
 //! - [`clock::now_ns`]: wall-clock nanoseconds since the Unix epoch, saturating at the `i64` range.
 //! - [`metrics::Exposition`]: the Prometheus text format every `/metrics` endpoint writes.
 //! - `kafka` (feature `kafka`): the idempotent producer settings the end-to-end ack relies on,
@@ -19,6 +21,7 @@
 //! Configuration comes in from files and the environment; everything else here is plumbing that
 //! services call, with no state of its own.
 
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod http;
@@ -27,6 +30,7 @@ pub mod kafka;
 pub mod log;
 pub mod metrics;
 pub mod shutdown;
+pub mod tls;
 
 pub use clock::now_ns;
 pub use shutdown::{Shutdown, ShutdownConfig, ShutdownTrigger};
