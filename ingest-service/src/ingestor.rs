@@ -152,7 +152,7 @@ impl Ingestor {
     pub async fn apply_dead_letter(&mut self, headers: &BTreeMap<String, String>, payload: &[u8], origin: &Origin, now_ns: i64) -> Result<(), StoreError> {
         let table = lodestone_store::rejected_records_table();
         if self.snapshot.table(&table).is_none() {
-            self.snapshot = self.store.ensure_table(&table, lodestone_store::rejected_records_properties()).await?;
+            self.snapshot = self.store.ensure_rejected_records().await?;
         }
         let entry = self.snapshot.table(&table).cloned().expect("table just ensured");
         let received = ReceivedDeadLetter::read(|name| headers.get(name).map(String::as_str), payload);
@@ -182,6 +182,10 @@ impl Ingestor {
         let (Some(database), Some(table)) = (&envelope.database, &envelope.table) else {
             return invalid(RejectReason::InvalidDestination, "an envelope on Kafka must name its database and table".into());
         };
+        // Also for tables that exist: a producer may not write into Lodestone's own database.
+        if let Err(detail) = lodestone_model::validate_name("database", database) {
+            return invalid(RejectReason::InvalidDestination, detail);
+        }
         let table = TableRef { database: database.clone(), table: table.clone() };
         if self.snapshot.table(&table).is_none() {
             self.snapshot = self.store.snapshot().await?;

@@ -29,4 +29,4 @@ pub use bundle::{encode_bundle, split_bundle, split_message, BUNDLE_MIME};
 pub use dead_letter::{header as dead_letter_header, DeadLetter, ReceivedDeadLetter, RejectedBy};
 pub use envelope::{record_to_json, ContentType, DecodeError, Envelope, Source, ENVELOPE_VERSION};
 pub use record::{Dimension, MeasureType, MeasureValue, Record, Scalar};
-pub use validate::{validate_name, validate_record, Limits, RejectReason, Rejection};
+pub use validate::{is_reserved_database, validate_name, validate_record, Limits, RejectReason, Rejection};

@@ -122,9 +122,18 @@ impl fmt::Display for Rejection {
     }
 }
 
-/// Names that cannot be dimension or multi-measure names: they are the table's own columns.
+/// Names that cannot be dimension or multi-measure names, in any case: they are the table's own
+/// columns (SQL matches names without regard to case, so `Time` would shadow `time`).
 fn is_reserved_column(name: &str) -> bool {
-    matches!(name, "measure_name" | "time" | "version") || name.starts_with("measure_value")
+    let name = name.to_ascii_lowercase();
+    matches!(name.as_str(), "measure_name" | "time" | "version") || name.starts_with("measure_value")
+}
+
+/// Database names that belong to Lodestone itself, in any case: `_lodestone` (its
+/// `rejected_records` table) and `_catalog` (the catalog's folder in the object store). No device,
+/// producer or API caller may write to or create them.
+pub fn is_reserved_database(name: &str) -> bool {
+    name.eq_ignore_ascii_case("_lodestone") || name.eq_ignore_ascii_case("_catalog")
 }
 
 /// Checks a database or table name: 3 to 256 bytes of ASCII letters, digits, `_`, `-` and `.`
@@ -136,6 +145,9 @@ pub fn validate_name(kind: &str, name: &str) -> Result<(), String> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
     if !name.chars().all(allowed) {
         return Err(format!("{kind} name {name:?} may hold only ASCII letters, digits, '_', '-' and '.'"));
+    }
+    if kind == "database" && is_reserved_database(name) {
+        return Err(format!("database name {name:?} is reserved for Lodestone"));
     }
     Ok(())
 }
@@ -272,6 +284,11 @@ mod tests {
         check(|r| r.measure_name = String::new(), Some(RejectReason::InvalidMeasureName));
         check(|r| r.measure_name = "measure_value::double".into(), Some(RejectReason::InvalidMeasureName));
         check(|r| r.dimensions[0].name = "time".into(), Some(RejectReason::InvalidDimensionName));
+        // Reserved column names in any case: SQL would not tell them apart.
+        check(|r| r.dimensions[0].name = "Time".into(), Some(RejectReason::InvalidDimensionName));
+        check(|r| r.dimensions[0].name = "MEASURE_NAME".into(), Some(RejectReason::InvalidDimensionName));
+        check(|r| r.measure_name = "Measure_Value::double".into(), Some(RejectReason::InvalidMeasureName));
+        check(|r| r.value = MeasureValue::Multi(vec![("VERSION".into(), Scalar::Bigint(1))]), Some(RejectReason::InvalidMeasureName));
         check(
             |r| r.dimensions = vec![r.dimensions[0].clone(), r.dimensions[0].clone()],
             Some(RejectReason::DuplicateDimension),
@@ -288,5 +305,15 @@ mod tests {
         assert!(validate_name("table", "ab").is_err());
         assert!(validate_name("table", &"a".repeat(257)).is_err());
         assert!(validate_name("table", "a/b+c").is_err());
+    }
+
+    #[test]
+    fn lodestones_own_databases_are_reserved_in_any_case() {
+        for name in ["_lodestone", "_LODESTONE", "_Catalog", "_catalog"] {
+            let error = validate_name("database", name).unwrap_err();
+            assert!(error.contains("reserved"), "{name}: {error}");
+        }
+        assert!(validate_name("database", "lodestone").is_ok());
+        assert!(validate_name("table", "_catalog").is_ok(), "only database names are reserved");
     }
 }

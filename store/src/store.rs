@@ -148,15 +148,27 @@ impl Store {
     }
 
     pub async fn create_table(&self, table: &TableRef, properties: TableProperties) -> Result<Snapshot, StoreError> {
+        lodestone_model::validate_name("database", &table.database).map_err(|detail| StoreError::Invalid { what: "database name", detail })?;
         lodestone_model::validate_name("table", &table.table).map_err(|detail| StoreError::Invalid { what: "table name", detail })?;
         self.commit(|snapshot| snapshot.add_table(table, properties.clone())).await
     }
 
     /// Creates the database and table if they do not exist yet (an ingest worker's implicit
     /// creation, as InfluxDB does); existing ones are left as they are.
+    /// Names reserved for Lodestone (`_lodestone`, `_catalog`) are refused.
     pub async fn ensure_table(&self, table: &TableRef, properties: TableProperties) -> Result<Snapshot, StoreError> {
         lodestone_model::validate_name("database", &table.database).map_err(|detail| StoreError::Invalid { what: "database name", detail })?;
         lodestone_model::validate_name("table", &table.table).map_err(|detail| StoreError::Invalid { what: "table name", detail })?;
+        self.ensure_table_unchecked(table, properties).await
+    }
+
+    /// Creates `"_lodestone"."rejected_records"` if it does not exist: the one table in a reserved
+    /// database, written only by Lodestone itself.
+    pub async fn ensure_rejected_records(&self) -> Result<Snapshot, StoreError> {
+        self.ensure_table_unchecked(&crate::rejected::rejected_records_table(), crate::rejected::rejected_records_properties()).await
+    }
+
+    async fn ensure_table_unchecked(&self, table: &TableRef, properties: TableProperties) -> Result<Snapshot, StoreError> {
         let existing = self.snapshot().await?;
         if existing.table(table).is_some() {
             return Ok(existing);
