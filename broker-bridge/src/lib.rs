@@ -13,6 +13,8 @@
 //!   messages and the sequence range to ack out.
 //! - [`acks::AckLedger`]: per-device ack ordering and sequence-gap tracking, without I/O.
 //! - [`bundle::Bundler`]: one open bundle per partition, sealed by count, size or linger.
+//! - [`gate::Gate`]: what a device with a verified identity may do on MQTT, packet by packet
+//!   (client id, own data topics under a [`gate::Policy`], own ack topic, no retain).
 //! - [`service::Bridge`]: the running service — broker, link reader, producer, acker, HTTP
 //!   (`/health`, `/metrics`).
 //! - [`config::BridgeConfig`]: the configuration (`configs/broker-bridge.example.toml`).
@@ -25,6 +27,7 @@ pub mod acks;
 pub mod broker;
 pub mod bundle;
 pub mod config;
+pub mod gate;
 pub mod http;
 pub mod kafka;
 pub mod metrics;
@@ -51,7 +54,7 @@ pub enum Error {
     #[error("MQTT listener on {addr} is not accepting connections: {detail}")]
     MqttListen { addr: SocketAddr, detail: String },
     #[error(transparent)]
-    Http(#[from] lodestone_kit::http::BindError),
+    Http(#[from] lodestone_kit::http::ServeError),
     #[error("the embedded MQTT broker stopped: {0}")]
     BrokerStopped(String),
 }
