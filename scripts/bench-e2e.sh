@@ -23,9 +23,10 @@ finish() {
 }
 trap finish EXIT
 for _ in $(seq 1 600); do
-  curl -fsS http://127.0.0.1:8181/health >/dev/null 2>&1 && break # the edge agent starts last
+  curl -fsS --cacert "$stack_dir/certs/ca.pem" https://127.0.0.1:8181/health >/dev/null 2>&1 && break # the edge agent starts last
   kill -0 "$up" 2>/dev/null || { cat "$out/up.log"; exit 1; }
   sleep 0.5
 done
-"$bin/lodestone-sim" load --scenario "${SCENARIO:-configs/scenarios/steady.toml}" \
+LODESTONE_CA="$stack_dir/certs/ca.pem" LODESTONE_TOKEN_FILE="$stack_dir/certs/admin.token" \
+  "$bin/lodestone-sim" load --scenario "${SCENARIO:-configs/scenarios/steady.toml}" --query-url https://127.0.0.1:8080 \
   --report "$out/report.json" --chart "$out/chart.svg"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Brings up the whole Lodestone pipeline on this machine: tansu, broker-bridge, ingest-service,
 # query-service, an edge agent with simulated sensors and a simulated fleet of MQTT devices.
-# Prints where to query. Ctrl-C (or SIGTERM) stops every process cleanly.
+# Every HTTP service serves HTTPS and checks tokens: a local CA, a server certificate and an
+# admin token are made once in $stack/certs (lodestone-admin local init). Prints where to query
+# and how. Ctrl-C (or SIGTERM) stops every process cleanly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +17,20 @@ devices="${FLEET_DEVICES:-50}"
 rate="${FLEET_RATE:-500}"
 mkdir -p "$stack/logs"
 pids=()
+certs="$stack/certs"
+"$bin/lodestone-admin" local init --dir "$certs" >/dev/null
+# The [tls] and [auth] of every service: environment overrides for the service whose variables
+# start with $1.
+secured() {
+  echo "${1}__TLS__CERT_PATH=$certs/server.pem"
+  echo "${1}__TLS__KEY_PATH=$certs/server.key"
+  echo "${1}__TLS__CA_PATH=$certs/ca.pem"
+  echo "${1}__AUTH__TOKENS_PATH=$certs/tokens.toml"
+}
+mapfile -t ingest_env < <(secured LODESTONE_INGEST)
+mapfile -t query_env < <(secured LODESTONE_QUERY)
+mapfile -t bridge_env < <(secured LODESTONE_BRIDGE)
+mapfile -t agent_env < <(secured LODESTONE_AGENT)
 
 stop() {
   trap - INT TERM EXIT
@@ -41,7 +57,7 @@ start() { # name, command…
 wait_for() { # name, url or host:port
   local name=$1 target=$2
   for _ in $(seq 1 300); do
-    if [[ $target == http* ]]; then curl -fsS "$target" >/dev/null 2>&1 && return 0
+    if [[ $target == http* ]]; then curl -fsS --cacert "$certs/ca.pem" "$target" >/dev/null 2>&1 && return 0
     else (exec 3<>"/dev/tcp/${target%:*}/${target#*:}") 2>/dev/null && return 0; fi
     sleep 0.2
   done
@@ -56,17 +72,18 @@ for topic in lodestone.ingest:4 lodestone.dead-letter:1; do
   "$tansu" topic create "${topic%:*}" --partitions "${topic#*:}" --broker tcp://127.0.0.1:9092 >/dev/null 2>&1 || true
 done
 
-start ingest-service env LODESTONE_INGEST__STORE__PATH="$stack/store" "$bin/ingest-service" --config configs/local-stack/ingest-service.toml
-start query-service env LODESTONE_QUERY__STORE__PATH="$stack/store" "$bin/query-service" --config configs/local-stack/query-service.toml
-start broker-bridge "$bin/broker-bridge" --config configs/broker-bridge.example.toml
-wait_for query-service http://127.0.0.1:8080/health
-wait_for broker-bridge http://127.0.0.1:9181/health
+start ingest-service env "${ingest_env[@]}" LODESTONE_INGEST__STORE__PATH="$stack/store" "$bin/ingest-service" --config configs/local-stack/ingest-service.toml
+start query-service env "${query_env[@]}" LODESTONE_QUERY__STORE__PATH="$stack/store" LODESTONE_QUERY__MEMORY__TOKEN_PATH="$certs/service.token" \
+  "$bin/query-service" --config configs/local-stack/query-service.toml
+start broker-bridge env "${bridge_env[@]}" "$bin/broker-bridge" --config configs/broker-bridge.example.toml
+wait_for query-service https://127.0.0.1:8080/health
+wait_for broker-bridge https://127.0.0.1:9181/health
 # Ready once the consumer group assigned it its partitions (a new group takes a few seconds).
-wait_for ingest-service http://127.0.0.1:9281/ready
+wait_for ingest-service https://127.0.0.1:9281/ready
 simulated=true; [[ $fleet == 0 ]] && simulated=false
-start edge-agent env LODESTONE_AGENT__OUTBOX__PATH="$stack/edge-agent/outbox" LODESTONE_AGENT__SIMULATED__ENABLED=$simulated \
+start edge-agent env "${agent_env[@]}" LODESTONE_AGENT__OUTBOX__PATH="$stack/edge-agent/outbox" LODESTONE_AGENT__SIMULATED__ENABLED=$simulated \
   "$bin/edge-agent" --config configs/local-stack/edge-agent.toml
-wait_for edge-agent http://127.0.0.1:8181/health
+wait_for edge-agent https://127.0.0.1:8181/health
 if [[ $fleet != 0 ]]; then
   # The fleet runs in rounds of about ten minutes, each starting at the current time, so that the
   # readings' times follow the clock (a round may not reach more than 15 minutes into the future).
@@ -85,14 +102,20 @@ fi
 cat <<TXT
 
 Lodestone is up (logs in $stack/logs/):
-  query service  http://127.0.0.1:8080   (REST: POST /v1/query, GET /v1/databases)
-  edge agent     http://127.0.0.1:8181   (POST /v1/write — JSON or line protocol)
-  MQTT broker    127.0.0.1:1883          (topics lodestone/v1/{database}/{table}/{device_id})
+  query service  https://127.0.0.1:8080  (REST: POST /v1/query, GET /v1/databases)
+  edge agent     https://127.0.0.1:8181  (POST /v1/write — JSON or line protocol)
+  MQTT broker    127.0.0.1:1883          (topics lodestone/v1/{database}/{table}/{device_id}; plain text for now)
   Kafka (tansu)  127.0.0.1:9092          (topic lodestone.ingest)
   $devices simulated devices publish $rate readings/s into fleet.trucks; the edge agent's sensors into iot.readings.
 
+Every HTTP service speaks HTTPS with a certificate from the local CA and wants a token:
+  CA certificate  $certs/ca.pem
+  admin token     $(cat "$certs/admin.token")   (also in $certs/admin.token)
+  more tokens     $bin/lodestone-admin token create --file $certs/tokens.toml --scope fleet:read
+
 Try (data appears within a few seconds):
-  curl -s http://127.0.0.1:8080/v1/query -H 'content-type: application/json' \\
+  curl -s --cacert $certs/ca.pem https://127.0.0.1:8080/v1/query \\
+    -H "authorization: Bearer \$(cat $certs/admin.token)" -H 'content-type: application/json' \\
     -d '{"sql": "SELECT device_id, count(*) AS readings, avg(measure_value::double) AS mean FROM fleet.trucks GROUP BY device_id ORDER BY device_id LIMIT 5"}'
 
 Ctrl-C stops everything.

@@ -35,6 +35,10 @@ pub struct BridgeConfig {
     pub kafka: KafkaConfig,
     pub http: HttpConfig,
     pub shutdown: ShutdownConfig,
+    /// `[tls]`: the HTTP listener's certificate (or `plaintext = true`), and the CA its calls trust.
+    pub tls: lodestone_kit::tls::TlsConfig,
+    /// `[auth]`: the token file every request but `/health` and `/ready` is checked against (or `anonymous = true`).
+    pub auth: lodestone_kit::auth::AuthConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -154,7 +158,7 @@ impl std::fmt::Display for PropertyValue {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// `/health` and `/metrics`. Port 0 picks a free port (logged as `listening on http://ADDR`).
+    /// `/health` and `/metrics`. Port 0 picks a free port (logged as `listening on https://ADDR`).
     pub listen: SocketAddr,
 }
 
@@ -168,6 +172,8 @@ impl Validate for BridgeConfig {
     /// Checks the bounds that serde cannot: each error names the key.
     fn validate(&self) -> Result<(), InvalidValue> {
         self.shutdown.validate()?;
+        self.tls.validate()?;
+        self.auth.validate()?;
         let (m, k) = (&self.mqtt, &self.kafka);
         let names: Vec<String> = k.properties.keys().map(|name| name.replace('_', ".")).collect();
         let overridden = guarantee_overridden(names.iter().map(String::as_str));

@@ -1,4 +1,5 @@
-//! `GET /health` and `GET /metrics`.
+//! `GET /health` and `GET /metrics` (scope `metrics`; served inside
+//! `lodestone_kit::auth::require_token`, which finds the caller).
 
 use std::sync::Arc;
 
@@ -10,7 +11,8 @@ use axum::routing::get;
 use crate::service::Shared;
 
 pub fn router(shared: Arc<Shared>) -> axum::Router {
-    axum::Router::new().route("/health", get(health)).route("/metrics", get(metrics)).with_state(shared)
+    let metrics = lodestone_kit::auth::with_scope(axum::Router::new().route("/metrics", get(metrics)), lodestone_kit::auth::Scope::Metrics);
+    axum::Router::new().route("/health", get(health)).merge(metrics).with_state(shared)
 }
 
 /// 200 `ok` once the link is subscribed and the MQTT listeners answer; 503 before and while

@@ -110,7 +110,7 @@ impl Bridge {
         });
 
         let (http_stop, http_stopped) = shutdown_channel();
-        let http = lodestone_kit::http::serve(&config.http.listen.to_string(), http::router(shared.clone()), http_stopped).await?;
+        let http = lodestone_kit::http::serve_service(&config.http.listen.to_string(), http::router(shared.clone()), &config.tls, &config.auth, http_stopped).await?;
         let http_addr = http.addr();
 
         let broker = broker::start(&config).await?;

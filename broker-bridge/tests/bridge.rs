@@ -13,7 +13,6 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
@@ -24,6 +23,9 @@ const DEAD_LETTER: &str = "test.dead-letter";
 struct Harness {
     kafka: MockCluster<'static, DefaultProducerContext>,
     bridge: Bridge,
+    /// HTTPS, with the admin token of the bridge's credentials.
+    http: reqwest::Client,
+    _credentials: tempfile::TempDir,
 }
 
 async fn start() -> Harness {
@@ -39,13 +41,20 @@ async fn start_with(edit: impl FnOnce(&mut BridgeConfig)) -> Harness {
     config.mqtt.payload_bytes_max = 4096;
     config.mqtt.packet_bytes_max = 8192;
     config.http.listen = "127.0.0.1:0".parse().unwrap();
+    let credentials_dir = tempfile::tempdir().unwrap();
+    let credentials = lodestone_admin::Credentials::create(credentials_dir.path()).unwrap();
+    config.tls = credentials.tls();
+    config.auth = credentials.auth();
     config.kafka.bootstrap_servers = kafka.bootstrap_servers();
     config.kafka.ingest_topic = INGEST.into();
     config.kafka.dead_letter_topic = DEAD_LETTER.into();
     config.shutdown.timeout_ms = 2_000;
     edit(&mut config);
     let bridge = Bridge::start(config).await.unwrap();
-    Harness { kafka, bridge }
+    let authorization = format!("Bearer {}", credentials.admin_bearer).parse().unwrap();
+    let headers = [(reqwest::header::AUTHORIZATION, authorization)].into_iter().collect();
+    let http = lodestone_kit::http::client(Some(credentials.client_tls())).default_headers(headers).build().unwrap();
+    Harness { kafka, bridge, http, _credentials: credentials_dir }
 }
 
 /// A device connection: its client and the publishes it receives (`None` once disconnected).
@@ -162,14 +171,9 @@ fn envelopes_in(records: &[KafkaRecord]) -> Vec<Envelope> {
 }
 
 async fn http_get(harness: &Harness, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(harness.bridge.http_addr()).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: bridge\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
+    let response = harness.http.get(format!("https://{}{path}", harness.bridge.http_addr())).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

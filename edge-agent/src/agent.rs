@@ -24,7 +24,7 @@ pub enum AgentError {
     #[error(transparent)]
     Outbox(#[from] OutboxError),
     #[error(transparent)]
-    Bind(#[from] lodestone_kit::http::BindError),
+    Bind(#[from] lodestone_kit::http::ServeError),
     #[error("invalid configuration: {0}")]
     Config(#[from] lodestone_kit::config::InvalidValue),
 }
@@ -52,7 +52,7 @@ pub fn new_boot_id() -> String {
 
 impl Agent {
     /// Opens the outbox and starts every task. Returns once the HTTP server is listening (the
-    /// log line `listening on http://ADDR` has been written).
+    /// log line `listening on https://ADDR` has been written).
     pub async fn start(config: AgentConfig) -> Result<Agent, AgentError> {
         config.validate()?;
         let boot_id = new_boot_id();
@@ -82,7 +82,7 @@ impl Agent {
             body_bytes_max: config.http.body_bytes_max,
             records_per_request_max: config.http.records_per_request_max,
         });
-        let http = lodestone_kit::http::serve(&config.http.listen.to_string(), router(state), shutdown.clone()).await?;
+        let http = lodestone_kit::http::serve_service(&config.http.listen.to_string(), router(state), &config.tls, &config.auth, shutdown.clone()).await?;
 
         let forwarder = Forwarder::new(&config, source, outbox, writer, committed.clone(), telemetry);
         let forwarder = tokio::spawn(forwarder.run(status.acked_through, shutdown.clone()));
@@ -149,28 +149,31 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use lodestone_admin::Credentials;
 
-    /// One HTTP/1.1 request on a fresh connection; returns the status and the body.
-    async fn request(addr: SocketAddr, method: &str, path: &str, content_type: &str, body: &str) -> (u16, serde_json::Value) {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        stream.write_all(head.as_bytes()).await.unwrap();
-        stream.write_all(body.as_bytes()).await.unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        let status = response[9..12].parse().unwrap();
-        let body = &response[response.find("\r\n\r\n").unwrap() + 4..];
-        (status, serde_json::from_str(body).unwrap_or(serde_json::Value::String(body.to_string())))
+    /// A client trusting `credentials`' CA and sending `bearer`.
+    fn client(credentials: &Credentials, bearer: &str) -> reqwest::Client {
+        let authorization = format!("Bearer {bearer}").parse().unwrap();
+        let headers = [(reqwest::header::AUTHORIZATION, authorization)].into_iter().collect();
+        lodestone_kit::http::client(Some(credentials.client_tls())).default_headers(headers).build().unwrap()
     }
 
-    fn config(dir: &std::path::Path) -> AgentConfig {
+    /// One HTTPS request; returns the status and the body.
+    async fn request(http: &reqwest::Client, addr: SocketAddr, method: &str, path: &str, content_type: &str, body: &str) -> (u16, serde_json::Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let url = format!("https://{addr}{path}");
+        let response = http.request(method, url).header("content-type", content_type).body(body.to_string()).send().await.unwrap();
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap();
+        (status, serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)))
+    }
+
+    fn config(dir: &std::path::Path, credentials: &Credentials) -> AgentConfig {
         // Nothing listens on the MQTT port: forwarding keeps retrying while writes are stored.
         let unused_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut config = AgentConfig::default();
+        config.tls = credentials.tls();
+        config.auth = credentials.auth();
         config.http.listen = "127.0.0.1:0".parse().unwrap();
         config.http.records_per_request_max = 3;
         config.outbox.path = dir.join("outbox");
@@ -181,28 +184,38 @@ mod tests {
     #[tokio::test]
     async fn writes_are_stored_all_or_nothing_and_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let agent = Agent::start(config(dir.path())).await.unwrap();
+        let credentials = Credentials::create(&dir.path().join("certs")).unwrap();
+        let http = client(&credentials, &credentials.admin_bearer);
+        let plant_writer = client(&credentials, &credentials.issue("plant", &["plant:write".parse().unwrap()], None).unwrap());
+        let anonymous = lodestone_kit::http::client(Some(credentials.client_tls())).build().unwrap();
+        let agent = Agent::start(config(dir.path(), &credentials)).await.unwrap();
         let addr = agent.http_addr();
-        assert_eq!(request(addr, "GET", "/health", "text/plain", "").await, (200, serde_json::json!("ok")));
+        assert_eq!(request(&anonymous, addr, "GET", "/health", "text/plain", "").await, (200, serde_json::json!("ok")));
 
-        let (status, body) = request(addr, "POST", "/v1/write?table=rooms&precision=s", "text/plain", "temp,room=a v=21.5 1700000000\ntemp,room=b v=19i 1700000000\n").await;
+        // Without a token: 401. A token for another database: 403, and nothing stored.
+        let (status, body) = request(&anonymous, addr, "POST", "/v1/write", "text/plain", "m v=1").await;
+        assert_eq!((status, body["error"]["code"].as_str()), (401, Some("missing_credentials")));
+        let (status, body) = request(&plant_writer, addr, "POST", "/v1/write", "text/plain", "m v=1").await;
+        assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")), "the default database is iot");
+
+        let (status, body) = request(&http, addr, "POST", "/v1/write?table=rooms&precision=s", "text/plain", "temp,room=a v=21.5 1700000000\ntemp,room=b v=19i 1700000000\n").await;
         assert_eq!((status, body), (200, serde_json::json!({"accepted": 2, "first_seq": 1, "last_seq": 2})));
         let json = r#"{"records":[{"dimensions":{"room":"c"},"measure_name":"temp","value":1.5,"time":1700000000,"time_unit":"s"}]}"#;
-        let (status, body) = request(addr, "POST", "/v1/write", "application/json", json).await;
+        let (status, body) = request(&http, addr, "POST", "/v1/write", "application/json", json).await;
         assert_eq!((status, body), (200, serde_json::json!({"accepted": 1, "first_seq": 3, "last_seq": 3})));
 
-        let (status, body) = request(addr, "POST", "/v1/write", "text/plain", "ok v=1 1\ntime v=2 1\n").await;
+        let (status, body) = request(&http, addr, "POST", "/v1/write", "text/plain", "ok v=1 1\ntime v=2 1\n").await;
         assert_eq!(status, 400);
         assert_eq!(body["error"]["code"], "invalid_measure_name");
         assert_eq!(body["error"]["rejected"][0]["index"], 1);
-        let (status, body) = request(addr, "POST", "/v1/write", "text/plain", "m v=1\nm v=2\nm v=3\nm v=4\n").await;
+        let (status, body) = request(&http, addr, "POST", "/v1/write", "text/plain", "m v=1\nm v=2\nm v=3\nm v=4\n").await;
         assert_eq!((status, body["error"]["code"].as_str()), (413, Some("too_many_records")));
-        let (status, body) = request(addr, "POST", "/v1/write?table=x", "text/plain", "m v=1").await;
+        let (status, body) = request(&http, addr, "POST", "/v1/write?table=x", "text/plain", "m v=1").await;
         assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_destination")));
-        let (status, body) = request(addr, "POST", "/v1/write", "text/plain", "m v=1\nm v=\"x").await;
+        let (status, body) = request(&http, addr, "POST", "/v1/write", "text/plain", "m v=1\nm v=\"x").await;
         assert_eq!((status, body["error"]["message"].as_str()), (400, Some("line 2: field \"v\": string value has no closing quote")));
 
-        let (status, body) = request(addr, "GET", "/v1/status", "text/plain", "").await;
+        let (status, body) = request(&http, addr, "GET", "/v1/status", "text/plain", "").await;
         assert_eq!(status, 200);
         assert_eq!((&body["outbox"]["entries"], &body["next_seq"], &body["acked_through"]), (&serde_json::json!(3), &serde_json::json!(4), &serde_json::json!(0)));
         assert_eq!(body["connected"], false);
@@ -213,8 +226,8 @@ mod tests {
         assert_eq!((&by_code["too_many_records"], &by_code["invalid_destination"]), (&serde_json::json!(4), &serde_json::json!(1)));
         agent.shutdown().await;
 
-        let agent = Agent::start(config(dir.path())).await.unwrap();
-        let (status, body) = request(agent.http_addr(), "POST", "/v1/write", "text/plain", "m v=1").await;
+        let agent = Agent::start(config(dir.path(), &credentials)).await.unwrap();
+        let (status, body) = request(&http, agent.http_addr(), "POST", "/v1/write", "text/plain", "m v=1").await;
         assert_eq!((status, body["first_seq"].as_u64()), (200, Some(4)), "sequence numbers continue after a restart");
         agent.shutdown().await;
     }

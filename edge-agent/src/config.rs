@@ -24,6 +24,10 @@ pub struct AgentConfig {
     /// `[shutdown] timeout_ms` bounds a clean shutdown: HTTP writes still running after it are
     /// abandoned (they were never acknowledged); a commit already in progress always finishes.
     pub shutdown: ShutdownConfig,
+    /// `[tls]`: the HTTP listener's certificate (or `plaintext = true`), and the CA its calls trust.
+    pub tls: lodestone_kit::tls::TlsConfig,
+    /// `[auth]`: the token file every request but `/health` and `/ready` is checked against (or `anonymous = true`).
+    pub auth: lodestone_kit::auth::AuthConfig,
     pub http: HttpConfig,
     pub outbox: OutboxConfig,
     pub mqtt: MqttConfig,
@@ -34,7 +38,7 @@ pub struct AgentConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// Address of the write API; port 0 picks a free port (the log line `listening on http://…`
+    /// Address of the write API; port 0 picks a free port (the log line `listening on https://…`
     /// names the bound address).
     pub listen: SocketAddr,
     /// Largest request body; a larger one is refused with 413 `payload_too_large`.
@@ -123,6 +127,8 @@ impl Default for AgentConfig {
             database: "iot".into(),
             table: "readings".into(),
             shutdown: ShutdownConfig::default(),
+            tls: Default::default(),
+            auth: Default::default(),
             http: HttpConfig::default(),
             outbox: OutboxConfig::default(),
             mqtt: MqttConfig::default(),
@@ -205,6 +211,8 @@ impl Validate for AgentConfig {
         validate_name("database", &self.database).map_err(|detail| InvalidValue::new("database", detail))?;
         validate_name("table", &self.table).map_err(|detail| InvalidValue::new("table", detail))?;
         self.shutdown.validate()?;
+        self.tls.validate()?;
+        self.auth.validate()?;
         let positive: [(&'static str, u64); 7] = [
             ("http.body_bytes_max", self.http.body_bytes_max as u64),
             ("http.records_per_request_max", self.http.records_per_request_max as u64),

@@ -7,7 +7,11 @@
 //!   400 (invalid), 413 (too large), 415 (content type), 507 (`outbox_full`) or 503 (shutting
 //!   down), and nothing stored.
 //! - `GET /v1/status` — outbox depth, sequence numbers, connection state, counters.
+//! - `GET /metrics` — Prometheus text (scope `metrics`).
 //! - `GET /health` — `200 ok` while the server runs.
+//!
+//! Every path but `/health` needs a token (`lodestone_kit::auth`); a write needs the scope
+//! `DATABASE:write` of its destination, else 403 `forbidden` before the body is read.
 
 use std::sync::Arc;
 
@@ -23,6 +27,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::intake::{decode_body, BodyFormat, Intake, IntakeError};
+use lodestone_kit::auth::{with_scope, Principal, Scope};
 use lodestone_kit::now_ns;
 use crate::line_protocol::Precision;
 use crate::outbox::{Destination, Outbox};
@@ -48,7 +53,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/health", get(|| async { "ok" }))
         .route("/v1/write", post(write))
         .route("/v1/status", get(status))
-        .route("/metrics", get(metrics))
+        .merge(with_scope(Router::new().route("/metrics", get(metrics)), Scope::Metrics))
         .layer(DefaultBodyLimit::max(body_bytes_max))
         .with_state(state)
 }
@@ -62,15 +67,19 @@ struct WriteParams {
 
 async fn write(
     State(state): State<Arc<HttpState>>,
+    caller: Principal,
     params: Result<Query<WriteParams>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let now = now_ns();
-    let request = match read_request(&state, params, &headers, body, now) {
+    let request = match read_request(&state, &caller, params, &headers, body, now) {
         Ok(request) => request,
         Err(error) => {
-            state.intake.refused(&error);
+            // A caller without the right is not counted as records received and rejected.
+            if !matches!(error, IntakeError::Forbidden(_)) {
+                state.intake.refused(&error);
+            }
             return error_response(&error);
         }
     };
@@ -93,6 +102,7 @@ async fn write(
 /// Everything about a write that can be checked before storing it.
 fn read_request(
     state: &HttpState,
+    caller: &Principal,
     params: Result<Query<WriteParams>, QueryRejection>,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -105,6 +115,7 @@ fn read_request(
     };
     validate_name("database", &destination.database).map_err(IntakeError::InvalidDestination)?;
     validate_name("table", &destination.table).map_err(IntakeError::InvalidDestination)?;
+    caller.require_write(&destination.database).map_err(IntakeError::Forbidden)?;
     let precision = match params.precision {
         Some(text) => Precision::parse(&text).ok_or(IntakeError::InvalidPrecision(text))?,
         None => Precision::default(),

@@ -46,13 +46,16 @@ pub enum IntakeError {
     LargerThanOutbox(OutboxError),
     #[error("the agent is shutting down")]
     Unavailable,
+    /// The caller's token may not write into the destination's database.
+    #[error(transparent)]
+    Forbidden(lodestone_kit::auth::AuthError),
     #[error("{0}")]
     Storage(OutboxError),
 }
 
 impl IntakeError {
     /// The stable code: a [`RejectReason`] name, or `outbox_full`, `unavailable`,
-    /// `storage_error`.
+    /// `storage_error`, `forbidden`.
     pub fn code(&self) -> &'static str {
         match self {
             IntakeError::Malformed(_) | IntakeError::LineProtocol(_) | IntakeError::UnsupportedContentType(_) => {
@@ -66,6 +69,7 @@ impl IntakeError {
             IntakeError::OutboxFull(_) => OUTBOX_FULL,
             IntakeError::Unavailable => "unavailable",
             IntakeError::Storage(_) => "storage_error",
+            IntakeError::Forbidden(error) => error.code(),
         }
     }
 
@@ -76,6 +80,7 @@ impl IntakeError {
             IntakeError::OutboxFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             IntakeError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             IntakeError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            IntakeError::Forbidden(error) => error.status(),
             _ => StatusCode::BAD_REQUEST,
         }
     }

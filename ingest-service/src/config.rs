@@ -18,6 +18,10 @@ pub struct IngestConfig {
     pub maintenance: MaintenanceConfig,
     pub http: HttpConfig,
     pub shutdown: ShutdownConfig,
+    /// `[tls]`: the HTTP listener's certificate (or `plaintext = true`), and the CA its calls trust.
+    pub tls: lodestone_kit::tls::TlsConfig,
+    /// `[auth]`: the token file every request but `/health` and `/ready` is checked against (or `anonymous = true`).
+    pub auth: lodestone_kit::auth::AuthConfig,
 }
 
 impl Validate for IngestConfig {
@@ -45,6 +49,8 @@ impl Validate for IngestConfig {
             positive("maintenance.compact_input_bytes_max", self.maintenance.compact_input_bytes_max)?;
         }
         non_empty("http.listen", &self.http.listen)?;
+        self.tls.validate()?;
+        self.auth.validate()?;
         self.shutdown.validate()
     }
 }

@@ -1,5 +1,6 @@
-//! The worker's HTTP endpoints: `/health`, `/ready`, `/metrics`, and
-//! `GET /v1/memory/{database}/{table}`, the rows it has not persisted yet, for queries.
+//! The worker's HTTP endpoints: `/health`, `/ready`, `/metrics` (scope `metrics`), and
+//! `GET /v1/memory/{database}/{table}` (scope `service`), the rows it has not persisted yet, for
+//! queries. Serve the router inside `lodestone_kit::auth::require_token`, which finds the caller.
 
 use std::sync::Arc;
 
@@ -7,17 +8,20 @@ use axum::extract::{Path, Query};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use lodestone_kit::auth::{with_scope, Scope};
 use lodestone_store::{Memory, TableRef};
 
 use crate::metrics::Counters;
 
 pub fn router(counters: Arc<Counters>, memory: Memory) -> axum::Router {
     let ready_counters = counters.clone();
+    let metrics = axum::Router::new().route("/metrics", get(move || async move { counters.render() }));
+    let memory = axum::Router::new().route("/v1/memory/{database}/{table}", get(move |path, query| serve_memory(memory.clone(), path, query)));
     axum::Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/ready", get(move || async move { ready(&ready_counters) }))
-        .route("/metrics", get(move || async move { counters.render() }))
-        .route("/v1/memory/{database}/{table}", get(move |path, query| serve_memory(memory.clone(), path, query)))
+        .merge(with_scope(metrics, Scope::Metrics))
+        .merge(with_scope(memory, Scope::Service))
 }
 
 /// `GET /ready`: 200 once the consumer group has assigned this worker a partition, 503 until

@@ -56,7 +56,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .enabled
         .then(|| tokio::spawn(maintenance::run(store.clone(), config.maintenance.clone(), counters.clone(), shutdown.clone())));
     let ingestor = Ingestor::open(store, config.persist.hot_rows_max, config.tables.clone(), counters.clone()).await?;
-    let http = lodestone_kit::http::serve(&config.http.listen, http::router(counters.clone(), ingestor.memory()), shutdown.clone()).await?;
+    let router = http::router(counters.clone(), ingestor.memory());
+    let http = lodestone_kit::http::serve_service(&config.http.listen, router, &config.tls, &config.auth, shutdown.clone()).await?;
 
     let rebalances = Rebalances::default();
     let consumer = kafka::consumer(&config.kafka, rebalances.clone(), counters.clone()).context("creating the Kafka consumer")?;

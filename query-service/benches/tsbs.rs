@@ -210,10 +210,16 @@ async fn main() {
     eprintln!("{TRUCKS} trucks, {days} days at 10 s: {points} points");
 
     let engine = Arc::new(Engine::new(store.clone(), LimitsConfig { query_timeout_ms: 600_000, ..LimitsConfig::default() }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1/query", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, query_service::api::router(engine)).await });
-    let http = reqwest::Client::new();
+    // Over HTTPS with a token, as every client of the service is served.
+    let certs = tempfile::tempdir().unwrap();
+    let credentials = lodestone_admin::Credentials::create(certs.path()).unwrap();
+    let (_stop, shutdown) = lodestone_kit::shutdown::shutdown_channel();
+    let router = query_service::api::router(engine);
+    let server = lodestone_kit::http::serve_service("127.0.0.1:0", router, &credentials.tls(), &credentials.auth(), shutdown).await.unwrap();
+    let url = format!("https://{}/v1/query", server.addr());
+    let authorization = format!("Bearer {}", credentials.admin_bearer).parse().unwrap();
+    let headers = [(reqwest::header::AUTHORIZATION, authorization)].into_iter().collect();
+    let http = lodestone_kit::http::client(Some(credentials.client_tls())).default_headers(headers).build().unwrap();
 
     let queries = queries(end_ns);
     let mut lodestone: BTreeMap<&str, (f64, Value)> = BTreeMap::new();

@@ -1,5 +1,11 @@
 //! REST routes. Every error answers JSON `{"error": {"code": "...", "message": "..."}}` with a
 //! stable code.
+//!
+//! Serve the router inside `lodestone_kit::auth::require_token`, which finds each request's
+//! caller ([`Principal`]). What each route needs: a query, read on every table it touches (the
+//! engine checks); `/v1/queries/{id}`, to be the caller that started the query; reading a
+//! database or its tables, `DATABASE:read`; creating, changing and dropping them, `admin`;
+//! `/metrics`, `metrics`. `GET /v1/databases` lists only the databases the caller may read.
 
 use std::sync::Arc;
 
@@ -8,6 +14,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use lodestone_kit::auth::{with_scope, AuthError, Principal, Scope};
 use lodestone_store::{StoreError, TableProperties, TableRef};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -15,9 +22,10 @@ use serde_json::json;
 use crate::engine::{Engine, QueryError, QueryResult};
 
 pub fn router(engine: Arc<Engine>) -> Router {
+    let metrics = Router::new().route("/metrics", get(|State(engine): State<Arc<Engine>>| async move { engine.metrics().render(engine.running()) }));
     Router::new()
         .route("/health", get(|| async { "ok" }))
-        .route("/metrics", get(|State(engine): State<Arc<Engine>>| async move { engine.metrics().render(engine.running()) }))
+        .merge(with_scope(metrics, Scope::Metrics))
         .route("/v1/query", post(query))
         .route("/v1/queries/{query_id}", get(query_progress).delete(cancel_query))
         .route("/v1/openapi.json", get(openapi))
@@ -45,6 +53,12 @@ impl From<QueryError> for ApiError {
     fn from(error: QueryError) -> ApiError {
         let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         ApiError { status, code: error.code(), message: error.to_string() }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> ApiError {
+        ApiError { status: error.status(), code: error.code(), message: error.to_string() }
     }
 }
 
@@ -85,18 +99,23 @@ const CSV: &str = "text/csv";
 const CSV_CONTENT_TYPE: &str = "text/csv; charset=utf-8";
 const ARROW: &str = "application/vnd.apache.arrow.stream";
 
-async fn query(State(engine): State<Arc<Engine>>, headers: axum::http::HeaderMap, Json(request): Json<QueryRequest>) -> Result<Response, ApiError> {
-    let answered = answer(&engine, &headers, &request).await;
+async fn query(
+    State(engine): State<Arc<Engine>>,
+    caller: Principal,
+    headers: axum::http::HeaderMap,
+    Json(request): Json<QueryRequest>,
+) -> Result<Response, ApiError> {
+    let answered = answer(&engine, &caller, &headers, &request).await;
     if let Err(error) = &answered {
         engine.metrics().failed(error.code);
     }
     answered
 }
 
-async fn answer(engine: &Engine, headers: &axum::http::HeaderMap, request: &QueryRequest) -> Result<Response, ApiError> {
+async fn answer(engine: &Engine, caller: &Principal, headers: &axum::http::HeaderMap, request: &QueryRequest) -> Result<Response, ApiError> {
     let page = match (&request.next_token, &request.sql) {
-        (Some(token), _) => engine.next_page(token, request.max_rows)?,
-        (None, Some(sql)) => engine.query(sql, request.max_rows, request.query_id.clone()).await?,
+        (Some(token), _) => engine.next_page(token, request.max_rows, caller)?,
+        (None, Some(sql)) => engine.query(sql, request.max_rows, request.query_id.clone(), caller).await?,
         (None, None) => return Err(ApiError { status: StatusCode::BAD_REQUEST, code: "invalid_request", message: "give `sql`, or `next_token` for the next page".into() }),
     };
     engine.metrics().answered(&page);
@@ -128,15 +147,15 @@ async fn answer(engine: &Engine, headers: &axum::http::HeaderMap, request: &Quer
     Ok(Json(QueryResult::of(&page)?).into_response())
 }
 
-async fn query_progress(State(engine): State<Arc<Engine>>, Path(query_id): Path<String>) -> Result<Response, ApiError> {
-    match engine.progress(&query_id) {
+async fn query_progress(State(engine): State<Arc<Engine>>, caller: Principal, Path(query_id): Path<String>) -> Result<Response, ApiError> {
+    match engine.progress(&query_id, &caller) {
         Some(progress) => Ok(Json(progress).into_response()),
         None => Err(ApiError { status: StatusCode::NOT_FOUND, code: "query_not_found", message: format!("no query {query_id} is running here") }),
     }
 }
 
-async fn cancel_query(State(engine): State<Arc<Engine>>, Path(query_id): Path<String>) -> Result<Response, ApiError> {
-    if engine.cancel(&query_id) {
+async fn cancel_query(State(engine): State<Arc<Engine>>, caller: Principal, Path(query_id): Path<String>) -> Result<Response, ApiError> {
+    if engine.cancel(&query_id, &caller) {
         Ok((StatusCode::ACCEPTED, Json(json!({"query_id": query_id, "state": "cancelling"}))).into_response())
     } else {
         Err(ApiError { status: StatusCode::NOT_FOUND, code: "query_not_found", message: format!("no query {query_id} is running here") })
@@ -154,28 +173,32 @@ struct CreateDatabase {
     name: String,
 }
 
-async fn list_databases(State(engine): State<Arc<Engine>>) -> Result<Response, ApiError> {
+async fn list_databases(State(engine): State<Arc<Engine>>, caller: Principal) -> Result<Response, ApiError> {
     let snapshot = engine.store().snapshot().await?;
     let databases: Vec<_> = snapshot
         .databases
         .iter()
+        .filter(|(name, _)| caller.can_read(name))
         .map(|(name, tables)| json!({"name": name, "table_count": tables.len()}))
         .collect();
     Ok(Json(json!({ "databases": databases })).into_response())
 }
 
-async fn create_database(State(engine): State<Arc<Engine>>, Json(request): Json<CreateDatabase>) -> Result<Response, ApiError> {
+async fn create_database(State(engine): State<Arc<Engine>>, caller: Principal, Json(request): Json<CreateDatabase>) -> Result<Response, ApiError> {
+    caller.require(&Scope::Admin)?;
     engine.store().create_database(&request.name).await?;
     Ok((StatusCode::CREATED, Json(json!({"name": request.name}))).into_response())
 }
 
-async fn describe_database(State(engine): State<Arc<Engine>>, Path(database): Path<String>) -> Result<Response, ApiError> {
+async fn describe_database(State(engine): State<Arc<Engine>>, caller: Principal, Path(database): Path<String>) -> Result<Response, ApiError> {
+    caller.require_read(&database)?;
     let snapshot = engine.store().snapshot().await?;
     let tables = snapshot.databases.get(&database).ok_or(StoreError::DatabaseNotFound(database.clone()))?;
     Ok(Json(json!({"name": database, "table_count": tables.len()})).into_response())
 }
 
-async fn drop_database(State(engine): State<Arc<Engine>>, Path(database): Path<String>) -> Result<Response, ApiError> {
+async fn drop_database(State(engine): State<Arc<Engine>>, caller: Principal, Path(database): Path<String>) -> Result<Response, ApiError> {
+    caller.require(&Scope::Admin)?;
     engine.store().drop_database(&database).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -226,7 +249,8 @@ struct CreateTable {
     retention: Retention,
 }
 
-async fn list_tables(State(engine): State<Arc<Engine>>, Path(database): Path<String>) -> Result<Response, ApiError> {
+async fn list_tables(State(engine): State<Arc<Engine>>, caller: Principal, Path(database): Path<String>) -> Result<Response, ApiError> {
+    caller.require_read(&database)?;
     let snapshot = engine.store().snapshot().await?;
     let tables = snapshot.databases.get(&database).ok_or(StoreError::DatabaseNotFound(database.clone()))?;
     let tables: Vec<_> = tables.iter().map(|(name, entry)| table_json(&database, name, entry)).collect();
@@ -248,16 +272,19 @@ fn table_json(database: &str, name: &str, entry: &lodestone_store::TableEntry) -
 
 async fn create_table(
     State(engine): State<Arc<Engine>>,
+    caller: Principal,
     Path(database): Path<String>,
     Json(request): Json<CreateTable>,
 ) -> Result<Response, ApiError> {
+    caller.require(&Scope::Admin)?;
     let table = TableRef { database: database.clone(), table: request.name.clone() };
     let snapshot = engine.store().create_table(&table, request.retention.properties()).await?;
     let entry = snapshot.table(&table).expect("table just created");
     Ok((StatusCode::CREATED, Json(table_json(&database, &request.name, entry))).into_response())
 }
 
-async fn describe_table(State(engine): State<Arc<Engine>>, Path((database, table)): Path<(String, String)>) -> Result<Response, ApiError> {
+async fn describe_table(State(engine): State<Arc<Engine>>, caller: Principal, Path((database, table)): Path<(String, String)>) -> Result<Response, ApiError> {
+    caller.require_read(&database)?;
     let snapshot = engine.store().snapshot().await?;
     let table_ref = TableRef { database: database.clone(), table: table.clone() };
     let entry = snapshot.table(&table_ref).ok_or(StoreError::TableNotFound { database: database.clone(), table: table.clone() })?;
@@ -266,16 +293,19 @@ async fn describe_table(State(engine): State<Arc<Engine>>, Path((database, table
 
 async fn update_table(
     State(engine): State<Arc<Engine>>,
+    caller: Principal,
     Path((database, table)): Path<(String, String)>,
     Json(retention): Json<Retention>,
 ) -> Result<Response, ApiError> {
+    caller.require(&Scope::Admin)?;
     let table_ref = TableRef { database: database.clone(), table: table.clone() };
     let snapshot = engine.store().update_table(&table_ref, retention.properties()).await?;
     let entry = snapshot.table(&table_ref).expect("table just updated");
     Ok(Json(table_json(&database, &table, entry)).into_response())
 }
 
-async fn drop_table(State(engine): State<Arc<Engine>>, Path((database, table)): Path<(String, String)>) -> Result<Response, ApiError> {
+async fn drop_table(State(engine): State<Arc<Engine>>, caller: Principal, Path((database, table)): Path<(String, String)>) -> Result<Response, ApiError> {
+    caller.require(&Scope::Admin)?;
     engine.store().drop_table(&TableRef { database, table }).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -15,6 +15,10 @@ pub struct QueryConfig {
     pub limits: LimitsConfig,
     /// `[shutdown] timeout_ms`: how long queries in flight at SIGINT/SIGTERM may still run.
     pub shutdown: ShutdownConfig,
+    /// `[tls]`: the HTTP listener's certificate (or `plaintext = true`), and the CA its calls trust.
+    pub tls: lodestone_kit::tls::TlsConfig,
+    /// `[auth]`: the token file every request but `/health` and `/ready` is checked against (or `anonymous = true`).
+    pub auth: lodestone_kit::auth::AuthConfig,
 }
 
 impl Validate for QueryConfig {
@@ -40,6 +44,8 @@ impl Validate for QueryConfig {
                 return Err(InvalidValue::new("memory.workers", format!("{worker:?} must be a base URL starting with http:// or https://")));
             }
         }
+        self.tls.validate()?;
+        self.auth.validate()?;
         self.shutdown.validate()
     }
 }
@@ -54,11 +60,14 @@ pub struct MemoryConfig {
     /// How long a query waits for one worker's rows. A worker that does not answer in time is
     /// skipped and the answer says so in `memory_workers_unreachable`.
     pub timeout_ms: u64,
+    /// A file holding the token (`ID.SECRET`, scope `service`) sent to the workers. Empty: none
+    /// is sent, and workers that require one answer 401 (logged, counted as unreachable).
+    pub token_path: String,
 }
 
 impl Default for MemoryConfig {
     fn default() -> Self {
-        MemoryConfig { workers: Vec::new(), timeout_ms: 2_000 }
+        MemoryConfig { workers: Vec::new(), timeout_ms: 2_000, token_path: String::new() }
     }
 }
 
@@ -99,6 +108,8 @@ impl Default for QueryConfig {
             memory: MemoryConfig::default(),
             limits: LimitsConfig::default(),
             shutdown: ShutdownConfig::default(),
+            tls: Default::default(),
+            auth: Default::default(),
         }
     }
 }

@@ -17,6 +17,7 @@ use datafusion::physical_plan::coop::CooperativeExec;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
+use lodestone_kit::auth::{AuthError, Principal};
 use lodestone_store::{Snapshot, Store, StoreError, TableRef};
 use serde::Serialize;
 use tokio::sync::Semaphore;
@@ -52,6 +53,9 @@ pub enum QueryError {
     Cancelled(String),
     #[error("next_token is unknown or expired (tokens stay valid {ttl_s} s, on the query service that issued them)")]
     TokenExpired { ttl_s: u64 },
+    /// The caller's token may not read a table the statement touches.
+    #[error(transparent)]
+    Forbidden(#[from] AuthError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
     #[error("internal error: {0}")]
@@ -71,6 +75,7 @@ impl QueryError {
             QueryError::TooManyRows { .. } => "too_many_rows",
             QueryError::MemoryLimit { .. } => "memory_limit",
             QueryError::TooManyQueries { .. } => "too_many_queries",
+            QueryError::Forbidden(error) => error.code(),
             QueryError::Store(_) => "store_error",
             QueryError::Internal(_) => "internal",
         }
@@ -84,6 +89,7 @@ impl QueryError {
             QueryError::SqlTooLarge { .. } | QueryError::TooManyRows { .. } | QueryError::ResponseTooLarge { .. } => 413,
             QueryError::MemoryLimit { .. } => 422,
             QueryError::TooManyQueries { .. } => 503,
+            QueryError::Forbidden(error) => error.status().as_u16(),
             QueryError::Store(_) | QueryError::Internal(_) => 500,
         }
     }
@@ -166,6 +172,8 @@ pub struct Progress {
 }
 
 struct Running {
+    /// The token that started it: the only one that may follow or cancel it.
+    owner: String,
     sql: String,
     started: Instant,
     report: SharedReport,
@@ -176,6 +184,8 @@ struct Running {
 /// The rest of an answer, after a page: all its rows, where the next page starts, and when the
 /// token expires.
 struct Paged {
+    /// The token that ran the query: the only one its page tokens serve.
+    owner: String,
     query_id: String,
     rows: RecordBatch,
     offset: usize,
@@ -218,16 +228,17 @@ impl Engine {
         &self.store
     }
 
-    /// Runs `sql` and answers its first page as JSON (see [`Engine::query`]).
+    /// Runs `sql` with every scope and answers its first page as JSON (see [`Engine::query`]):
+    /// for benchmarks and tests that hold the engine in process.
     pub async fn run(&self, sql: &str, max_rows: Option<usize>) -> Result<QueryResult, QueryError> {
-        QueryResult::of(&self.query(sql, max_rows, None).await?)
+        QueryResult::of(&self.query(sql, max_rows, None, &Principal::anonymous()).await?)
     }
 
     /// Runs `sql` against the latest catalog snapshot, as query `query_id` (a fresh id when
     /// `None`). The answer may have at most `rows_max` rows; it comes in pages of `max_rows`
     /// (default and bound: `rows_max`), the first one now and the others by
-    /// [`Engine::next_page`].
-    pub async fn query(&self, sql: &str, max_rows: Option<usize>, query_id: Option<String>) -> Result<Page, QueryError> {
+    /// [`Engine::next_page`]. Every table the statement reads must be readable by `caller`.
+    pub async fn query(&self, sql: &str, max_rows: Option<usize>, query_id: Option<String>, caller: &Principal) -> Result<Page, QueryError> {
         if sql.len() > self.limits.sql_bytes_max {
             return Err(QueryError::SqlTooLarge { bytes: sql.len(), max: self.limits.sql_bytes_max });
         }
@@ -238,13 +249,14 @@ impl Engine {
         let query_id = query_id.unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
         let report = SharedReport::default();
         let rows = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (work, abort) = futures::future::abortable(tokio::time::timeout(timeout, self.collect(sql, self.limits.rows_max, &report, &rows)));
+        let (work, abort) = futures::future::abortable(tokio::time::timeout(timeout, self.collect(sql, self.limits.rows_max, &report, &rows, caller)));
         {
             let mut queries = self.queries.lock().expect("queries lock");
             if queries.contains_key(&query_id) {
                 return Err(QueryError::InvalidSql(format!("a query with id {query_id} is already running")));
             }
-            queries.insert(query_id.clone(), Running { sql: sql.to_string(), started, report: report.clone(), rows: rows.clone(), abort });
+            let owner = caller.id.clone();
+            queries.insert(query_id.clone(), Running { owner, sql: sql.to_string(), started, report: report.clone(), rows: rows.clone(), abort });
         }
         let outcome = work.await;
         self.queries.lock().expect("queries lock").remove(&query_id);
@@ -257,7 +269,7 @@ impl Engine {
         };
         let all = datafusion::arrow::compute::concat_batches(&schema, &batches).map_err(|e| QueryError::Internal(e.to_string()))?;
         let bytes_scanned = report.bytes_scanned.load(std::sync::atomic::Ordering::Relaxed);
-        let paged = Paged { query_id: query_id.clone(), rows: all, offset: 0, expires: Instant::now(), bytes_scanned };
+        let paged = Paged { owner: caller.id.clone(), query_id: query_id.clone(), rows: all, offset: 0, expires: Instant::now(), bytes_scanned };
         let mut page = self.page_of(paged, page_rows)?;
         page.elapsed_ms = started.elapsed().as_millis() as u64;
         page.memory_workers_unreachable = report.unreachable.load(std::sync::atomic::Ordering::Relaxed);
@@ -266,16 +278,23 @@ impl Engine {
 
     /// The page after the one that handed out `token`, of `max_rows` rows (default and bound:
     /// `rows_max`). A token stays valid `page_token_ttl_s` (an hour by default) and may be used
-    /// again within that time.
-    pub fn next_page(&self, token: &str, max_rows: Option<usize>) -> Result<Page, QueryError> {
+    /// again within that time, by the caller that ran the query only (to any other it is unknown).
+    pub fn next_page(&self, token: &str, max_rows: Option<usize>, caller: &Principal) -> Result<Page, QueryError> {
         let expired = || QueryError::TokenExpired { ttl_s: self.limits.page_token_ttl_s };
         let paged = {
             let pages = self.pages.lock().expect("pages lock");
-            let paged = pages.get(token).ok_or_else(expired)?;
+            let paged = pages.get(token).filter(|p| p.owner == caller.id).ok_or_else(expired)?;
             if paged.expires < Instant::now() {
                 return Err(expired());
             }
-            Paged { query_id: paged.query_id.clone(), rows: paged.rows.clone(), offset: paged.offset, expires: paged.expires, bytes_scanned: paged.bytes_scanned }
+            Paged {
+                owner: paged.owner.clone(),
+                query_id: paged.query_id.clone(),
+                rows: paged.rows.clone(),
+                offset: paged.offset,
+                expires: paged.expires,
+                bytes_scanned: paged.bytes_scanned,
+            }
         };
         self.page_of(paged, max_rows.unwrap_or(self.limits.rows_max).clamp(1, self.limits.rows_max))
     }
@@ -306,7 +325,8 @@ impl Engine {
                 kept -= pages.remove(&oldest).map_or(0, |p| size(&p));
             }
             let expires = now + Duration::from_secs(self.limits.page_token_ttl_s);
-            pages.insert(token.clone(), Paged { query_id: paged.query_id.clone(), rows: paged.rows.clone(), offset: next, expires, bytes_scanned: paged.bytes_scanned });
+            let kept = Paged { owner: paged.owner.clone(), query_id: paged.query_id.clone(), rows: paged.rows.clone(), offset: next, expires, bytes_scanned: paged.bytes_scanned };
+            pages.insert(token.clone(), kept);
             Some(token)
         } else {
             None
@@ -314,10 +334,11 @@ impl Engine {
         Ok(Page { query_id: paged.query_id, batch, elapsed_ms: 0, bytes_scanned: paged.bytes_scanned, memory_workers_unreachable: 0, next_token })
     }
 
-    /// A running query's progress; `None` when no query of that id is running here.
-    pub fn progress(&self, query_id: &str) -> Option<Progress> {
+    /// A running query's progress; `None` when no query of that id is running here for `caller`
+    /// (another caller's query is not shown).
+    pub fn progress(&self, query_id: &str, caller: &Principal) -> Option<Progress> {
         let queries = self.queries.lock().expect("queries lock");
-        let running = queries.get(query_id)?;
+        let running = queries.get(query_id).filter(|r| r.owner == caller.id)?;
         Some(Progress {
             query_id: query_id.to_string(),
             sql: running.sql.clone(),
@@ -328,9 +349,10 @@ impl Engine {
         })
     }
 
-    /// Cancels a running query (it then answers `query_cancelled`); false when none runs here.
-    pub fn cancel(&self, query_id: &str) -> bool {
-        match self.queries.lock().expect("queries lock").get(query_id) {
+    /// Cancels a running query of `caller`'s (it then answers `query_cancelled`); false when
+    /// none runs here for `caller`.
+    pub fn cancel(&self, query_id: &str, caller: &Principal) -> bool {
+        match self.queries.lock().expect("queries lock").get(query_id).filter(|r| r.owner == caller.id) {
             Some(running) => {
                 running.abort.abort();
                 true
@@ -345,14 +367,19 @@ impl Engine {
         rows_max: usize,
         report: &SharedReport,
         rows_seen: &std::sync::atomic::AtomicU64,
+        caller: &Principal,
     ) -> Result<Vec<RecordBatch>, QueryError> {
         let snapshot = self.store.snapshot().await?;
-        if let Some(answer) = crate::show::answer(sql, &snapshot) {
-            return Ok(vec![answer.map_err(QueryError::InvalidSql)?]);
+        if let Some(answer) = crate::show::answer(sql, &snapshot, caller) {
+            return match answer {
+                Ok(batch) => Ok(vec![batch]),
+                Err(crate::show::ShowError::Invalid(message)) => Err(QueryError::InvalidSql(message)),
+                Err(crate::show::ShowError::Forbidden(error)) => Err(QueryError::Forbidden(error)),
+            };
         }
         let ctx = self.session(&snapshot, report).map_err(|e| QueryError::from_datafusion(e, &self.limits))?;
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
-        let frame = self.plan(&ctx, sql, options).await?;
+        let frame = self.plan(&ctx, sql, options, caller).await?;
         let mut stream = frame.execute_stream().await.map_err(|e| QueryError::from_datafusion(e, &self.limits))?;
         let mut batches = Vec::new();
         let mut rows = 0;
@@ -369,8 +396,8 @@ impl Engine {
     }
 
     /// Parses `sql`, refuses anything but a query, resolves `measure_value::<type>` in the syntax
-    /// tree, and plans it.
-    async fn plan(&self, ctx: &SessionContext, sql: &str, options: SQLOptions) -> Result<datafusion::dataframe::DataFrame, QueryError> {
+    /// tree, plans it, and refuses the plan if it reads what `caller` may not ([`authorize`]).
+    async fn plan(&self, ctx: &SessionContext, sql: &str, options: SQLOptions, caller: &Principal) -> Result<datafusion::dataframe::DataFrame, QueryError> {
         let datafusion_error = |e| QueryError::from_datafusion(e, &self.limits);
         let state = ctx.state();
         let dialect = state.config().options().sql_parser.dialect;
@@ -383,6 +410,7 @@ impl Engine {
         crate::timestream::rewrite_functions(&mut statement).map_err(QueryError::InvalidSql)?;
         let plan = state.statement_to_plan(statement).await.map_err(datafusion_error)?;
         options.verify_plan(&plan).map_err(|e| QueryError::StatementNotAllowed(e.to_string()))?;
+        authorize(&plan, caller)?;
         ctx.execute_logical_plan(plan).await.map_err(datafusion_error)
     }
 
@@ -412,6 +440,41 @@ impl Engine {
             catalog.register_schema(database, schema)?;
         }
         Ok(ctx)
+    }
+}
+
+/// Refuses `plan` if it reads a table of a database `caller` may not read, wherever the scan sits
+/// in the plan: CTEs, subqueries (in expressions too), joins, UNION, EXPLAIN. `information_schema`
+/// lists every database, so only a caller that may read them all may read it. Table functions
+/// (`range(…)`) are scanned under bare names and read no stored data.
+fn authorize(plan: &datafusion::logical_expr::LogicalPlan, caller: &Principal) -> Result<(), QueryError> {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    use datafusion::logical_expr::LogicalPlan;
+    let mut refused = None;
+    plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            if let Err(error) = may_read(scan.table_name.schema(), caller) {
+                refused = Some(error);
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })
+    .map_err(|e| QueryError::Internal(e.to_string()))?;
+    refused.map_or(Ok(()), |error| Err(QueryError::Forbidden(error)))
+}
+
+/// Whether `caller` may read a table in `schema` (a database, `information_schema`, or none for a
+/// table function).
+fn may_read(schema: Option<&str>, caller: &Principal) -> Result<(), AuthError> {
+    match schema {
+        None => Ok(()),
+        Some("information_schema") if caller.can_read_all() => Ok(()),
+        Some("information_schema") => Err(AuthError::Forbidden(format!(
+            "token {} may not read information_schema, which lists every database; SHOW DATABASES, SHOW TABLES and DESCRIBE show what it may read",
+            caller.id
+        ))),
+        Some(database) => caller.require_read(database),
     }
 }
 

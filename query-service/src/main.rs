@@ -24,9 +24,10 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config: QueryConfig = lodestone_kit::config::load(args.config.as_deref(), "LODESTONE_QUERY")?;
     let store = config.store.open().with_context(|| format!("opening store {}", config.store.describe()))?;
-    let engine = Arc::new(Engine::new(store, config.limits.clone()).with_memory(MemoryClient::new(&config.memory)));
+    let memory = MemoryClient::new(&config.memory, &config.tls).context("setting up the calls to the ingest workers' memory")?;
+    let engine = Arc::new(Engine::new(store, config.limits.clone()).with_memory(memory));
     let mut shutdown = Shutdown::on_signal();
-    let mut server = lodestone_kit::http::serve(&config.http.listen, api::router(engine), shutdown.clone()).await?;
+    let mut server = lodestone_kit::http::serve_service(&config.http.listen, api::router(engine), &config.tls, &config.auth, shutdown.clone()).await?;
     shutdown.cancelled().await;
     // The service keeps no state: queries still running at the deadline are simply cut off.
     if tokio::time::timeout(config.shutdown.timeout(), server.stopped()).await.is_err() {

@@ -7,16 +7,42 @@
 //! - `DESCRIBE database.table` → `Column`, `Type`, `Timestream attribute type`
 //!
 //! Other SHOW and DESCRIBE forms go to DataFusion (`SHOW COLUMNS`, `DESCRIBE` of a query…).
+//!
+//! Each answers only what the caller may read: listings leave out the databases its token
+//! cannot read, and a statement naming one is refused with [`ShowError::Forbidden`].
 
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, ListBuilder, RecordBatch, StringArray, StringBuilder};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+use lodestone_kit::auth::{AuthError, Principal};
 use lodestone_store::{arrow_schema, Snapshot, TableRef, TIME_COLUMN, VERSION_COLUMN};
 
-/// The answer to `sql` if it is one of the statements above; `Err` names what is wrong with it.
-pub fn answer(sql: &str, snapshot: &Snapshot) -> Option<Result<RecordBatch, String>> {
+/// Why a catalog statement is refused.
+#[derive(Debug)]
+pub enum ShowError {
+    /// The statement is malformed or names what does not exist.
+    Invalid(String),
+    /// It names a database the caller may not read.
+    Forbidden(AuthError),
+}
+
+impl From<String> for ShowError {
+    fn from(message: String) -> ShowError {
+        ShowError::Invalid(message)
+    }
+}
+
+impl From<AuthError> for ShowError {
+    fn from(error: AuthError) -> ShowError {
+        ShowError::Forbidden(error)
+    }
+}
+
+/// The answer to `sql` for `caller` if it is one of the statements above; `Err` says what is
+/// wrong with it.
+pub fn answer(sql: &str, snapshot: &Snapshot, caller: &Principal) -> Option<Result<RecordBatch, ShowError>> {
     let tokens: Vec<Token> = Tokenizer::new(&GenericDialect {}, sql)
         .tokenize()
         .ok()?
@@ -28,15 +54,17 @@ pub fn answer(sql: &str, snapshot: &Snapshot) -> Option<Result<RecordBatch, Stri
         _ => None,
     };
     match (word(0).as_deref(), word(1).as_deref()) {
-        (Some("SHOW"), Some("DATABASES")) => Some(like(&tokens[2..]).and_then(|pattern| databases(snapshot, pattern.as_deref()))),
-        (Some("SHOW"), Some("TABLES")) => Some(show_tables(&tokens[2..], snapshot)),
-        (Some("SHOW"), Some("MEASURES")) => Some(show_measures(&tokens[2..], snapshot)),
+        (Some("SHOW"), Some("DATABASES")) => {
+            Some(like(&tokens[2..]).and_then(|pattern| databases(snapshot, caller, pattern.as_deref())).map_err(ShowError::from))
+        }
+        (Some("SHOW"), Some("TABLES")) => Some(show_tables(&tokens[2..], snapshot, caller)),
+        (Some("SHOW"), Some("MEASURES")) => Some(show_measures(&tokens[2..], snapshot, caller)),
         (Some("DESCRIBE" | "DESC"), _) => {
             let (table, rest) = table_name(&tokens[1..])?;
             if !rest.is_empty() {
                 return None;
             }
-            Some(describe(snapshot, &table))
+            Some(caller.require_read(&table.database).map_err(ShowError::from).and_then(|()| Ok(describe(snapshot, &table)?)))
         }
         _ => None,
     }
@@ -84,43 +112,48 @@ fn batch(columns: Vec<(String, ArrayRef)>) -> Result<RecordBatch, String> {
     RecordBatch::try_from_iter(columns).map_err(|e| e.to_string())
 }
 
-fn databases(snapshot: &Snapshot, pattern: Option<&str>) -> Result<RecordBatch, String> {
-    let names = snapshot.databases.keys().filter(|d| pattern.is_none_or(|p| matches(p, d))).cloned().collect();
+fn databases(snapshot: &Snapshot, caller: &Principal, pattern: Option<&str>) -> Result<RecordBatch, String> {
+    let readable = snapshot.databases.keys().filter(|d| caller.can_read(d));
+    let names = readable.filter(|d| pattern.is_none_or(|p| matches(p, d))).cloned().collect();
     batch(vec![strings("Database", names)])
 }
 
-fn show_tables(tokens: &[Token], snapshot: &Snapshot) -> Result<RecordBatch, String> {
+fn show_tables(tokens: &[Token], snapshot: &Snapshot, caller: &Principal) -> Result<RecordBatch, ShowError> {
     let (database, rest) = match tokens {
         [Token::Word(from), Token::Word(database), rest @ ..] if from.value.eq_ignore_ascii_case("from") || from.value.eq_ignore_ascii_case("in") => {
             (Some(database.value.clone()), rest)
         }
         rest => (None, rest),
     };
+    if let Some(database) = &database {
+        caller.require_read(database)?;
+    }
     let pattern = like(rest)?;
     let mut found: Vec<(String, String)> = Vec::new();
     for (name, tables) in &snapshot.databases {
-        if database.as_ref().is_some_and(|d| d != name) {
+        if database.as_ref().is_some_and(|d| d != name) || !caller.can_read(name) {
             continue;
         }
         found.extend(tables.keys().filter(|t| pattern.as_deref().is_none_or(|p| matches(p, t))).map(|t| (name.clone(), t.clone())));
     }
     if let Some(database) = &database {
         if !snapshot.databases.contains_key(database) {
-            return Err(format!("database {database:?} not found"));
+            return Err(format!("database {database:?} not found").into());
         }
-        return batch(vec![strings("Table", found.into_iter().map(|(_, t)| t).collect())]);
+        return Ok(batch(vec![strings("Table", found.into_iter().map(|(_, t)| t).collect())])?);
     }
     let (databases, tables) = found.into_iter().unzip();
-    batch(vec![strings("Database", databases), strings("Table", tables)])
+    Ok(batch(vec![strings("Database", databases), strings("Table", tables)])?)
 }
 
-fn show_measures(tokens: &[Token], snapshot: &Snapshot) -> Result<RecordBatch, String> {
+fn show_measures(tokens: &[Token], snapshot: &Snapshot, caller: &Principal) -> Result<RecordBatch, ShowError> {
     let usage = || "SHOW MEASURES FROM database.table [LIKE 'pattern']".to_string();
-    let [Token::Word(from), rest @ ..] = tokens else { return Err(usage()) };
+    let [Token::Word(from), rest @ ..] = tokens else { return Err(usage().into()) };
     if !from.value.eq_ignore_ascii_case("from") {
-        return Err(usage());
+        return Err(usage().into());
     }
     let (table, rest) = table_name(rest).ok_or_else(usage)?;
+    caller.require_read(&table.database)?;
     let pattern = like(rest)?;
     let entry = snapshot.table(&table).ok_or_else(|| format!("table {table} not found"))?;
     let (mut names, mut types) = (Vec::new(), Vec::new());
@@ -136,7 +169,7 @@ fn show_measures(tokens: &[Token], snapshot: &Snapshot) -> Result<RecordBatch, S
         }
         dimensions.append(true);
     }
-    batch(vec![strings("measure_name", names), strings("data_type", types), ("dimensions".into(), Arc::new(dimensions.finish()))])
+    Ok(batch(vec![strings("measure_name", names), strings("data_type", types), ("dimensions".into(), Arc::new(dimensions.finish()))])?)
 }
 
 fn describe(snapshot: &Snapshot, table: &TableRef) -> Result<RecordBatch, String> {

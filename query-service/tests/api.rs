@@ -1,5 +1,6 @@
-//! The REST API over real HTTP: paging with next_token, CSV and Arrow answers, a running query's
-//! progress and its cancellation, and the OpenAPI document.
+//! The REST API over real HTTPS with tokens: paging with next_token, CSV and Arrow answers, a
+//! running query's progress and its cancellation, the OpenAPI document, and what each token may
+//! read and change.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,17 +13,34 @@ mod common;
 
 struct Service {
     url: String,
+    /// Sends the admin token.
     http: reqwest::Client,
+    credentials: lodestone_admin::Credentials,
+    _server: lodestone_kit::http::Server,
+    _stop: lodestone_kit::ShutdownTrigger,
     _dir: tempfile::TempDir,
 }
 
 async fn start(limits: LimitsConfig) -> Service {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Arc::new(Engine::new(common::fleet_store(dir.path()).await, limits));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, query_service::api::router(engine)).await });
-    Service { url, http: reqwest::Client::new(), _dir: dir }
+    let credentials = lodestone_admin::Credentials::create(&dir.path().join("certs")).unwrap();
+    let store = common::fleet_store(&dir.path().join("store")).await;
+    // A second database, for what a token of the first may not read.
+    let plant = lodestone_store::TableRef { database: "plant".into(), table: "boilers".into() };
+    store.ensure_table(&plant, Default::default()).await.unwrap();
+    let engine = Arc::new(Engine::new(store, limits));
+    let (stop, shutdown) = lodestone_kit::shutdown::shutdown_channel();
+    let router = query_service::api::router(engine);
+    let server = lodestone_kit::http::serve_service("127.0.0.1:0", router, &credentials.tls(), &credentials.auth(), shutdown).await.unwrap();
+    let url = format!("https://{}", server.addr());
+    let http = client(&credentials, Some(&credentials.admin_bearer));
+    Service { url, http, credentials, _server: server, _stop: stop, _dir: dir }
+}
+
+/// A client trusting `credentials`' CA, sending `bearer` if given.
+fn client(credentials: &lodestone_admin::Credentials, bearer: Option<&str>) -> reqwest::Client {
+    let headers = bearer.map(|b| (reqwest::header::AUTHORIZATION, format!("Bearer {b}").parse().unwrap())).into_iter().collect();
+    lodestone_kit::http::client(Some(credentials.client_tls())).default_headers(headers).build().unwrap()
 }
 
 impl Service {
@@ -172,4 +190,130 @@ async fn each_limit_answers_with_its_code() {
     assert_eq!(code(&runaway.await.unwrap()), (400, Some("query_cancelled".into())));
     // Not a query.
     assert_eq!(code(&service.post(json!({"sql": "DROP TABLE fleet.trucks"})).await), (400, Some("statement_not_allowed".into())));
+}
+
+/// The code of an error answer, with its status.
+async fn refusal(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap();
+    (status, body["error"]["code"].as_str().unwrap_or("(none)").to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_reads_only_its_databases_however_the_statement_reaches_another() {
+    let service = start(LimitsConfig::default()).await;
+    let reader_bearer = service.credentials.issue("grafana", &["fleet:read".parse().unwrap()], None).unwrap();
+    let expired_bearer = service.credentials.issue("old", &["admin".parse().unwrap()], Some(chrono::Utc::now() - chrono::Duration::hours(1))).unwrap();
+    // The service re-reads the token file at most once a second: wait until it knows the new
+    // tokens (polling with a deadline).
+    let reader = client(&service.credentials, Some(&reader_bearer));
+    let query = |http: reqwest::Client, sql: &str| {
+        let request = http.post(format!("{}/v1/query", service.url)).json(&json!({ "sql": sql }));
+        async move { request.send().await.unwrap() }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while query(reader.clone(), "SELECT 1").await.status() != 200 {
+        assert!(Instant::now() < deadline, "the new token was never accepted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // No token, a wrong one, an expired one: 401 with a stable code.
+    let anonymous = client(&service.credentials, None);
+    assert_eq!(refusal(query(anonymous.clone(), "SELECT 1").await).await, (401, "missing_credentials".into()));
+    let forged = format!("{}.{}", reader_bearer.split_once('.').unwrap().0, "0".repeat(64));
+    assert_eq!(refusal(query(client(&service.credentials, Some(&forged)), "SELECT 1").await).await, (401, "invalid_credentials".into()));
+    assert_eq!(refusal(query(client(&service.credentials, Some(&expired_bearer)), "SELECT 1").await).await, (401, "expired_credentials".into()));
+    let health = anonymous.get(format!("{}/health", service.url)).send().await.unwrap();
+    assert_eq!(health.status(), 200, "health needs no token");
+
+    // Its own database: every form works.
+    for sql in [
+        "SELECT count(*) FROM fleet.trucks",
+        "WITH t AS (SELECT * FROM fleet.trucks) SELECT count(*) FROM t",
+        "SHOW TABLES FROM fleet",
+        "DESCRIBE fleet.trucks",
+        "SHOW MEASURES FROM fleet.trucks",
+    ] {
+        assert_eq!(query(reader.clone(), sql).await.status(), 200, "{sql}");
+    }
+    // Another database, however it is reached: 403 forbidden.
+    for sql in [
+        "SELECT count(*) FROM plant.boilers",
+        "WITH t AS (SELECT * FROM plant.boilers) SELECT count(*) FROM t",
+        "SELECT count(*) FROM fleet.trucks WHERE measure_name IN (SELECT measure_name FROM plant.boilers)",
+        "SELECT (SELECT count(*) FROM plant.boilers) AS n",
+        "SELECT measure_name FROM fleet.trucks UNION ALL SELECT measure_name FROM plant.boilers",
+        "SELECT * FROM fleet.trucks f JOIN plant.boilers b ON f.measure_name = b.measure_name",
+        "EXPLAIN SELECT * FROM plant.boilers",
+        "SHOW TABLES FROM plant",
+        "DESCRIBE plant.boilers",
+        "SHOW MEASURES FROM plant.boilers",
+        "SELECT * FROM information_schema.tables",
+    ] {
+        assert_eq!(refusal(query(reader.clone(), sql).await).await, (403, "forbidden".into()), "{sql}");
+    }
+    // Listings leave out what it may not read.
+    let (_, databases) = {
+        let response = query(reader.clone(), "SHOW DATABASES").await;
+        (response.status(), response.json::<Value>().await.unwrap())
+    };
+    assert_eq!(databases["rows"], json!([["fleet"]]));
+    let listed: Value = reader.get(format!("{}/v1/databases", service.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["databases"].as_array().unwrap().len(), 1, "{listed}");
+
+    // Every management call needs admin.
+    let url = &service.url;
+    let calls = [
+        reader.post(format!("{url}/v1/databases")).json(&json!({"name": "new_db"})),
+        reader.delete(format!("{url}/v1/databases/fleet")),
+        reader.post(format!("{url}/v1/databases/fleet/tables")).json(&json!({"name": "t2"})),
+        reader.patch(format!("{url}/v1/databases/fleet/tables/trucks")).json(&json!({"memory_store_retention_hours": 1})),
+        reader.delete(format!("{url}/v1/databases/fleet/tables/trucks")),
+        reader.get(format!("{url}/v1/databases/plant/tables")),
+        reader.get(format!("{url}/v1/databases/plant/tables/boilers")),
+        reader.get(format!("{url}/metrics")),
+    ];
+    for call in calls {
+        assert_eq!(refusal(call.send().await.unwrap()).await, (403, "forbidden".into()));
+    }
+    let tables = service.http.get(format!("{url}/v1/databases/fleet/tables")).send().await.unwrap();
+    assert_eq!(tables.status(), 200, "the admin token reads everything");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_token_that_started_a_query_sees_its_progress_and_pages() {
+    let service = Arc::new(start(LimitsConfig { query_timeout_ms: 60_000, ..LimitsConfig::default() }).await);
+    let other_bearer = service.credentials.issue("other", &["fleet:read".parse().unwrap()], None).unwrap();
+    let other = client(&service.credentials, Some(&other_bearer));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first_page = loop {
+        let response = other.post(format!("{}/v1/query", service.url)).json(&json!({"sql": ALL, "max_rows": 10})).send().await.unwrap();
+        if response.status() == 200 {
+            break response.json::<Value>().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "the new token was never accepted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Another caller's page token is unknown to the admin.
+    let (status, answer) = service.post(json!({"next_token": first_page["next_token"]})).await;
+    assert_eq!((status, answer["error"]["code"].as_str()), (410, Some("token_expired")));
+
+    let runaway = {
+        let service = service.clone();
+        tokio::spawn(async move {
+            let sql = "SELECT count(*) FROM fleet.trucks a, fleet.trucks b, fleet.trucks c, fleet.trucks d, fleet.trucks e";
+            service.post(json!({"sql": sql, "query_id": "mine"})).await
+        })
+    };
+    let progress_url = format!("{}/v1/queries/mine", service.url);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while service.http.get(&progress_url).send().await.unwrap().status() != 200 {
+        assert!(Instant::now() < deadline, "the query never showed up as running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(other.get(&progress_url).send().await.unwrap().status(), 404, "another token sees nothing");
+    assert_eq!(other.delete(&progress_url).send().await.unwrap().status(), 404, "another token cannot cancel");
+    assert_eq!(service.http.delete(&progress_url).send().await.unwrap().status(), 202);
+    let (status, answer) = runaway.await.unwrap();
+    assert_eq!((status, answer["error"]["code"].as_str()), (400, Some("query_cancelled")));
 }

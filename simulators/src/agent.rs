@@ -40,6 +40,8 @@ pub struct AgentRun {
     pub rate_per_s: u64,
     /// The whole run's bound; unanswered readings count as `unacked`.
     pub timeout: Duration,
+    /// The CA and token for the agents' API.
+    pub access: crate::access::HttpAccess,
 }
 
 impl AgentRun {
@@ -77,7 +79,7 @@ pub async fn run_agent(run: AgentRun) -> Result<Summary, SimError> {
 
 /// [`run_agent`], counting into `progress` (which a load test samples meanwhile).
 pub async fn run_agent_observed(run: AgentRun, progress: Arc<Progress>) -> Result<Summary, SimError> {
-    let http = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().map_err(SimError::HttpClient)?;
+    let http = run.access.client(REQUEST_TIMEOUT)?;
     let start = Instant::now();
     let deadline = start + run.timeout;
     let reporter = progress.report_every(PROGRESS_EVERY);
@@ -233,6 +235,7 @@ mod tests {
             table: "readings".into(),
             rate_per_s: 0,
             timeout: Duration::from_secs(300),
+            access: Default::default(),
         }
     }
 

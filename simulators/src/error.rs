@@ -46,6 +46,10 @@ pub enum SimError {
         source: rdkafka::error::KafkaError,
     },
 
+    /// The CA or token file for HTTPS and tokens cannot be used.
+    #[error("HTTP access: {detail}")]
+    Access { detail: String },
+
     /// The HTTP client could not be built.
     #[error("building the HTTP client: {0}")]
     HttpClient(#[source] reqwest::Error),

@@ -31,6 +31,7 @@
 //! confirmations. Every failure is a [`SimError`]; a run that ends with unconfirmed readings is
 //! not an error but a summary with `unacked > 0`.
 
+pub mod access;
 pub mod agent;
 mod error;
 mod fdlimit;

@@ -166,6 +166,8 @@ pub struct Target {
     pub agent_urls: Vec<String>,
     /// Process names (`/proc/*/comm`) whose CPU and memory are sampled.
     pub watch: Vec<String>,
+    /// The CA and token for the query service and the agents.
+    pub access: crate::access::HttpAccess,
 }
 
 /// One second of the run.
@@ -264,7 +266,7 @@ impl Live {
 
 /// Runs `scenario` against `target`.
 pub async fn run_load(scenario: &Scenario, target: &Target) -> anyhow::Result<Report> {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    let http = target.access.client(Duration::from_secs(10))?;
     let live = Arc::new(Live {
         started: Instant::now(),
         phase: Mutex::new((String::new(), Arc::new(Progress::new(0, false)))),
@@ -360,6 +362,7 @@ pub async fn run_load(scenario: &Scenario, target: &Target) -> anyhow::Result<Re
                     table: table.clone(),
                     rate_per_s: rate,
                     timeout: Duration::from_secs(phase.timeout_s),
+                    access: target.access.clone(),
                 };
                 run.validate(now_ns())?;
                 run_agent_observed(run, progress.clone()).await?

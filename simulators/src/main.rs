@@ -156,6 +156,23 @@ struct KafkaArgs {
     data: DataArgs,
 }
 
+/// How to reach Lodestone's HTTP APIs.
+#[derive(Args)]
+struct AccessArgs {
+    /// PEM CA certificate trusted for https:// URLs (make up: .stack/certs/ca.pem).
+    #[arg(long, env = "LODESTONE_CA")]
+    ca: Option<std::path::PathBuf>,
+    /// A file holding the API token (ID.SECRET) to send as `Authorization: Bearer`.
+    #[arg(long, env = "LODESTONE_TOKEN_FILE")]
+    token_file: Option<std::path::PathBuf>,
+}
+
+impl AccessArgs {
+    fn access(&self) -> lodestone_simulators::access::HttpAccess {
+        lodestone_simulators::access::HttpAccess { ca_path: self.ca.clone(), token_path: self.token_file.clone() }
+    }
+}
+
 #[derive(Args)]
 struct AgentArgs {
     /// An edge agent's base URL; give it once per agent to spread the sensors over several.
@@ -168,6 +185,8 @@ struct AgentArgs {
     readings_per_sensor: u64,
     #[arg(long, default_value = "sensor-")]
     sensor_prefix: String,
+    #[command(flatten)]
+    access: AccessArgs,
     #[command(flatten)]
     data: DataArgs,
 }
@@ -203,6 +222,8 @@ struct LoadArgs {
     /// Process names (as in /proc/PID/comm) whose CPU and memory are sampled; repeatable.
     #[arg(long = "watch", default_values = ["tansu", "broker-bridge", "ingest-service", "query-service", "edge-agent", "lodestone-sim"])]
     watch: Vec<String>,
+    #[command(flatten)]
+    access: AccessArgs,
 }
 
 async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
@@ -215,6 +236,7 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
         query_url: args.query_url,
         agent_urls: args.agent_url,
         watch: args.watch,
+        access: args.access.access(),
     };
     let report = lodestone_simulators::load::run_load(&scenario, &target).await?;
     print!("{}", report.table());
@@ -303,6 +325,7 @@ async fn run(command: Command, now_ns: i64) -> anyhow::Result<(Summary, &'static
                 table: args.data.table.clone(),
                 rate_per_s: args.data.rate,
                 timeout: Duration::from_secs(args.data.timeout_s),
+                access: args.access.access(),
             };
             run.validate(now_ns)?;
             tracing::info!(sensors = args.sensors, urls = ?run.urls, "agent run");

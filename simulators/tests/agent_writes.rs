@@ -82,6 +82,7 @@ fn agent_run(url: String, sensors: u32, readings: u64, batch: u32) -> AgentRun {
         table: "readings".into(),
         rate_per_s: 0,
         timeout: Duration::from_secs(60),
+        access: Default::default(),
     }
 }
 

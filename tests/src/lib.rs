@@ -4,6 +4,11 @@
 //!
 //! Binaries are taken from the cargo target folder this test binary was built into (`make test`
 //! builds them first); tansu from `$TANSU_BIN` (set by the Makefile).
+//!
+//! Security is on, as everywhere: each stack makes its own CA, server certificate and tokens
+//! ([`lodestone_admin::Credentials`] in `{dir}/certs`); every service serves HTTPS and checks
+//! tokens; [`Stack::http`] trusts the CA and sends the admin token; [`Stack::url`] gives a
+//! service's `https://` address.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -152,7 +157,10 @@ pub struct Stack {
     pub dir: tempfile::TempDir,
     pub ports: Ports,
     pub processes: Vec<Process>,
+    /// Trusts the stack's CA and sends its admin token.
     pub http: reqwest::Client,
+    /// The stack's CA, certificate and tokens.
+    pub credentials: lodestone_admin::Credentials,
     /// HTTP ports of the ingest workers started so far; the query service, started after the
     /// first ones, reads their memory.
     pub ingest_ports: Vec<u16>,
@@ -222,11 +230,13 @@ impl Stack {
         };
         let mut ingest_env: Vec<_> = options.persist_interval_ms.map(|ms| env("LODESTONE_INGEST__PERSIST__INTERVAL_MS", ms.to_string())).into_iter().collect();
         ingest_env.extend(options.ingest_env);
+        let credentials = lodestone_admin::Credentials::create(&dir.path().join("certs")).expect("the stack's credentials");
         let mut stack = Stack {
             dir,
             ports,
             processes: Vec::new(),
-            http: reqwest::Client::new(),
+            http: client_for(&credentials, &credentials.admin_bearer),
+            credentials,
             ingest_ports: Vec::new(),
             ingest_env,
             specs: Vec::new(),
@@ -243,6 +253,30 @@ impl Stack {
             stack.start_agent("edge-1").await;
         }
         stack
+    }
+
+    /// A service's base URL: `https://127.0.0.1:{port}`.
+    pub fn url(&self, port: u16) -> String {
+        format!("https://127.0.0.1:{port}")
+    }
+
+    /// An HTTP client trusting the stack's CA and sending `bearer` (`ID.SECRET`) with every
+    /// request.
+    pub fn client_with_token(&self, bearer: &str) -> reqwest::Client {
+        client_for(&self.credentials, bearer)
+    }
+
+    /// The environment that gives `lodestone-sim` the stack's CA and admin token.
+    pub fn sim_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("LODESTONE_CA".to_string(), self.credentials.ca_path.display().to_string()),
+            ("LODESTONE_TOKEN_FILE".to_string(), self.credentials.admin_token_path.display().to_string()),
+        ]
+    }
+
+    /// [`sim`] with the stack's CA and admin token.
+    pub fn sim(&self, args: &[&str]) -> tokio::task::JoinHandle<Value> {
+        sim_with_env(args, &self.sim_env())
     }
 
     pub fn bootstrap(&self) -> String {
@@ -305,7 +339,7 @@ impl Stack {
 
     /// A counter from a service's Prometheus `/metrics` (summed over its labels).
     pub async fn metric(&self, port: u16, name: &str) -> Option<f64> {
-        let text = self.http.get(format!("http://127.0.0.1:{port}/metrics")).send().await.ok()?.text().await.ok()?;
+        let text = self.http.get(format!("{}/metrics", self.url(port))).send().await.ok()?.text().await.ok()?;
         let values = text.lines().filter(|l| l.starts_with(name) && !l.starts_with('#')).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
         Some(values.sum())
     }
@@ -314,7 +348,8 @@ impl Stack {
         let env = vec![
             env("LODESTONE_QUERY__STORE__PATH", self.store_path()),
             env("LODESTONE_QUERY__HTTP__LISTEN", format!("127.0.0.1:{}", self.ports.query_http)),
-            env("LODESTONE_QUERY__MEMORY__WORKERS", format!("{:?}", self.ingest_ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect::<Vec<_>>())),
+            env("LODESTONE_QUERY__MEMORY__WORKERS", format!("{:?}", self.ingest_ports.iter().map(|p| self.url(*p)).collect::<Vec<_>>())),
+            env("LODESTONE_QUERY__MEMORY__TOKEN_PATH", self.credentials.service_token_path.display().to_string()),
         ];
         self.spawn_service("query-service", "query-service", env, self.ports.query_http).await;
     }
@@ -341,7 +376,18 @@ impl Stack {
         http_port
     }
 
-    async fn spawn_service(&mut self, name: &str, binary: &str, env: Vec<(String, String)>, http_port: u16) {
+    async fn spawn_service(&mut self, name: &str, binary: &str, mut env: Vec<(String, String)>, http_port: u16) {
+        let prefix = match binary {
+            "broker-bridge" => "LODESTONE_BRIDGE",
+            "ingest-service" => "LODESTONE_INGEST",
+            "query-service" => "LODESTONE_QUERY",
+            "edge-agent" => "LODESTONE_AGENT",
+            other => panic!("no config prefix known for {other}"),
+        };
+        // The test's own settings come last and win.
+        let mut secured = self.credentials.env(prefix);
+        secured.append(&mut env);
+        let env = secured;
         let spec = Spec { name: name.into(), program: bin_dir().join(binary), args: Vec::new(), env, http_port: Some(http_port), tcp_port: http_port };
         self.launch(spec).await;
     }
@@ -374,7 +420,7 @@ impl Stack {
     }
 
     async fn wait_healthy(&mut self, name: &str, http_port: u16) {
-        let url = format!("http://127.0.0.1:{http_port}/health");
+        let url = format!("{}/health", self.url(http_port));
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(response) = self.http.get(&url).send().await {
@@ -403,7 +449,7 @@ impl Stack {
 
     /// Runs SQL through the query service; panics on an HTTP error with its body.
     pub async fn query(&self, sql: &str) -> Value {
-        let url = format!("http://127.0.0.1:{}/v1/query", self.ports.query_http);
+        let url = format!("{}/v1/query", self.url(self.ports.query_http));
         let response = self.http.post(&url).json(&serde_json::json!({ "sql": sql })).send().await.expect("query request");
         let status = response.status();
         let body: Value = response.json().await.expect("query answer is JSON");
@@ -413,7 +459,7 @@ impl Stack {
 
     /// Runs SQL and returns the rows, or `None` while the table does not exist yet.
     pub async fn try_rows(&self, sql: &str) -> Option<Vec<Vec<Value>>> {
-        let url = format!("http://127.0.0.1:{}/v1/query", self.ports.query_http);
+        let url = format!("{}/v1/query", self.url(self.ports.query_http));
         let response = self.http.post(&url).json(&serde_json::json!({ "sql": sql })).send().await.ok()?;
         if !response.status().is_success() {
             return None;
@@ -444,6 +490,15 @@ impl Stack {
 
 fn env(key: &str, value: String) -> (String, String) {
     (key.to_string(), value)
+}
+
+fn client_for(credentials: &lodestone_admin::Credentials, bearer: &str) -> reqwest::Client {
+    let mut authorization = reqwest::header::HeaderValue::from_str(&format!("Bearer {bearer}")).expect("a token is a header value");
+    authorization.set_sensitive(true);
+    lodestone_kit::http::client(Some(credentials.client_tls()))
+        .default_headers([(reqwest::header::AUTHORIZATION, authorization)].into_iter().collect())
+        .build()
+        .expect("an HTTP client")
 }
 
 /// Creates topics (tansu does not create them on first use).
@@ -551,11 +606,13 @@ pub fn report(test: &str, audit: &Audit) {
     assert!(audit.wrong_devices.is_empty(), "{test}: devices with wrong values {:?}", audit.wrong_devices);
 }
 
-/// Runs `lodestone-sim` with `args` in the background (the caller injects faults meanwhile);
-/// the task ends with the run's JSON summary, and panics if the run failed.
-pub fn sim(args: &[&str]) -> tokio::task::JoinHandle<Value> {
+/// Runs `lodestone-sim` with `args` and environment `env` in the background (the caller injects
+/// faults meanwhile); the task ends with the run's JSON summary, and panics if the run failed.
+/// [`Stack::sim`] adds the stack's CA and token.
+pub fn sim_with_env(args: &[&str], env: &[(String, String)]) -> tokio::task::JoinHandle<Value> {
     let child = tokio::process::Command::new(bin_dir().join("lodestone-sim"))
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)

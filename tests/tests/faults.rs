@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use lodestone_tests::{poll_until, report, sim, KafkaStorage, Ledger, Relay, Stack, StackOptions, INGEST_PARTITIONS};
+use lodestone_tests::{poll_until, report, KafkaStorage, Ledger, Relay, Stack, StackOptions, INGEST_PARTITIONS};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -27,8 +27,8 @@ fn sim_args(subcommand: &str, args: &[&str], rate: u64, table: &str) -> Vec<Stri
     std::iter::once(subcommand).chain(args.iter().copied()).chain(data).map(str::to_string).collect()
 }
 
-fn start_sim(args: &[String]) -> tokio::task::JoinHandle<serde_json::Value> {
-    sim(&args.iter().map(String::as_str).collect::<Vec<_>>())
+fn start_sim(stack: &Stack, args: &[String]) -> tokio::task::JoinHandle<serde_json::Value> {
+    stack.sim(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// 100,000 readings from 50 MQTT devices at 2,000/s into `faults.{table}`; devices resend what
@@ -36,7 +36,7 @@ fn start_sim(args: &[String]) -> tokio::task::JoinHandle<serde_json::Value> {
 fn mqtt_load(stack: &Stack, table: &str) -> tokio::task::JoinHandle<serde_json::Value> {
     let port = stack.ports.mqtt.to_string();
     let args = ["--port", &port, "--batch", "50", "--devices", "50", "--readings-per-device", "2000", "--resend-after-ms", "3000"];
-    start_sim(&sim_args("mqtt", &args, 2_000, table))
+    start_sim(stack, &sim_args("mqtt", &args, 2_000, table))
 }
 
 /// Waits `delay` (a fault schedule, not a synchronisation) and checks the load is still running.
@@ -73,7 +73,7 @@ async fn ingest_workers_killed_every_20_to_40_s_lose_and_duplicate_nothing() {
     // 1,000,000 readings at 10,000/s: about 100 s of load, so 2 to 5 kills land in it.
     let bootstrap = stack.bootstrap();
     let args = ["--bootstrap", &bootstrap, "--batch", "500", "--devices", "100", "--readings-per-device", "10000"];
-    let mut load = start_sim(&sim_args("kafka", &args, 10_000, "ingest_kill"));
+    let mut load = start_sim(&stack, &sim_args("kafka", &args, 10_000, "ingest_kill"));
     let mut rng = StdRng::seed_from_u64(20);
     let mut kills = 0;
     let summary = loop {
@@ -132,9 +132,9 @@ async fn tansu_killed_and_restarted_mid_load_loses_and_duplicates_nothing() {
 async fn edge_agent_killed_20_times_mid_publish_loses_nothing() {
     let _serial = SERIAL.lock().await;
     let mut stack = Stack::start(StackOptions::default()).await;
-    let url = format!("http://127.0.0.1:{}", stack.ports.agent_http);
+    let url = stack.url(stack.ports.agent_http);
     let args = ["--url", &url, "--batch", "50", "--sensors", "20", "--readings-per-sensor", "5000"];
-    let load = start_sim(&sim_args("agent", &args, 2_000, "agent_kill"));
+    let load = start_sim(&stack, &sim_args("agent", &args, 2_000, "agent_kill"));
     let mut rng = StdRng::seed_from_u64(21);
     for kill in 0..20 {
         mid_load(&load, Duration::from_millis(rng.gen_range(500..2_000))).await;
@@ -157,7 +157,7 @@ async fn ten_thousand_bad_payloads_go_to_the_dead_letter_topic_and_valid_traffic
     let stack = Stack::start(StackOptions { edge_agent: false, ..Default::default() }).await;
     let port = stack.ports.mqtt.to_string();
     let args = ["--port", &port, "--batch", "50", "--devices", "20", "--readings-per-device", "2500"];
-    let load = start_sim(&sim_args("mqtt", &args, 2_000, "bad_payloads"));
+    let load = start_sim(&stack, &sim_args("mqtt", &args, 2_000, "bad_payloads"));
 
     let mut options = rumqttc::MqttOptions::new("bad-device", "127.0.0.1", stack.ports.mqtt);
     options.set_max_packet_size(64 * 1024, 512 * 1024); // (incoming, outgoing)
@@ -234,9 +234,9 @@ async fn dead_letter_reasons(bootstrap: &str, device_id: &str, count: usize) -> 
 async fn sigterm_to_each_service_under_load_exits_within_10_s_and_loses_nothing() {
     let _serial = SERIAL.lock().await;
     let mut stack = Stack::start(StackOptions::default()).await;
-    let url = format!("http://127.0.0.1:{}", stack.ports.agent_http);
+    let url = stack.url(stack.ports.agent_http);
     let args = ["--url", &url, "--batch", "50", "--sensors", "20", "--readings-per-sensor", "4000"];
-    let load = start_sim(&sim_args("agent", &args, 1_500, "sigterm"));
+    let load = start_sim(&stack, &sim_args("agent", &args, 1_500, "sigterm"));
     for service in ["agent-edge-1", "broker-bridge", "ingest-0", "query-service"] {
         mid_load(&load, Duration::from_secs(8)).await;
         let started = std::time::Instant::now();
@@ -277,9 +277,9 @@ async fn edge_agents_cut_off_for_5_minutes_stay_within_their_quotas_and_lose_onl
     };
     let port_1 = stack.start_agent_via("edge-1", relay.port, &quota(QUOTA_BYTES, "reject_new")).await;
     let port_2 = stack.start_agent_via("edge-2", relay.port, &quota(SMALL_QUOTA_BYTES, "drop_oldest")).await;
-    let (url_1, url_2) = (format!("http://127.0.0.1:{port_1}"), format!("http://127.0.0.1:{port_2}"));
+    let (url_1, url_2) = (stack.url(port_1), stack.url(port_2));
     let args = ["--url", &url_1, "--batch", "50", "--sensors", "20", "--readings-per-sensor", "35000"];
-    let load_1 = start_sim(&sim_args("agent", &args, 2_000, "agent_cut"));
+    let load_1 = start_sim(&stack, &sim_args("agent", &args, 2_000, "agent_cut"));
     let status = |url: String| {
         let http = stack.http.clone();
         async move {
@@ -302,7 +302,7 @@ async fn edge_agents_cut_off_for_5_minutes_stay_within_their_quotas_and_lose_onl
     }
     // edge-2's whole load arrives while it is cut off, so nothing it drops was ever delivered.
     let args = ["--url", &url_2, "--batch", "50", "--sensors", "20", "--readings-per-sensor", "25000", "--seed", "2"];
-    let load_2 = start_sim(&sim_args("agent", &args, 2_000, "agent_drop"));
+    let load_2 = start_sim(&stack, &sim_args("agent", &args, 2_000, "agent_drop"));
     let (mut bytes_max_seen, mut entries_max_seen, mut small_bytes_max_seen, mut samples) = (0, 0, 0, 0);
     // Sampling both outboxes once a second for the length of the cut (a measurement, not a wait
     // for a condition).

@@ -77,7 +77,7 @@ async fn reading_posted_to_an_edge_agent_comes_back_from_sql() {
         "time": time_ms,
         "time_unit": "ms",
     }]});
-    let url = format!("http://127.0.0.1:{}/v1/write?database=plant&table=sensors", stack.ports.agent_http);
+    let url = format!("{}/v1/write?database=plant&table=sensors", stack.url(stack.ports.agent_http));
     let response = stack.http.post(&url).json(&body).send().await.unwrap();
     assert!(response.status().is_success(), "{}", response.text().await.unwrap());
 
@@ -95,7 +95,7 @@ async fn reading_posted_to_an_edge_agent_comes_back_from_sql() {
     assert_eq!(stack.metric(agent, "lodestone_agent_records_rejected_total").await, Some(0.0));
 
     // Only queries: anything else is refused with a stable code, and the data stays.
-    let url = format!("http://127.0.0.1:{}/v1/query", stack.ports.query_http);
+    let url = format!("{}/v1/query", stack.url(stack.ports.query_http));
     for sql in ["DROP TABLE plant.sensors", "CREATE TABLE plant.copy AS SELECT 1", "INSERT INTO plant.sensors VALUES (1)"] {
         let response = stack.http.post(&url).json(&json!({ "sql": sql })).send().await.unwrap();
         let status = response.status().as_u16();
@@ -153,7 +153,7 @@ async fn plain_mqtt_json_and_a_kafka_producer_both_land() {
 
     // The worker that stored them reports itself ready, with the ingest topic's 4 partitions and
     // the dead-letter topic's one.
-    let ready = stack.http.get(format!("http://127.0.0.1:{}/ready", stack.ports.ingest_http)).send().await.unwrap();
+    let ready = stack.http.get(format!("{}/ready", stack.url(stack.ports.ingest_http))).send().await.unwrap();
     assert_eq!(ready.status(), 200);
     assert_eq!(stack.metric(stack.ports.ingest_http, "lodestone_ingest_partitions_assigned").await, Some(5.0));
 }

@@ -1,0 +1,122 @@
+//! Security of the HTTP services, on the real binaries: every one serves HTTPS only (plain HTTP
+//! gets no answer, TLS below 1.2 is refused), wants a token on everything but `/health` and
+//! `/ready`, honours scopes (the workers' memory only for `service`), drops a revoked token
+//! within seconds, and never writes a secret to its log.
+
+use std::time::Duration;
+
+use lodestone_kit::auth::{Scope, TokenFile};
+use lodestone_tests::{poll_until, Stack, StackOptions};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The HTTP ports of a stack's four services, by name.
+fn services(stack: &Stack) -> [(&'static str, u16); 4] {
+    let p = stack.ports;
+    [("broker-bridge", p.bridge_http), ("ingest-service", p.ingest_http), ("query-service", p.query_http), ("edge-agent", p.agent_http)]
+}
+
+/// What a plain-text HTTP request to `port` gets back, up to 5 s.
+async fn plain_http(port: u16) -> String {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    stream.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Whether `openssl s_client` completes a handshake with `port` at `version` (`-tls1_1`,
+/// `-tls1_2`); the client is allowed every protocol and cipher, so only the server can refuse.
+fn openssl_handshake(stack: &Stack, port: u16, version: &str) -> bool {
+    let output = std::process::Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), version, "-cipher", "DEFAULT:@SECLEVEL=0"])
+        .arg("-CAfile")
+        .arg(&stack.credentials.ca_path)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    output.status.success() && text.contains("Verify return code: 0 (ok)")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_http_service_speaks_only_tls_of_1_2_or_later_and_wants_a_token() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let anonymous = lodestone_kit::http::client(Some(stack.credentials.client_tls())).build().unwrap();
+    for (name, port) in services(&stack) {
+        let plain = plain_http(port).await;
+        assert!(!plain.contains("HTTP/1."), "{name} answered plain HTTP: {plain:?}");
+        assert!(openssl_handshake(&stack, port, "-tls1_2"), "{name} refused TLS 1.2");
+        assert!(!openssl_handshake(&stack, port, "-tls1_1"), "{name} accepted TLS 1.1");
+
+        let health = anonymous.get(format!("{}/health", stack.url(port))).send().await.unwrap();
+        assert_eq!(health.status(), 200, "{name}: /health needs no token");
+        let metrics = anonymous.get(format!("{}/metrics", stack.url(port))).send().await.unwrap();
+        assert_eq!(metrics.status(), 401, "{name}: /metrics without a token");
+        assert_eq!(metrics.headers()["www-authenticate"], "Bearer");
+        let body: Value = metrics.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "missing_credentials", "{name}");
+        let metrics = stack.http.get(format!("{}/metrics", stack.url(port))).send().await.unwrap();
+        assert_eq!(metrics.status(), 200, "{name}: /metrics with the admin token");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scopes_hold_revocation_takes_effect_and_no_secret_is_logged() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let reader_bearer = stack.credentials.issue("reader", &[Scope::Read("fleet".into())], None).unwrap();
+    let reader = stack.client_with_token(&reader_bearer);
+    let memory_url = format!("{}/v1/memory/fleet/trucks", stack.url(stack.ports.ingest_http));
+    let query_url = format!("{}/v1/query", stack.url(stack.ports.query_http));
+    let query = |http: reqwest::Client, sql: &'static str| {
+        let request = http.post(&query_url).json(&serde_json::json!({ "sql": sql }));
+        async move { request.send().await.unwrap() }
+    };
+
+    // A new token works within seconds of its creation, without a restart.
+    poll_until("the query service to accept the new token", Duration::from_secs(10), || async {
+        (query(reader.clone(), "SELECT 1").await.status() == 200).then_some(())
+    })
+    .await;
+    // The workers' memory is for the service scope (and admin) only.
+    poll_until("the ingest worker to know the new token", Duration::from_secs(10), || async {
+        (reader.get(&memory_url).send().await.unwrap().status() == 403).then_some(())
+    })
+    .await;
+    let anonymous = lodestone_kit::http::client(Some(stack.credentials.client_tls())).build().unwrap();
+    assert_eq!(anonymous.get(&memory_url).send().await.unwrap().status(), 401);
+    let service = stack.client_with_token(&stack.credentials.service_bearer);
+    assert_eq!(service.get(&memory_url).send().await.unwrap().status(), 200);
+    // The reader may not write through the edge agent, nor manage tables.
+    let write_url = format!("{}/v1/write?database=fleet&table=trucks", stack.url(stack.ports.agent_http));
+    poll_until("the edge agent to refuse the reader's write with 403", Duration::from_secs(10), || async {
+        let refused = reader.post(&write_url).header("content-type", "text/plain").body("m v=1").send().await.unwrap();
+        (refused.status() == 403).then_some(())
+    })
+    .await;
+    let drop_url = format!("{}/v1/databases/fleet", stack.url(stack.ports.query_http));
+    assert_eq!(reader.delete(&drop_url).send().await.unwrap().status(), 403);
+
+    // Revoked: refused within seconds, by every service.
+    let mut tokens = TokenFile::read(&stack.credentials.tokens_path).unwrap();
+    let reader_id = reader_bearer.split_once('.').unwrap().0;
+    assert!(tokens.revoke(reader_id));
+    tokens.write(&stack.credentials.tokens_path).unwrap();
+    poll_until("the revoked token to be refused", Duration::from_secs(10), || async {
+        (query(reader.clone(), "SELECT 1").await.status() == 401).then_some(())
+    })
+    .await;
+
+    // No secret in any log of the run.
+    let secrets: Vec<String> = [&reader_bearer, &stack.credentials.admin_bearer, &stack.credentials.service_bearer]
+        .iter()
+        .map(|bearer| bearer.split_once('.').unwrap().1.to_string())
+        .collect();
+    for process in &stack.processes {
+        let log = std::fs::read_to_string(&process.log).unwrap_or_default();
+        assert!(!log.is_empty() || process.name == "tansu", "{} wrote no log", process.name);
+        for secret in &secrets {
+            assert!(!log.contains(secret.as_str()), "{}'s log holds a token secret", process.name);
+        }
+    }
+}
