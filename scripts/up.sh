@@ -4,6 +4,8 @@
 # Every HTTP service serves HTTPS and checks tokens: a local CA, a server certificate and an
 # admin token are made once in $stack/certs (lodestone-admin local init). Prints where to query
 # and how. Ctrl-C (or SIGTERM) stops every process cleanly.
+# LODESTONE_PLAINTEXT=1 runs everything in plain text and without tokens instead: only for
+# measuring what security costs (`make bench-e2e` does, beside the secured run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +33,27 @@ mapfile -t ingest_env < <(secured LODESTONE_INGEST)
 mapfile -t query_env < <(secured LODESTONE_QUERY)
 mapfile -t bridge_env < <(secured LODESTONE_BRIDGE)
 mapfile -t agent_env < <(secured LODESTONE_AGENT)
+# MQTT: devices connect over TLS with a certificate from the same CA; these databases are theirs.
+bridge_env+=("LODESTONE_BRIDGE__MQTT__DEVICE_CA_PATH=$certs/ca.pem" "LODESTONE_BRIDGE__MQTT__CRL_PATH=$certs/crl.pem")
+bridge_env+=('LODESTONE_BRIDGE__MQTT__POLICIES=[{devices = ["*"], write = ["fleet/*", "iot/*", "plant/*", "sim/*", "loadtest/*"]}]')
+"$bin/lodestone-admin" tls device --dir "$certs" --id edge-agent-1 >/dev/null
+agent_env+=("LODESTONE_AGENT__MQTT__CA_PATH=$certs/ca.pem" "LODESTONE_AGENT__MQTT__CERT_PATH=$certs/device-edge-agent-1.pem"
+  "LODESTONE_AGENT__MQTT__KEY_PATH=$certs/device-edge-agent-1.key")
+# lodestone-sim: each simulated device gets its own certificate from the CA.
+export LODESTONE_DEVICE_CA_DIR="$certs"
+scheme=https
+if [[ ${LODESTONE_PLAINTEXT:-0} == 1 ]]; then
+  scheme=http
+  unset LODESTONE_DEVICE_CA_DIR
+  for prefix in INGEST QUERY BRIDGE AGENT; do
+    declare -n service_env="${prefix,,}_env"
+    service_env+=("LODESTONE_${prefix}__TLS__PLAINTEXT=true" "LODESTONE_${prefix}__AUTH__ANONYMOUS=true")
+    unset -n service_env
+  done
+  bridge_env+=("LODESTONE_BRIDGE__MQTT__PLAINTEXT=true")
+  agent_env+=("LODESTONE_AGENT__MQTT__PLAINTEXT=true")
+  query_env+=('LODESTONE_QUERY__MEMORY__WORKERS=["http://127.0.0.1:9281"]')
+fi
 
 stop() {
   trap - INT TERM EXIT
@@ -76,14 +99,14 @@ start ingest-service env "${ingest_env[@]}" LODESTONE_INGEST__STORE__PATH="$stac
 start query-service env "${query_env[@]}" LODESTONE_QUERY__STORE__PATH="$stack/store" LODESTONE_QUERY__MEMORY__TOKEN_PATH="$certs/service.token" \
   "$bin/query-service" --config configs/local-stack/query-service.toml
 start broker-bridge env "${bridge_env[@]}" "$bin/broker-bridge" --config configs/broker-bridge.example.toml
-wait_for query-service https://127.0.0.1:8080/health
-wait_for broker-bridge https://127.0.0.1:9181/health
+wait_for query-service $scheme://127.0.0.1:8080/health
+wait_for broker-bridge $scheme://127.0.0.1:9181/health
 # Ready once the consumer group assigned it its partitions (a new group takes a few seconds).
-wait_for ingest-service https://127.0.0.1:9281/ready
+wait_for ingest-service $scheme://127.0.0.1:9281/ready
 simulated=true; [[ $fleet == 0 ]] && simulated=false
 start edge-agent env "${agent_env[@]}" LODESTONE_AGENT__OUTBOX__PATH="$stack/edge-agent/outbox" LODESTONE_AGENT__SIMULATED__ENABLED=$simulated \
   "$bin/edge-agent" --config configs/local-stack/edge-agent.toml
-wait_for edge-agent https://127.0.0.1:8181/health
+wait_for edge-agent $scheme://127.0.0.1:8181/health
 if [[ $fleet != 0 ]]; then
   # The fleet runs in rounds of about ten minutes, each starting at the current time, so that the
   # readings' times follow the clock (a round may not reach more than 15 minutes into the future).
@@ -104,7 +127,7 @@ cat <<TXT
 Lodestone is up (logs in $stack/logs/):
   query service  https://127.0.0.1:8080  (REST: POST /v1/query, GET /v1/databases)
   edge agent     https://127.0.0.1:8181  (POST /v1/write — JSON or line protocol)
-  MQTT broker    127.0.0.1:1883          (topics lodestone/v1/{database}/{table}/{device_id}; plain text for now)
+  MQTT broker    127.0.0.1:1883          (TLS with a device certificate; topics lodestone/v1/{database}/{table}/{device_id})
   Kafka (tansu)  127.0.0.1:9092          (topic lodestone.ingest)
   $devices simulated devices publish $rate readings/s into fleet.trucks; the edge agent's sensors into iot.readings.
 
@@ -112,6 +135,8 @@ Every HTTP service speaks HTTPS with a certificate from the local CA and wants a
   CA certificate  $certs/ca.pem
   admin token     $(cat "$certs/admin.token")   (also in $certs/admin.token)
   more tokens     $bin/lodestone-admin token create --file $certs/tokens.toml --scope fleet:read
+  a device        $bin/lodestone-admin tls device --dir $certs --id truck-1   (then mosquitto_pub -i truck-1
+                  --cafile $certs/ca.pem --cert $certs/device-truck-1.pem --key $certs/device-truck-1.key …)
 
 Try (data appears within a few seconds):
   curl -s --cacert $certs/ca.pem https://127.0.0.1:8080/v1/query \\

@@ -1,7 +1,8 @@
 //! Everything a local stack or a test stack runs with, made in one folder: a CA, a server
 //! certificate for `127.0.0.1` and `localhost`, and a token file holding an `admin` token and a
 //! `service` token (whose secrets are also kept in files, `admin.token` and `service.token`,
-//! for the tools and services that send them).
+//! for the tools and services that send them). Device certificates come from the same CA
+//! ([`Credentials::issue_device`]).
 
 use std::path::{Path, PathBuf};
 
@@ -31,6 +32,8 @@ pub struct Credentials {
     pub cert_path: PathBuf,
     pub key_path: PathBuf,
     pub tokens_path: PathBuf,
+    /// The device CA's revocation list (empty at first; [`Authority::revoke`] adds to it).
+    pub crl_path: PathBuf,
     /// `ID.SECRET` of the admin token, also in `admin_token_path`.
     pub admin_bearer: String,
     pub admin_token_path: PathBuf,
@@ -44,6 +47,10 @@ impl Credentials {
     pub fn create(dir: &Path) -> Result<Credentials, CredentialsError> {
         let authority = Authority::open_or_create(dir, LOCAL_DAYS)?;
         let server = authority.issue_server("server", &["127.0.0.1".to_string(), "localhost".to_string()], LOCAL_DAYS)?;
+        let crl_path = match authority.crl_path().exists() {
+            true => authority.crl_path(),
+            false => authority.write_crl(&[], LOCAL_DAYS)?,
+        };
         let tokens_path = dir.join("tokens.toml");
         let mut tokens = TokenFile::read(&tokens_path)?;
         let admin = tokens.issue("admin", &[Scope::Admin], None);
@@ -55,6 +62,7 @@ impl Credentials {
             cert_path: server.cert_path,
             key_path: server.key_path,
             tokens_path,
+            crl_path,
             admin_bearer: admin.bearer,
             admin_token_path: dir.join("admin.token"),
             service_bearer: service.bearer,
@@ -100,6 +108,16 @@ impl Credentials {
         .into_iter()
         .map(|(key, path)| (format!("{prefix}__{key}"), path.display().to_string()))
         .collect()
+    }
+
+    /// The CA that issues this folder's certificates, for device certificates and revocation.
+    pub fn authority(&self) -> Authority {
+        Authority::open_or_create(&self.dir, LOCAL_DAYS).expect("the CA of these credentials is readable")
+    }
+
+    /// A device certificate for `id` in this folder (`device-{id}.pem`, `.key`).
+    pub fn issue_device(&self, id: &str) -> Result<crate::pki::Issued, CredentialsError> {
+        Ok(self.authority().issue_device(id, 0, LOCAL_DAYS)?)
     }
 
     /// A client configuration trusting this folder's CA.

@@ -73,6 +73,17 @@ enum Tls {
         #[arg(long, default_value_t = 825)]
         days: u32,
     },
+    /// Revokes device ID's certificate (`device-ID.pem` in DIR): writes DIR/crl.pem anew. Give
+    /// the bridge `mqtt.crl_path` and restart it.
+    Revoke {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        id: String,
+        /// How long the CRL is valid.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -108,7 +119,7 @@ enum Token {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Local(Local::Init { dir }) => {
-            let made = ["ca.pem", "server.pem", "server.key", "tokens.toml", "admin.token", "service.token"];
+            let made = ["ca.pem", "server.pem", "server.key", "crl.pem", "tokens.toml", "admin.token", "service.token"];
             if made.iter().all(|name| dir.join(name).exists()) {
                 eprintln!("{} already holds a stack's credentials; kept", dir.display());
             } else {
@@ -130,6 +141,11 @@ fn main() -> anyhow::Result<()> {
             let issued = authority.issue_device(&id, 0, days)?;
             println!("cert {}", issued.cert_path.display());
             println!("key {}", issued.key_path.display());
+        }
+        Command::Tls(Tls::Revoke { dir, id, days }) => {
+            let authority = Authority::open_or_create(&dir, days)?;
+            let crl = authority.revoke(&dir.join(format!("device-{id}.pem")), days)?;
+            println!("crl {}", crl.display());
         }
         Command::Token(Token::Create { file, name, scopes, expires_days }) => {
             let scopes = scopes.iter().map(|s| s.parse::<Scope>()).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;

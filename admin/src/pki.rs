@@ -1,13 +1,18 @@
 //! A local certificate authority kept in one folder, and the certificates it issues.
 //!
 //! Files, all PEM: `ca.pem` (give it to every client), `ca.key` (the CA's private key: keep it on
-//! the machine that issues certificates), `{name}.pem` and `{name}.key` for each certificate.
-//! Keys are ECDSA P-256; private keys are written readable by their owner only.
+//! the machine that issues certificates), `{name}.pem` and `{name}.key` for each certificate, and
+//! `crl.pem`, the revocation list (with `revoked.txt`, the serial numbers it lists). Keys are
+//! ECDSA P-256; private keys are written readable by their owner only. Serial numbers are 128
+//! random bits.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair,
+    KeyUsagePurpose, RevokedCertParams, SanType, SerialNumber,
+};
 
 /// The SAN URI prefix that carries a device's id: `urn:lodestone:device:{id}`.
 pub const DEVICE_URI_PREFIX: &str = "urn:lodestone:device:";
@@ -20,6 +25,15 @@ pub enum PkiError {
     Certificate(#[from] rcgen::Error),
     #[error("{0:?} is not a host name or an IP address")]
     BadHost(String),
+    #[error("{0}: not a certificate this tool can read")]
+    BadCertificate(String),
+}
+
+/// A certificate and its key, as PEM text.
+#[derive(Debug, Clone)]
+pub struct Pem {
+    pub cert: String,
+    pub key: String,
 }
 
 /// A CA loaded from (or created in) a folder.
@@ -76,10 +90,16 @@ impl Authority {
         self.issue(name, params)
     }
 
-    /// A device certificate `device-{id}.pem`: the id in the CN and in the SAN URI
+    /// A device certificate `device-{id}.pem`: see [`Authority::device_pem`].
+    pub fn issue_device(&self, id: &str, from_days: i64, days: u32) -> Result<Issued, PkiError> {
+        let pem = self.device_pem(id, from_days, days)?;
+        self.save(&format!("device-{id}"), &pem)
+    }
+
+    /// A device certificate in memory: the id in the CN and in the SAN URI
     /// `urn:lodestone:device:{id}`, for client authentication; valid from `from_days` (may be
     /// negative, to make one already expired in a test) for `days`.
-    pub fn issue_device(&self, id: &str, from_days: i64, days: u32) -> Result<Issued, PkiError> {
+    pub fn device_pem(&self, id: &str, from_days: i64, days: u32) -> Result<Pem, PkiError> {
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, id);
@@ -88,17 +108,104 @@ impl Authority {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         validity(&mut params, from_days, days);
-        self.issue(&format!("device-{id}"), params)
+        self.sign(params)
     }
 
     fn issue(&self, name: &str, params: CertificateParams) -> Result<Issued, PkiError> {
+        let pem = self.sign(params)?;
+        self.save(name, &pem)
+    }
+
+    fn sign(&self, mut params: CertificateParams) -> Result<Pem, PkiError> {
+        params.serial_number = Some(random_serial());
         let key = KeyPair::generate()?;
         let certificate = params.signed_by(&key, &self.issuer)?;
+        Ok(Pem { cert: certificate.pem(), key: key.serialize_pem() })
+    }
+
+    fn save(&self, name: &str, pem: &Pem) -> Result<Issued, PkiError> {
         let issued = Issued { cert_path: self.dir.join(format!("{name}.pem")), key_path: self.dir.join(format!("{name}.key")) };
-        write(&issued.cert_path, certificate.pem().as_bytes(), false)?;
-        write(&issued.key_path, key.serialize_pem().as_bytes(), true)?;
+        write(&issued.cert_path, pem.cert.as_bytes(), false)?;
+        write(&issued.key_path, pem.key.as_bytes(), true)?;
         Ok(issued)
     }
+
+    /// The CRL file of this CA: `crl.pem`.
+    pub fn crl_path(&self) -> PathBuf {
+        self.dir.join("crl.pem")
+    }
+
+    /// Adds the certificate in `cert_path` to the revocation list and writes `crl.pem` anew
+    /// (valid for `days`); returns its path. Services read it at start.
+    pub fn revoke(&self, cert_path: &Path, days: u32) -> Result<PathBuf, PkiError> {
+        let pem = read(cert_path)?;
+        let der = rustls_pki_types_der(&pem).ok_or_else(|| PkiError::BadCertificate(cert_path.display().to_string()))?;
+        let serial = serial_of(&der).ok_or_else(|| PkiError::BadCertificate(cert_path.display().to_string()))?;
+        let revoked_path = self.dir.join("revoked.txt");
+        let mut serials: Vec<String> = std::fs::read_to_string(&revoked_path).unwrap_or_default().lines().map(str::to_string).collect();
+        let hex: String = serial.iter().map(|b| format!("{b:02x}")).collect();
+        if !serials.contains(&hex) {
+            serials.push(hex);
+        }
+        write(&revoked_path, format!("{}\n", serials.join("\n")).as_bytes(), false)?;
+        self.write_crl(&serials, days)
+    }
+
+    /// Writes `crl.pem` listing `serials` (hex), valid for `days`.
+    pub fn write_crl(&self, serials: &[String], days: u32) -> Result<PathBuf, PkiError> {
+        let now = time::OffsetDateTime::now_utc();
+        let revoked = serials
+            .iter()
+            .filter_map(|hex| unhex(hex))
+            .map(|bytes| RevokedCertParams { serial_number: SerialNumber::from_slice(&bytes), revocation_time: now, reason_code: None, invalidity_date: None })
+            .collect();
+        let params = CertificateRevocationListParams {
+            this_update: now - time::Duration::hours(1),
+            next_update: now + time::Duration::days(i64::from(days)),
+            crl_number: SerialNumber::from_slice(&(now.unix_timestamp() as u64).to_be_bytes()),
+            issuing_distribution_point: None,
+            revoked_certs: revoked,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.issuer)?;
+        let path = self.crl_path();
+        write(&path, crl.pem()?.as_bytes(), false)?;
+        Ok(path)
+    }
+}
+
+/// 128 random bits, the top one clear (a positive DER integer of a fixed length).
+fn random_serial() -> SerialNumber {
+    let mut bytes: [u8; 16] = rand_bytes();
+    bytes[0] &= 0x7f;
+    bytes[0] |= 0x01;
+    SerialNumber::from_slice(&bytes)
+}
+
+fn rand_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut out).expect("the system's random source works");
+    out
+}
+
+/// The DER of the first certificate in PEM text.
+fn rustls_pki_types_der(pem: &str) -> Option<Vec<u8>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).ok().map(|der| der.to_vec())
+}
+
+/// A certificate's serial number, as its DER integer bytes.
+fn serial_of(der: &[u8]) -> Option<Vec<u8>> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, certificate) = X509Certificate::from_der(der).ok()?;
+    Some(certificate.raw_serial().to_vec())
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.is_empty() || text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok()).collect()
 }
 
 fn san(host: &str) -> Result<SanType, PkiError> {
@@ -153,6 +260,21 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.path().join("ca.key")).unwrap().permissions().mode();
         assert_eq!(mode & 0o077, 0, "the CA key is readable by others");
+    }
+
+    #[test]
+    fn a_revoked_device_is_listed_in_the_crl() {
+        let dir = tempfile::tempdir().unwrap();
+        let authority = Authority::open_or_create(dir.path(), 30).unwrap();
+        let device = authority.issue_device("truck-7", 0, 30).unwrap();
+        let crl = authority.revoke(&device.cert_path, 30).unwrap();
+        let again = authority.revoke(&device.cert_path, 30).unwrap();
+        assert_eq!(crl, again);
+        let revoked = std::fs::read_to_string(dir.path().join("revoked.txt")).unwrap();
+        assert_eq!(revoked.lines().count(), 1, "revoking twice lists the serial once");
+        use rustls::pki_types::pem::PemObject;
+        let crls: Vec<_> = rustls::pki_types::CertificateRevocationListDer::pem_file_iter(&crl).unwrap().collect::<Result<_, _>>().unwrap();
+        assert_eq!(crls.len(), 1);
     }
 
     #[test]

@@ -54,11 +54,12 @@ pub struct EmbeddedBroker {
     pub stopped: oneshot::Receiver<String>,
 }
 
-/// Starts rumqttd, subscribes the bridge link, then opens the listeners and waits until each one
-/// answers an MQTT CONNECT. Returns after the listeners accept devices.
-pub async fn start(config: &BridgeConfig) -> Result<EmbeddedBroker, Error> {
-    let listen = reserve(config.mqtt.listen)?;
-    let listen_v5 = config.mqtt.listen_v5.map(reserve).transpose()?;
+/// Starts rumqttd listening on `listen` (MQTT 3.1.1) and `listen_v5` (MQTT 5), subscribes the
+/// bridge link, then opens the listeners and waits until each one answers an MQTT CONNECT.
+/// Returns after the listeners accept devices.
+pub async fn start(config: &BridgeConfig, listen: SocketAddr, listen_v5: Option<SocketAddr>) -> Result<EmbeddedBroker, Error> {
+    let listen = reserve(listen)?;
+    let listen_v5 = listen_v5.map(reserve).transpose()?;
     let rumqttd_config = config.rumqttd_config(listen, listen_v5);
     let link_id = format!("lodestone-bridge-{}", random_hex());
 

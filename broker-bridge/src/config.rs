@@ -44,10 +44,25 @@ pub struct BridgeConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
-    /// MQTT 3.1.1 listener. Port 0 picks a free port (logged as `mqtt listening on ADDR`).
+    /// The devices' listener: MQTT over TLS with client certificates, 3.1.1 and 5 on one port
+    /// (the front, `front.rs`). Port 0 picks a free port (logged as `mqtt listening on ADDR`).
     pub listen: SocketAddr,
-    /// Optional MQTT 5 listener (carries the content-type and `traceparent` user property).
+    /// Only with `plaintext`: a separate MQTT 5 listener (over TLS both versions share `listen`).
     pub listen_v5: Option<SocketAddr>,
+    /// Serve MQTT in plain text, without device identities or topic rules: any client may
+    /// publish anything and read every topic. Only where nothing else runs.
+    pub plaintext: bool,
+    /// PEM: the CA that issues device certificates (`lodestone-admin tls device`). The front
+    /// presents the bridge's own `[tls]` certificate.
+    pub device_ca_path: String,
+    /// PEM: certificate revocation lists of the device CA (`lodestone-admin tls revoke`); a
+    /// revoked certificate fails the handshake. Empty: none. Read again within a second of a
+    /// change, as are the certificate and the device CA.
+    pub crl_path: String,
+    /// Which databases and tables devices may write (`[[mqtt.policies]]`: `devices` patterns,
+    /// `write` = `"database/table"` patterns, `*` for any run of characters). None: no device may
+    /// write anything.
+    pub policies: Vec<crate::gate::PolicyRule>,
     /// Largest envelope payload accepted; a larger one goes to the dead-letter topic
     /// (`payload_too_large`) and the device stays connected.
     pub payload_bytes_max: usize,
@@ -76,6 +91,10 @@ impl Default for MqttConfig {
         MqttConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
             listen_v5: None,
+            plaintext: false,
+            device_ca_path: "certs/ca.pem".into(),
+            crl_path: String::new(),
+            policies: Vec::new(),
             payload_bytes_max: 262_144,
             packet_bytes_max: 524_288,
             connections_max: 20_000,
@@ -184,6 +203,12 @@ impl Validate for BridgeConfig {
                 overridden.unwrap_or_default()
             )
         })?;
+        ensure(m.plaintext || m.listen_v5.is_none(), "mqtt.listen_v5", || "is only for mqtt.plaintext = true; over TLS, MQTT 5 is served on mqtt.listen".into())?;
+        ensure(m.plaintext || !m.device_ca_path.is_empty(), "mqtt.device_ca_path", || "must name the device CA (or set mqtt.plaintext = true)".into())?;
+        for rule in &m.policies {
+            let bad = rule.write.iter().find(|target| !target.contains('/'));
+            ensure(bad.is_none(), "mqtt.policies", || format!("write target {:?} must be \"database/table\"", bad.cloned().unwrap_or_default()))?;
+        }
         ensure(m.payload_bytes_max >= 1, "mqtt.payload_bytes_max", || min("1"))?;
         let packet_min = m.payload_bytes_max.saturating_add(1024);
         ensure(m.packet_bytes_max >= packet_min, "mqtt.packet_bytes_max", || min(&format!("mqtt.payload_bytes_max + 1024 = {packet_min}")))?;

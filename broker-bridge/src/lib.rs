@@ -27,6 +27,7 @@ pub mod acks;
 pub mod broker;
 pub mod bundle;
 pub mod config;
+pub mod front;
 pub mod gate;
 pub mod http;
 pub mod kafka;
@@ -57,4 +58,6 @@ pub enum Error {
     Http(#[from] lodestone_kit::http::ServeError),
     #[error("the embedded MQTT broker stopped: {0}")]
     BrokerStopped(String),
+    #[error(transparent)]
+    Front(#[from] front::FrontError),
 }

@@ -26,6 +26,8 @@ pub struct Metrics {
     inflight_envelopes: AtomicU64,
     rejected: CountsBy<&'static str>,
     discarded: CountsBy<&'static str>,
+    mqtt_refused: CountsBy<&'static str>,
+    mqtt_denied: CountsBy<&'static str>,
 }
 
 impl Metrics {
@@ -70,6 +72,19 @@ impl Metrics {
         self.discarded.add(reason, 1);
     }
 
+    /// A device connection the MQTT front refused before any MQTT packet: `handshake` (no,
+    /// expired, foreign or revoked certificate), `handshake_timeout`, `handshakes_max`,
+    /// `identity` (a certificate that names no device).
+    pub fn mqtt_refused(&self, reason: &'static str) {
+        self.mqtt_refused.add(reason, 1);
+    }
+
+    /// A device packet the gate refused (the connection is closed), by what it tried:
+    /// `client_id`, `topic`, `policy`, `retain`, `subscribe`, `protocol`.
+    pub fn mqtt_denied(&self, action: &'static str) {
+        self.mqtt_denied.add(action, 1);
+    }
+
     /// Prometheus text exposition format 0.0.4.
     pub fn render(&self) -> String {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -104,7 +119,21 @@ impl Metrics {
                 "Envelopes that did not continue their device's sequence (not acked until resent).",
                 load(&self.sequence_gaps),
             )
-            .gauge("lodestone_bridge_inflight_envelopes", "Envelopes awaiting Kafka delivery.", load(&self.inflight_envelopes));
+            .gauge("lodestone_bridge_inflight_envelopes", "Envelopes awaiting Kafka delivery.", load(&self.inflight_envelopes))
+            .family(
+                "lodestone_bridge_mqtt_refused_total",
+                Kind::Counter,
+                "Device connections refused by the MQTT front before MQTT, by reason.",
+                "reason",
+                self.mqtt_refused.snapshot(),
+            )
+            .family(
+                "lodestone_bridge_mqtt_denied_total",
+                Kind::Counter,
+                "Device packets refused by the MQTT gate (the connection is closed), by action.",
+                "action",
+                self.mqtt_denied.snapshot(),
+            );
         text.finish()
     }
 }

@@ -115,7 +115,7 @@ impl Router {
                 "envelope source.device_id {:?} differs from the topic's device id {:?}",
                 envelope.source.device_id, destination.device_id
             );
-            return reject_payload(inbound, device_id, RejectReason::InvalidDestination, detail);
+            return reject_payload(inbound, device_id, RejectReason::IdentityMismatch, detail);
         }
         envelope.database = Some(destination.database.clone());
         envelope.table = Some(destination.table.clone());
@@ -300,7 +300,7 @@ mod tests {
         check("lodestone/v1/fleet/trucks", b"{}", None, payload_rejected("invalid_destination"));
         check("other/topic", b"{}", None, payload_rejected("invalid_destination"));
         check("lodestone/v1/f!/trucks/dev-1", &good.to_cbor(), None, payload_rejected("invalid_destination"));
-        check("lodestone/v1/fleet/trucks/dev-2", &good.to_cbor(), None, payload_rejected("invalid_destination"));
+        check("lodestone/v1/fleet/trucks/dev-2", &good.to_cbor(), None, payload_rejected("identity_mismatch"));
         check(TOPIC, b"{not json", None, payload_rejected("malformed_payload"));
         check(TOPIC, b"\xff\x00", None, payload_rejected("malformed_payload"));
         check(TOPIC, br#"{"v":9,"source":{"device_id":"d"},"records":[]}"#, None, payload_rejected("unsupported_version"));

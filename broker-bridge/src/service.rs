@@ -41,7 +41,7 @@ use crate::config::BridgeConfig;
 use crate::kafka::{self, Topics};
 use crate::metrics::{discard, Metrics};
 use crate::route::{Destination, Inbound, Outcome, Router};
-use crate::{broker, http, Error};
+use crate::{broker, front, http, Error};
 
 /// State shared with the HTTP endpoints.
 #[derive(Debug)]
@@ -82,6 +82,8 @@ enum AckerMessage {
 pub struct Bridge {
     mqtt_addr: SocketAddr,
     mqtt_v5_addr: Option<SocketAddr>,
+    /// The TLS front devices connect to (`None` with `mqtt.plaintext`).
+    front: Option<front::Front>,
     http_addr: SocketAddr,
     shared: Arc<Shared>,
     producer: FutureProducer,
@@ -113,10 +115,43 @@ impl Bridge {
         let http = lodestone_kit::http::serve_service(&config.http.listen.to_string(), http::router(shared.clone()), &config.tls, &config.auth, http_stopped).await?;
         let http_addr = http.addr();
 
-        let broker = broker::start(&config).await?;
-        info!("mqtt listening on {}", broker.listen);
-        if let Some(addr) = broker.listen_v5 {
-            info!("mqtt v5 listening on {addr}");
+        // Over TLS, rumqttd listens on 127.0.0.1 only, behind the front; in plain text, itself.
+        let internal = SocketAddr::from(([127, 0, 0, 1], 0));
+        let (broker_v4, broker_v5) = match config.mqtt.plaintext {
+            true => (config.mqtt.listen, config.mqtt.listen_v5),
+            false => (internal, Some(internal)),
+        };
+        let broker = broker::start(&config, broker_v4, broker_v5).await?;
+        let front = if config.mqtt.plaintext {
+            tracing::warn!("mqtt.plaintext = true: devices connect without TLS, identity or topic rules");
+            None
+        } else {
+            let tls = front::FrontTls::load(front::TlsFiles {
+                cert: config.tls.cert_path.clone().into(),
+                key: config.tls.key_path.clone().into(),
+                device_ca: config.mqtt.device_ca_path.clone().into(),
+                crl: (!config.mqtt.crl_path.is_empty()).then(|| config.mqtt.crl_path.clone().into()),
+            })?;
+            let settings = front::FrontSettings {
+                tls,
+                handshake_timeout: Duration::from_millis(config.tls.handshake_timeout_ms),
+                upstream: front::Upstream { v4: broker.listen, v5: broker.listen_v5.unwrap_or(broker.listen) },
+                policy: Arc::new(crate::gate::Policy::new(config.mqtt.policies.clone())),
+                packet_bytes_max: config.mqtt.packet_bytes_max,
+                shared: shared.clone(),
+            };
+            Some(front::start(config.mqtt.listen, settings).await?)
+        };
+        let (mqtt_addr, mqtt_v5_addr) = match &front {
+            Some(front) => (front.addr, Some(front.addr)),
+            None => (broker.listen, broker.listen_v5),
+        };
+        match &front {
+            Some(_) => info!("mqtt listening on {mqtt_addr} (TLS with device certificates; MQTT 3.1.1 and 5)"),
+            None => info!("mqtt listening on {mqtt_addr} (plain text)"),
+        }
+        if let (None, Some(addr)) = (&front, mqtt_v5_addr) {
+            info!("mqtt v5 listening on {addr} (plain text)");
         }
 
         let ledger = Arc::new(Mutex::new(AckLedger::new(config.mqtt.devices_tracked_max)));
@@ -153,8 +188,9 @@ impl Bridge {
         let reader = tokio::spawn(reader.run(stop_rx));
         shared.ready.store(true, Ordering::Relaxed);
         Ok(Bridge {
-            mqtt_addr: broker.listen,
-            mqtt_v5_addr: broker.listen_v5,
+            mqtt_addr,
+            mqtt_v5_addr,
+            front,
             http_addr,
             shared,
             producer,
@@ -227,6 +263,9 @@ impl Bridge {
 
     async fn stop_reading(&mut self) -> Result<(), Error> {
         self.shared.stopping.store(true, Ordering::Relaxed);
+        if let Some(front) = &self.front {
+            front.stop();
+        }
         self.stop.trigger();
         match (&mut self.reader).await {
             Ok(result) => result,

@@ -25,7 +25,9 @@ struct Harness {
     bridge: Bridge,
     /// HTTPS, with the admin token of the bridge's credentials.
     http: reqwest::Client,
-    _credentials: tempfile::TempDir,
+    /// The CA of the bridge's certificate and of the devices'.
+    credentials: lodestone_admin::Credentials,
+    _credentials_dir: tempfile::TempDir,
 }
 
 async fn start() -> Harness {
@@ -45,6 +47,8 @@ async fn start_with(edit: impl FnOnce(&mut BridgeConfig)) -> Harness {
     let credentials = lodestone_admin::Credentials::create(credentials_dir.path()).unwrap();
     config.tls = credentials.tls();
     config.auth = credentials.auth();
+    config.mqtt.device_ca_path = credentials.ca_path.display().to_string();
+    config.mqtt.policies = vec![broker_bridge::gate::PolicyRule { devices: vec!["*".into()], write: vec!["fleet/*".into()] }];
     config.kafka.bootstrap_servers = kafka.bootstrap_servers();
     config.kafka.ingest_topic = INGEST.into();
     config.kafka.dead_letter_topic = DEAD_LETTER.into();
@@ -54,7 +58,7 @@ async fn start_with(edit: impl FnOnce(&mut BridgeConfig)) -> Harness {
     let authorization = format!("Bearer {}", credentials.admin_bearer).parse().unwrap();
     let headers = [(reqwest::header::AUTHORIZATION, authorization)].into_iter().collect();
     let http = lodestone_kit::http::client(Some(credentials.client_tls())).default_headers(headers).build().unwrap();
-    Harness { kafka, bridge, http, _credentials: credentials_dir }
+    Harness { kafka, bridge, http, credentials, _credentials_dir: credentials_dir }
 }
 
 /// A device connection: its client and the publishes it receives (`None` once disconnected).
@@ -63,9 +67,22 @@ struct Device {
     inbox: mpsc::UnboundedReceiver<Option<(String, Vec<u8>)>>,
 }
 
+/// TLS with a certificate of `device_id`'s own, as every device connects.
+fn device_transport(harness: &Harness, device_id: &str) -> rumqttc::Transport {
+    let device = harness.credentials.issue_device(device_id).unwrap();
+    let tls = lodestone_kit::tls::client_config_with_identity(
+        &harness.credentials.ca_path,
+        &std::fs::read(&device.cert_path).unwrap(),
+        &std::fs::read(&device.key_path).unwrap(),
+    )
+    .unwrap();
+    rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(tls)))
+}
+
 async fn connect(harness: &Harness, device_id: &str) -> Device {
     let addr = harness.bridge.mqtt_addr();
     let mut options = MqttOptions::new(device_id, addr.ip().to_string(), addr.port());
+    options.set_transport(device_transport(harness, device_id));
     options.set_max_packet_size(64 * 1024, 64 * 1024);
     options.set_keep_alive(Duration::from_secs(30));
     let (client, mut eventloop) = AsyncClient::new(options, 100);
@@ -213,26 +230,26 @@ async fn bad_payloads_go_to_dead_letter_and_the_device_stays_connected() {
 
     device.publish(&topic, b"{not json".to_vec()).await;
     device.publish(&topic, vec![b' '; 4097]).await; // one past payload_bytes_max
-    device.publish(&data_topic("fleet", "trucks", "someone-else"), envelope("dev-2", "b", 1, &[1.0]).to_cbor()).await;
-    device.publish("not/a/lodestone/topic", b"x".to_vec()).await;
+    // On its own topic, in the name of another device.
+    device.publish(&topic, envelope("someone-else", "b", 1, &[1.0]).to_cbor()).await;
     let late = br#"{"v":1,"source":{"device_id":"dev-2","boot_id":"b"},"first_seq":1,"records":[
         {"measure_name":"temp","value":1.0,"time":4102444800,"time_unit":"s"}]}"#;
     device.publish(&topic, late.to_vec()).await;
     // Only the envelope is acked (its one record is dead-lettered); the connection survived.
     assert_eq!(device.next_ack().await, Ack { boot_id: "b".into(), through_seq: 1 });
 
-    let dead = read_topic(&harness, DEAD_LETTER, 5).await;
+    let dead = read_topic(&harness, DEAD_LETTER, 4).await;
     let reasons: Vec<&str> = dead.iter().map(|r| r.headers["reason"].as_str()).collect();
-    assert_eq!(reasons, ["malformed_payload", "payload_too_large", "invalid_destination", "invalid_destination", "time_too_far_in_future"]);
+    assert_eq!(reasons, ["malformed_payload", "payload_too_large", "identity_mismatch", "time_too_far_in_future"]);
     assert_eq!(dead[0].payload, b"{not json");
     assert_eq!(dead[0].headers["topic"], topic);
     assert_eq!(dead[0].headers["device_id"], "dev-2");
     assert_eq!(dead[1].payload.len(), 4097);
-    let entry: serde_json::Value = serde_json::from_slice(&dead[4].payload).unwrap();
+    let entry: serde_json::Value = serde_json::from_slice(&dead[3].payload).unwrap();
     assert_eq!((entry["seq"].as_u64(), entry["boot_id"].as_str(), entry["source"].as_str()), (Some(1), Some("b"), Some("bridge")));
 
     let metrics = http_get(&harness, "/metrics").await.1;
-    assert!(metrics.contains("lodestone_bridge_rejected_total{reason=\"invalid_destination\"} 2"), "{metrics}");
+    assert!(metrics.contains("lodestone_bridge_rejected_total{reason=\"identity_mismatch\"} 1"), "{metrics}");
     harness.bridge.shutdown().await.unwrap();
 }
 
@@ -285,9 +302,13 @@ async fn mqtt5_content_type_and_traceparent_ride_along() {
     use rumqttc::v5::mqttbytes::v5::PublishProperties;
     use rumqttc::v5::{mqttbytes::QoS as QoS5, AsyncClient as AsyncClient5, MqttOptions as MqttOptions5};
 
-    let harness = start_with(|c| c.mqtt.listen_v5 = Some("127.0.0.1:0".parse().unwrap())).await;
+    // MQTT 5 on the same TLS port as 3.1.1.
+    let harness = start().await;
     let addr = harness.bridge.mqtt_v5_addr().expect("v5 listener");
-    let (client, mut eventloop) = AsyncClient5::new(MqttOptions5::new("dev-5", addr.ip().to_string(), addr.port()), 10);
+    assert_eq!(addr, harness.bridge.mqtt_addr());
+    let mut options = MqttOptions5::new("dev-5", addr.ip().to_string(), addr.port());
+    options.set_transport(device_transport(&harness, "dev-5"));
+    let (client, mut eventloop) = AsyncClient5::new(options, 10);
     tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
     let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
     let properties = PublishProperties {

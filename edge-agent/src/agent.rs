@@ -27,6 +27,8 @@ pub enum AgentError {
     Bind(#[from] lodestone_kit::http::ServeError),
     #[error("invalid configuration: {0}")]
     Config(#[from] lodestone_kit::config::InvalidValue),
+    #[error("MQTT TLS: {0}")]
+    Tls(#[from] lodestone_kit::tls::TlsError),
 }
 
 /// A running agent. [`Agent::shutdown`] stops it and waits; dropping it only fires the shutdown
@@ -55,6 +57,7 @@ impl Agent {
     /// log line `listening on https://ADDR` has been written).
     pub async fn start(config: AgentConfig) -> Result<Agent, AgentError> {
         config.validate()?;
+        let mqtt_tls = crate::mqtt::mqtt_tls(&config.mqtt)?;
         let boot_id = new_boot_id();
         let source = Source { device_id: config.device_id.clone(), boot_id: boot_id.clone() };
         let outbox = Outbox::open(&config.outbox.path, config.outbox.bytes_max, source.clone())?.with_full_policy(config.outbox.full_policy);
@@ -84,7 +87,7 @@ impl Agent {
         });
         let http = lodestone_kit::http::serve_service(&config.http.listen.to_string(), router(state), &config.tls, &config.auth, shutdown.clone()).await?;
 
-        let forwarder = Forwarder::new(&config, source, outbox, writer, committed.clone(), telemetry);
+        let forwarder = Forwarder::new(&config, mqtt_tls, source, outbox, writer, committed.clone(), telemetry);
         let forwarder = tokio::spawn(forwarder.run(status.acked_through, shutdown.clone()));
         let simulated = config
             .simulated
@@ -178,6 +181,10 @@ mod tests {
         config.http.records_per_request_max = 3;
         config.outbox.path = dir.join("outbox");
         config.mqtt.port = unused_port;
+        let device = credentials.issue_device(&config.device_id).unwrap();
+        config.mqtt.ca_path = credentials.ca_path.display().to_string();
+        config.mqtt.cert_path = device.cert_path.display().to_string();
+        config.mqtt.key_path = device.key_path.display().to_string();
         config
     }
 

@@ -91,6 +91,14 @@ pub struct MqttConfig {
     /// Reconnect delays grow exponentially from the minimum to the maximum, with jitter.
     pub reconnect_backoff_min_ms: u64,
     pub reconnect_backoff_max_ms: u64,
+    /// PEM: the CA the bridge's certificate is checked against.
+    pub ca_path: String,
+    /// PEM: this agent's device certificate (`lodestone-admin tls device --id DEVICE_ID`): its
+    /// identity on MQTT, which must be `device_id` (the client id).
+    pub cert_path: String,
+    pub key_path: String,
+    /// Connect in plain text, without a certificate (only to a bridge with `mqtt.plaintext`).
+    pub plaintext: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -169,6 +177,10 @@ impl Default for MqttConfig {
             client_id: None,
             reconnect_backoff_min_ms: 100,
             reconnect_backoff_max_ms: 30_000,
+            ca_path: "certs/ca.pem".into(),
+            cert_path: "certs/device.pem".into(),
+            key_path: "certs/device.key".into(),
+            plaintext: false,
         }
     }
 }

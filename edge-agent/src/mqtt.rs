@@ -37,6 +37,8 @@ const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Everything the forwarder needs; built by [`crate::agent`].
 pub struct Forwarder {
+    /// TLS with the device certificate; `None` with `mqtt.plaintext`.
+    tls: Option<Arc<rustls::ClientConfig>>,
     pub mqtt: MqttConfig,
     pub forward: ForwardConfig,
     pub client_id: String,
@@ -62,9 +64,35 @@ enum SessionEnd {
     Lost(String),
 }
 
+/// The MQTT client's TLS: trusting `mqtt.ca_path`, presenting `mqtt.cert_path` and `key_path`;
+/// `None` with `mqtt.plaintext`.
+pub fn mqtt_tls(config: &crate::config::MqttConfig) -> Result<Option<Arc<rustls::ClientConfig>>, lodestone_kit::tls::TlsError> {
+    if config.plaintext {
+        tracing::warn!("mqtt.plaintext = true: readings travel to the bridge unencrypted, without a device certificate");
+        return Ok(None);
+    }
+    let read = |path: &str| {
+        std::fs::read(path).map_err(|e| lodestone_kit::tls::TlsError::Read { what: "device certificate or key", path: path.to_string(), detail: e.to_string() })
+    };
+    let (cert, key) = (read(&config.cert_path)?, read(&config.key_path)?);
+    let tls = lodestone_kit::tls::client_config_with_identity(std::path::Path::new(&config.ca_path), &cert, &key)?;
+    Ok(Some(Arc::new(tls)))
+}
+
 impl Forwarder {
-    pub fn new(config: &AgentConfig, source: Source, outbox: Outbox, writer: OutboxWriter, committed: watch::Receiver<u64>, telemetry: Arc<Telemetry>) -> Forwarder {
+    /// `tls`: the client configuration with the agent's device certificate ([`mqtt_tls`]); `None`
+    /// only with `mqtt.plaintext`.
+    pub fn new(
+        config: &AgentConfig,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        source: Source,
+        outbox: Outbox,
+        writer: OutboxWriter,
+        committed: watch::Receiver<u64>,
+        telemetry: Arc<Telemetry>,
+    ) -> Forwarder {
         Forwarder {
+            tls,
             mqtt: config.mqtt.clone(),
             forward: config.forward.clone(),
             client_id: config.client_id().to_string(),
@@ -106,6 +134,9 @@ impl Forwarder {
 
     fn options(&self) -> MqttOptions {
         let mut options = MqttOptions::new(self.client_id.clone(), self.mqtt.host.clone(), self.mqtt.port);
+        if let Some(tls) = &self.tls {
+            options.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls.clone())));
+        }
         options.set_keep_alive(Duration::from_secs(self.mqtt.keep_alive_s));
         options.set_clean_session(true);
         options.set_max_packet_size(INCOMING_PACKET_BYTES_MAX, self.forward.envelope_bytes_max + PACKET_OVERHEAD_BYTES);

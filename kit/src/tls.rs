@@ -145,6 +145,24 @@ pub fn client_config(ca_path: &Path) -> Result<rustls::ClientConfig, TlsError> {
     Ok(config)
 }
 
+/// A client configuration trusting the CA certificates in `ca_path` and presenting the
+/// certificate chain and key given as PEM text (a device's identity on MQTT).
+pub fn client_config_with_identity(ca_path: &Path, cert_pem: &[u8], key_pem: &[u8]) -> Result<rustls::ClientConfig, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in certificates(ca_path)? {
+        roots.add(certificate).map_err(|e| TlsError::Rustls { path: ca_path.display().to_string(), detail: e.to_string() })?;
+    }
+    let identity = |detail: String| TlsError::Rustls { path: "(client certificate)".into(), detail };
+    let chain = CertificateDer::pem_slice_iter(cert_pem).collect::<Result<Vec<_>, _>>().map_err(|e| identity(e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| identity(e.to_string()))?;
+    rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| identity(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| identity(e.to_string()))
+}
+
 /// Every certificate in a PEM file, in order.
 pub fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let read = |detail: String| TlsError::Read { what: "certificates", path: path.display().to_string(), detail };

@@ -45,6 +45,9 @@ pub enum RejectReason {
     TooManyRecords,
     /// The topic or headers do not name a valid destination or device.
     InvalidDestination,
+    /// The envelope's `source.device_id` is not the device that sent it (the identity of its
+    /// MQTT connection, which its topic carries).
+    IdentityMismatch,
     /// A record field has the wrong type or an unparseable value.
     InvalidValue,
     InvalidDimensionName,
@@ -79,6 +82,7 @@ impl RejectReason {
             RejectReason::PayloadTooLarge => "payload_too_large",
             RejectReason::TooManyRecords => "too_many_records",
             RejectReason::InvalidDestination => "invalid_destination",
+            RejectReason::IdentityMismatch => "identity_mismatch",
             RejectReason::InvalidValue => "invalid_value",
             RejectReason::InvalidDimensionName => "invalid_dimension_name",
             RejectReason::DimensionNameTooLong => "dimension_name_too_long",

@@ -33,6 +33,7 @@
 
 pub mod access;
 pub mod agent;
+pub mod identity;
 mod error;
 mod fdlimit;
 pub mod kafka;

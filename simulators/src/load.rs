@@ -32,6 +32,9 @@ use crate::series::{FleetSpec, Profile, SeriesKind};
 use crate::summary::Progress;
 use crate::wire::Destination;
 
+/// The device id of the probe readings.
+const PROBE_DEVICE: &str = "load-probe";
+
 /// Longest a probe may take to become queryable before it counts as lost.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Shortest pause between two counts of a phase's rows while waiting for all to be visible.
@@ -168,6 +171,8 @@ pub struct Target {
     pub watch: Vec<String>,
     /// The CA and token for the query service and the agents.
     pub access: crate::access::HttpAccess,
+    /// Devices' certificates for MQTT phases (`None`: plain text).
+    pub identities: Option<crate::identity::DeviceIdentities>,
 }
 
 /// One second of the run.
@@ -337,6 +342,7 @@ pub async fn run_load(scenario: &Scenario, target: &Target) -> anyhow::Result<Re
                 let run = MqttRun {
                     host: target.mqtt_host.clone(),
                     port: target.mqtt_port,
+                    identities: target.identities.clone(),
                     fleet,
                     database: scenario.database.clone(),
                     table: table.clone(),
@@ -513,11 +519,11 @@ async fn probe(live: Arc<Live>, scenario: Scenario, target: Target, http: reqwes
         let envelope = Envelope {
             database: Some(scenario.database.clone()),
             table: Some(table.clone()),
-            source: Source { device_id: "load-probe".into(), boot_id: format!("probe-{}", std::process::id()) },
+            source: Source { device_id: PROBE_DEVICE.into(), boot_id: format!("probe-{}", std::process::id()) },
             first_seq: n as u64,
             unacked_from: None,
             records: vec![Record {
-                dimensions: vec![Dimension { name: "device_id".into(), value: "load-probe".into() }],
+                dimensions: vec![Dimension { name: "device_id".into(), value: PROBE_DEVICE.into() }],
                 measure_name: "probe".into(),
                 value: MeasureValue::Single(Scalar::Bigint(n)),
                 time_ns: now_ns(),
@@ -533,7 +539,7 @@ async fn probe(live: Arc<Live>, scenario: Scenario, target: Target, http: reqwes
             }
             (Transport::Mqtt, Some(client), _) => client
                 .publish(
-                    lodestone_model::topic::data_topic(&scenario.database, &table, "load-probe"),
+                    lodestone_model::topic::data_topic(&scenario.database, &table, PROBE_DEVICE),
                     rumqttc::QoS::AtLeastOnce,
                     false,
                     envelope.to_cbor(),
@@ -542,7 +548,7 @@ async fn probe(live: Arc<Live>, scenario: Scenario, target: Target, http: reqwes
                 .is_ok(),
             (_, _, Some(producer)) => {
                 let payload = envelope.to_cbor();
-                let record = rdkafka::producer::FutureRecord::to(&target.topic).key("load-probe").payload(&payload).headers(
+                let record = rdkafka::producer::FutureRecord::to(&target.topic).key(PROBE_DEVICE).payload(&payload).headers(
                     rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header { key: "content-type", value: Some("application/cbor") }),
                 );
                 producer.send(record, Duration::from_secs(10)).await.is_ok()
@@ -564,7 +570,13 @@ async fn probe(live: Arc<Live>, scenario: Scenario, target: Target, http: reqwes
 }
 
 fn mqtt_probe_client(target: &Target) -> Option<rumqttc::AsyncClient> {
-    let options = rumqttc::MqttOptions::new(format!("load-probe-{}", std::process::id()), target.mqtt_host.clone(), target.mqtt_port);
+    // The probe is a device like any other: its client id is the device id of its topic, and
+    // over TLS it has a certificate of its own.
+    let mut options = rumqttc::MqttOptions::new(PROBE_DEVICE, target.mqtt_host.clone(), target.mqtt_port);
+    if let Some(identities) = &target.identities {
+        let tls = identities.tls_for(PROBE_DEVICE).ok()?;
+        options.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls)));
+    }
     let (client, mut events) = rumqttc::AsyncClient::new(options, 16);
     tokio::spawn(async move {
         loop {

@@ -122,7 +122,25 @@ struct MqttArgs {
     #[arg(long)]
     boot_id: Option<String>,
     #[command(flatten)]
+    identity: IdentityArgs,
+    #[command(flatten)]
     data: DataArgs,
+}
+
+/// Devices' identities on MQTT.
+#[derive(Args)]
+struct IdentityArgs {
+    /// A CA folder (ca.pem, ca.key, as lodestone-admin tls init makes it): each device gets its
+    /// own certificate from it and connects over TLS. Without it devices connect in plain text
+    /// (only to a bridge with mqtt.plaintext).
+    #[arg(long, env = "LODESTONE_DEVICE_CA_DIR")]
+    device_ca_dir: Option<std::path::PathBuf>,
+}
+
+impl IdentityArgs {
+    fn identities(&self) -> Result<Option<lodestone_simulators::identity::DeviceIdentities>, lodestone_simulators::SimError> {
+        self.device_ca_dir.as_deref().map(lodestone_simulators::identity::DeviceIdentities::open).transpose()
+    }
 }
 
 #[derive(Args)]
@@ -224,6 +242,8 @@ struct LoadArgs {
     watch: Vec<String>,
     #[command(flatten)]
     access: AccessArgs,
+    #[command(flatten)]
+    identity: IdentityArgs,
 }
 
 async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
@@ -237,6 +257,7 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
         agent_urls: args.agent_url,
         watch: args.watch,
         access: args.access.access(),
+        identities: args.identity.identities()?,
     };
     let report = lodestone_simulators::load::run_load(&scenario, &target).await?;
     print!("{}", report.table());
@@ -279,6 +300,7 @@ async fn run(command: Command, now_ns: i64) -> anyhow::Result<(Summary, &'static
         Command::Load(_) => anyhow::bail!("`load` does not produce a summary"),
         Command::Mqtt(args) => {
             let run = MqttRun {
+                identities: args.identity.identities()?,
                 host: args.host,
                 port: args.port,
                 fleet: fleet(SeriesKind::Device, args.device_prefix, args.devices, args.readings_per_device, &args.data, now_ns),

@@ -56,6 +56,9 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 pub struct MqttRun {
     pub host: String,
     pub port: u16,
+    /// Each device's certificate (MQTT over TLS); `None`: plain text, to a bridge with
+    /// `mqtt.plaintext`.
+    pub identities: Option<crate::identity::DeviceIdentities>,
     pub fleet: FleetSpec,
     pub database: String,
     pub table: String,
@@ -103,8 +106,12 @@ impl MqttRun {
         Ok(())
     }
 
-    fn mqtt_options(&self, device_id: &str) -> MqttOptions {
+    fn mqtt_options(&self, device_id: &str) -> Result<MqttOptions, SimError> {
         let mut options = MqttOptions::new(device_id, self.host.clone(), self.port);
+        if let Some(identities) = &self.identities {
+            let tls = identities.tls_for(device_id)?;
+            options.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls)));
+        }
         let inflight = self.inflight_envelopes_max;
         options
             .set_clean_session(true)
@@ -113,7 +120,7 @@ impl MqttRun {
             // A resend can put a second window's worth of envelopes in flight.
             .set_inflight(inflight.saturating_mul(2))
             .set_request_channel_capacity(request_channel_capacity(inflight));
-        options
+        Ok(options)
     }
 }
 
@@ -191,7 +198,7 @@ async fn run_device(
     tokio::time::sleep_until(connect_at).await;
     let start = connect_at;
     let device_id = series.id().to_owned();
-    let (client, mut eventloop) = AsyncClient::new(run.mqtt_options(&device_id), request_channel_capacity(run.inflight_envelopes_max));
+    let (client, mut eventloop) = AsyncClient::new(run.mqtt_options(&device_id)?, request_channel_capacity(run.inflight_envelopes_max));
     eventloop.network_options.set_connection_timeout(CONNECT_TIMEOUT_S);
     let (link_tx, link_rx) = watch::channel(LinkState::default());
     let link = tokio::spawn(run_link(eventloop, device_id.clone(), run.boot_id.clone(), link_tx, Arc::clone(&progress)));
@@ -420,6 +427,7 @@ mod tests {
         MqttRun {
             host: "127.0.0.1".into(),
             port: 1883,
+            identities: None,
             fleet: FleetSpec {
                 seed: 1,
                 kind: SeriesKind::Device,
@@ -484,7 +492,7 @@ mod tests {
     fn device(fleet: &FleetSpec) -> (Device, EventLoop) {
         let run = MqttRun { fleet: fleet.clone(), ..run() };
         let id = fleet.series_id(1);
-        let (client, eventloop) = AsyncClient::new(run.mqtt_options(&id), request_channel_capacity(8));
+        let (client, eventloop) = AsyncClient::new(run.mqtt_options(&id).unwrap(), request_channel_capacity(8));
         let device = Device {
             source: Source { device_id: id.clone(), boot_id: "b".into() },
             data_topic: data_topic("sim", "readings", &id),

@@ -162,6 +162,9 @@ fn mqtt_run(broker: SocketAddr, fleet: FleetSpec) -> MqttRun {
     MqttRun {
         host: broker.ip().to_string(),
         port: broker.port(),
+        // A bare broker in plain text: this file tests the fleet's MQTT conversation, the
+        // end-to-end tests run it over TLS with device certificates.
+        identities: None,
         fleet,
         database: "sim".into(),
         table: "readings".into(),

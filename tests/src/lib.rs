@@ -166,6 +166,7 @@ pub struct Stack {
     pub ingest_ports: Vec<u16>,
     ingest_env: Vec<(String, String)>,
     agent_env: Vec<(String, String)>,
+    bridge_env: Vec<(String, String)>,
     /// How each process was started, by name, so it can be started again.
     specs: Vec<Spec>,
     kafka_storage: KafkaStorage,
@@ -202,6 +203,8 @@ pub struct StackOptions {
     pub ingest_env: Vec<(String, String)>,
     /// Extra environment for every edge agent.
     pub agent_env: Vec<(String, String)>,
+    /// Extra environment for the broker-bridge.
+    pub bridge_env: Vec<(String, String)>,
 }
 
 impl Default for StackOptions {
@@ -213,6 +216,7 @@ impl Default for StackOptions {
             kafka_storage: KafkaStorage::Memory,
             ingest_env: Vec::new(),
             agent_env: Vec::new(),
+            bridge_env: Vec::new(),
         }
     }
 }
@@ -242,6 +246,7 @@ impl Stack {
             specs: Vec::new(),
             kafka_storage: options.kafka_storage,
             agent_env: options.agent_env,
+            bridge_env: options.bridge_env,
         };
         stack.start_tansu().await;
         stack.start_bridge().await;
@@ -266,12 +271,20 @@ impl Stack {
         client_for(&self.credentials, bearer)
     }
 
-    /// The environment that gives `lodestone-sim` the stack's CA and admin token.
+    /// The environment that gives `lodestone-sim` the stack's CA, admin token and device CA
+    /// (each simulated device gets a certificate of its own).
     pub fn sim_env(&self) -> Vec<(String, String)> {
         vec![
             ("LODESTONE_CA".to_string(), self.credentials.ca_path.display().to_string()),
             ("LODESTONE_TOKEN_FILE".to_string(), self.credentials.admin_token_path.display().to_string()),
+            ("LODESTONE_DEVICE_CA_DIR".to_string(), self.credentials.dir.display().to_string()),
         ]
+    }
+
+    /// A device certificate for `device_id` from the stack's CA: (certificate, key) paths.
+    pub fn device_certificate(&self, device_id: &str) -> (PathBuf, PathBuf) {
+        let issued = self.credentials.issue_device(device_id).expect("a device certificate");
+        (issued.cert_path, issued.key_path)
     }
 
     /// [`sim`] with the stack's CA and admin token.
@@ -310,9 +323,14 @@ impl Stack {
     async fn start_bridge(&mut self) {
         let env = vec![
             env("LODESTONE_BRIDGE__MQTT__LISTEN", format!("127.0.0.1:{}", self.ports.mqtt)),
+            env("LODESTONE_BRIDGE__MQTT__DEVICE_CA_PATH", self.credentials.ca_path.display().to_string()),
+            // Tests write into many databases: every device may write everywhere.
+            env("LODESTONE_BRIDGE__MQTT__POLICIES", r#"[{devices = ["*"], write = ["*/*"]}]"#.to_string()),
+            env("LODESTONE_BRIDGE__MQTT__CRL_PATH", self.credentials.crl_path.display().to_string()),
             env("LODESTONE_BRIDGE__HTTP__LISTEN", format!("127.0.0.1:{}", self.ports.bridge_http)),
             env("LODESTONE_BRIDGE__KAFKA__BOOTSTRAP_SERVERS", self.bootstrap()),
         ];
+        let env = env.into_iter().chain(self.bridge_env.iter().cloned()).collect();
         self.spawn_service("broker-bridge", "broker-bridge", env, self.ports.bridge_http).await;
     }
 
@@ -364,7 +382,11 @@ impl Stack {
     pub async fn start_agent_via(&mut self, device_id: &str, mqtt_port: u16, extra_env: &[(String, String)]) -> u16 {
         let first = !self.processes.iter().any(|p| p.name.starts_with("agent-"));
         let http_port = if first { self.ports.agent_http } else { free_port() };
+        let (cert, key) = self.device_certificate(device_id);
         let env = vec![
+            env("LODESTONE_AGENT__MQTT__CA_PATH", self.credentials.ca_path.display().to_string()),
+            env("LODESTONE_AGENT__MQTT__CERT_PATH", cert.display().to_string()),
+            env("LODESTONE_AGENT__MQTT__KEY_PATH", key.display().to_string()),
             env("LODESTONE_AGENT__DEVICE_ID", device_id.to_string()),
             env("LODESTONE_AGENT__HTTP__LISTEN", format!("127.0.0.1:{http_port}")),
             env("LODESTONE_AGENT__MQTT__HOST", "127.0.0.1".to_string()),
