@@ -55,9 +55,7 @@ async fn start_with(edit: impl FnOnce(&mut BridgeConfig)) -> Harness {
     config.shutdown.timeout_ms = 2_000;
     edit(&mut config);
     let bridge = Bridge::start(config).await.unwrap();
-    let authorization = format!("Bearer {}", credentials.admin_bearer).parse().unwrap();
-    let headers = [(reqwest::header::AUTHORIZATION, authorization)].into_iter().collect();
-    let http = lodestone_kit::http::client(Some(credentials.client_tls())).default_headers(headers).build().unwrap();
+    let http = lodestone_kit::http::client_with_token(Some(credentials.client_tls()), &credentials.admin_bearer).build().unwrap();
     Harness { kafka, bridge, http, credentials, _credentials_dir: credentials_dir }
 }
 

@@ -156,9 +156,7 @@ mod tests {
 
     /// A client trusting `credentials`' CA and sending `bearer`.
     fn client(credentials: &Credentials, bearer: &str) -> reqwest::Client {
-        let authorization = format!("Bearer {bearer}").parse().unwrap();
-        let headers = [(reqwest::header::AUTHORIZATION, authorization)].into_iter().collect();
-        lodestone_kit::http::client(Some(credentials.client_tls())).default_headers(headers).build().unwrap()
+        lodestone_kit::http::client_with_token(Some(credentials.client_tls()), bearer).build().unwrap()
     }
 
     /// One HTTPS request; returns the status and the body.

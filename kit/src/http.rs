@@ -185,6 +185,15 @@ pub fn client(tls: Option<rustls::ClientConfig>) -> reqwest::ClientBuilder {
     }
 }
 
+/// [`client`] that sends `Authorization: Bearer {bearer}` with every request (marked sensitive,
+/// so it never shows in a debug print).
+#[cfg(feature = "client")]
+pub fn client_with_token(tls: Option<rustls::ClientConfig>, bearer: &str) -> reqwest::ClientBuilder {
+    let mut authorization = reqwest::header::HeaderValue::from_str(&format!("Bearer {bearer}")).unwrap_or_else(|_| reqwest::header::HeaderValue::from_static(""));
+    authorization.set_sensitive(true);
+    client(tls).default_headers([(reqwest::header::AUTHORIZATION, authorization)].into_iter().collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

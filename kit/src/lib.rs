@@ -24,6 +24,7 @@
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod fdlimit;
 pub mod http;
 #[cfg(feature = "kafka")]
 pub mod kafka;

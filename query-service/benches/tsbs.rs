@@ -217,9 +217,7 @@ async fn main() {
     let router = query_service::api::router(engine);
     let server = lodestone_kit::http::serve_service("127.0.0.1:0", router, &credentials.tls(), &credentials.auth(), shutdown).await.unwrap();
     let url = format!("https://{}/v1/query", server.addr());
-    let authorization = format!("Bearer {}", credentials.admin_bearer).parse().unwrap();
-    let headers = [(reqwest::header::AUTHORIZATION, authorization)].into_iter().collect();
-    let http = lodestone_kit::http::client(Some(credentials.client_tls())).default_headers(headers).build().unwrap();
+    let http = lodestone_kit::http::client_with_token(Some(credentials.client_tls()), &credentials.admin_bearer).build().unwrap();
 
     let queries = queries(end_ns);
     let mut lodestone: BTreeMap<&str, (f64, Value)> = BTreeMap::new();

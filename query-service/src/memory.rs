@@ -16,8 +16,6 @@ pub struct MemoryClient {
     http: reqwest::Client,
     workers: Vec<String>,
     timeout: Duration,
-    /// `Authorization` for the workers: a token with the scope `service`.
-    authorization: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,24 +34,23 @@ impl MemoryClient {
     pub fn new(config: &MemoryConfig, tls: &lodestone_kit::tls::TlsConfig) -> Result<MemoryClient, MemoryClientError> {
         let any_https = config.workers.iter().any(|w| w.starts_with("https://"));
         let client_tls = if any_https { tls.client()? } else { None };
-        let authorization = match config.token_path.as_str() {
-            "" => None,
+        let http = match config.token_path.as_str() {
+            "" => lodestone_kit::http::client(client_tls),
             path => {
                 let bearer = lodestone_kit::auth::read_bearer(std::path::Path::new(path)).map_err(|source| MemoryClientError::Token { path: path.to_string(), source })?;
-                Some(format!("Bearer {bearer}"))
+                lodestone_kit::http::client_with_token(client_tls, &bearer)
             }
         };
         Ok(MemoryClient {
-            http: lodestone_kit::http::client(client_tls).build()?,
+            http: http.build()?,
             workers: config.workers.iter().map(|w| w.trim_end_matches('/').to_string()).collect(),
             timeout: Duration::from_millis(config.timeout_ms),
-            authorization,
         })
     }
 
     /// No workers: queries read persisted rows only.
     pub fn none() -> MemoryClient {
-        MemoryClient { http: reqwest::Client::new(), workers: Vec::new(), timeout: Duration::from_millis(MemoryConfig::default().timeout_ms), authorization: None }
+        MemoryClient { http: reqwest::Client::new(), workers: Vec::new(), timeout: Duration::from_millis(MemoryConfig::default().timeout_ms) }
     }
 
     /// Every worker's unpersisted rows of `table` in `[from_ns, to_ns)`, fetched at once, with only
@@ -67,9 +64,6 @@ impl MemoryClient {
             async move {
                 let answer = async {
                     let mut request = self.http.get(&url).timeout(self.timeout);
-                    if let Some(authorization) = &self.authorization {
-                        request = request.header(reqwest::header::AUTHORIZATION, authorization);
-                    }
                     if let Some(columns) = &columns {
                         request = request.query(&[("columns", columns)]);
                     }

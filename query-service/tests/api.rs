@@ -39,8 +39,13 @@ async fn start(limits: LimitsConfig) -> Service {
 
 /// A client trusting `credentials`' CA, sending `bearer` if given.
 fn client(credentials: &lodestone_admin::Credentials, bearer: Option<&str>) -> reqwest::Client {
-    let headers = bearer.map(|b| (reqwest::header::AUTHORIZATION, format!("Bearer {b}").parse().unwrap())).into_iter().collect();
-    lodestone_kit::http::client(Some(credentials.client_tls())).default_headers(headers).build().unwrap()
+    let tls = Some(credentials.client_tls());
+    match bearer {
+        Some(bearer) => lodestone_kit::http::client_with_token(tls, bearer),
+        None => lodestone_kit::http::client(tls),
+    }
+    .build()
+    .unwrap()
 }
 
 impl Service {

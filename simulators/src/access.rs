@@ -23,13 +23,13 @@ impl HttpAccess {
             Some(path) => Some(lodestone_kit::tls::client_config(path).map_err(|e| refused(e.to_string()))?),
             None => None,
         };
-        let mut builder = lodestone_kit::http::client(tls).timeout(timeout);
-        if let Some(path) = &self.token_path {
-            let bearer = lodestone_kit::auth::read_bearer(path).map_err(|e| refused(format!("{}: {e}", path.display())))?;
-            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {bearer}")).map_err(|e| refused(e.to_string()))?;
-            value.set_sensitive(true);
-            builder = builder.default_headers([(reqwest::header::AUTHORIZATION, value)].into_iter().collect());
-        }
-        builder.build().map_err(SimError::HttpClient)
+        let builder = match &self.token_path {
+            Some(path) => {
+                let bearer = lodestone_kit::auth::read_bearer(path).map_err(|e| refused(format!("{}: {e}", path.display())))?;
+                lodestone_kit::http::client_with_token(tls, &bearer)
+            }
+            None => lodestone_kit::http::client(tls),
+        };
+        builder.timeout(timeout).build().map_err(SimError::HttpClient)
     }
 }

@@ -515,12 +515,7 @@ fn env(key: &str, value: String) -> (String, String) {
 }
 
 fn client_for(credentials: &lodestone_admin::Credentials, bearer: &str) -> reqwest::Client {
-    let mut authorization = reqwest::header::HeaderValue::from_str(&format!("Bearer {bearer}")).expect("a token is a header value");
-    authorization.set_sensitive(true);
-    lodestone_kit::http::client(Some(credentials.client_tls()))
-        .default_headers([(reqwest::header::AUTHORIZATION, authorization)].into_iter().collect())
-        .build()
-        .expect("an HTTP client")
+    lodestone_kit::http::client_with_token(Some(credentials.client_tls()), bearer).build().expect("an HTTP client")
 }
 
 /// Creates topics (tansu does not create them on first use).
