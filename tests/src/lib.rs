@@ -281,6 +281,15 @@ impl Stack {
         ]
     }
 
+    /// MQTT over TLS as `device_id`, with a certificate of its own from the stack's CA: what
+    /// every device connects with.
+    pub fn device_transport(&self, device_id: &str) -> rumqttc::Transport {
+        let (cert, key) = self.device_certificate(device_id);
+        let (cert, key) = (std::fs::read(cert).expect("device certificate"), std::fs::read(key).expect("device key"));
+        let tls = lodestone_kit::tls::client_config_with_identity(&self.credentials.ca_path, &cert, &key).expect("a device TLS configuration");
+        rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(tls)))
+    }
+
     /// A device certificate for `device_id` from the stack's CA: (certificate, key) paths.
     pub fn device_certificate(&self, device_id: &str) -> (PathBuf, PathBuf) {
         let issued = self.credentials.issue_device(device_id).expect("a device certificate");

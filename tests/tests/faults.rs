@@ -160,6 +160,7 @@ async fn ten_thousand_bad_payloads_go_to_the_dead_letter_topic_and_valid_traffic
     let load = start_sim(&stack, &sim_args("mqtt", &args, 2_000, "bad_payloads"));
 
     let mut options = rumqttc::MqttOptions::new("bad-device", "127.0.0.1", stack.ports.mqtt);
+    options.set_transport(stack.device_transport("bad-device"));
     options.set_max_packet_size(64 * 1024, 512 * 1024); // (incoming, outgoing)
     options.set_inflight(100);
     let (client, mut events) = rumqttc::AsyncClient::new(options, 200);

@@ -53,7 +53,8 @@ fn options(stack: &Stack, client_id: &str, identity: Option<(String, String)>, c
     options
 }
 
-/// A certificate of the stack's CA for `device`, as PEM text.
+/// A certificate of the stack's CA for `device`, as PEM text (the tests also use other CAs' and
+/// expired ones, so they build their TLS here rather than with `Stack::device_transport`).
 fn identity(stack: &Stack, device: &str) -> (String, String) {
     let (cert, key) = stack.device_certificate(device);
     (std::fs::read_to_string(cert).unwrap(), std::fs::read_to_string(key).unwrap())
