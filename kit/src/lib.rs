@@ -15,6 +15,8 @@
 //!   [`auth::Principal`] in every handler), and the token file `lodestone-admin` manages.
 //! - [`clock::now_ns`]: wall-clock nanoseconds since the Unix epoch, saturating at the `i64` range.
 //! - [`metrics::Exposition`]: the Prometheus text format every `/metrics` endpoint writes.
+//! - [`ports::unused_port`]: a port for a server another process is about to start (tests, scripts),
+//!   picked below the ephemeral range so that no client socket takes it first.
 //! - `kafka` (feature `kafka`): the idempotent producer settings the end-to-end ack relies on,
 //!   and the "queue full: wait for room" send loop.
 //!
@@ -30,6 +32,7 @@ pub mod http;
 pub mod kafka;
 pub mod log;
 pub mod metrics;
+pub mod ports;
 pub mod shutdown;
 pub mod tls;
 

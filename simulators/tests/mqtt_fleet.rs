@@ -3,7 +3,7 @@
 //! gapless sequence number — the contract the real broker-bridge keeps.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ use lodestone_kit::now_ns;
 
 /// Starts rumqttd on a free port in its own thread (it lives until the test process ends).
 fn start_broker() -> SocketAddr {
-    let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], lodestone_kit::ports::unused_port()));
     let connections = rumqttd::ConnectionSettings {
         connection_timeout_ms: 60_000,
         max_payload_size: PACKET_BYTES_MAX,

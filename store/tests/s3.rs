@@ -24,7 +24,7 @@ impl Moto {
     fn start() -> Moto {
         let server = std::env::var("MOTO_SERVER").map(PathBuf::from).unwrap_or_else(|_| "/var/cache/lodestone/moto-venv/bin/moto_server".into());
         assert!(server.exists(), "{} is missing: run `make setup` (scripts/ensure-moto.sh installs it)", server.display());
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = lodestone_kit::ports::unused_port();
         let child = Command::new(&server)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())

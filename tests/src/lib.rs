@@ -10,7 +10,6 @@
 //! tokens; [`Stack::http`] trusts the CA and sends the admin token; [`Stack::url`] gives a
 //! service's `https://` address.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -41,9 +40,9 @@ where
     }
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1 for a server the test starts (see [`lodestone_kit::ports`]).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    lodestone_kit::ports::unused_port()
 }
 
 /// The folder holding the workspace's binaries: the parent of this test binary's `deps/`.
