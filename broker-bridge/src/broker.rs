@@ -22,6 +22,7 @@
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rumqttd::local::{LinkRx, LinkTx};
@@ -47,20 +48,40 @@ const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct EmbeddedBroker {
     pub link_tx: LinkTx,
     pub link_rx: LinkRx,
-    /// The MQTT 3.1.1 listener's address (the concrete port when 0 was configured).
-    pub listen: SocketAddr,
-    pub listen_v5: Option<SocketAddr>,
-    /// Resolves if rumqttd's listener threads all end.
-    pub stopped: oneshot::Receiver<String>,
+    pub serving: Serving,
 }
 
-/// Starts rumqttd listening on `listen` (MQTT 3.1.1) and `listen_v5` (MQTT 5), subscribes the
-/// bridge link, then opens the listeners and waits until each one answers an MQTT CONNECT.
-/// Returns after the listeners accept devices.
-pub async fn start(config: &BridgeConfig, listen: SocketAddr, listen_v5: Option<SocketAddr>) -> Result<EmbeddedBroker, Error> {
-    let listen = reserve(listen)?;
-    let listen_v5 = listen_v5.map(reserve).transpose()?;
-    let rumqttd_config = config.rumqttd_config(listen, listen_v5);
+/// How devices reach the broker.
+pub enum Serving {
+    /// rumqttd's own plain-text listeners.
+    Listeners {
+        /// The MQTT 3.1.1 listener's address (the concrete port when 0 was configured).
+        listen: SocketAddr,
+        listen_v5: Option<SocketAddr>,
+        /// Resolves if rumqttd's listener threads all end.
+        stopped: oneshot::Receiver<String>,
+    },
+    /// No listener: the TLS front links each device session to the router in-process
+    /// ([`crate::session`]).
+    Links(Arc<Broker>),
+}
+
+/// Where devices connect: rumqttd's own listeners in plain text, or none (the TLS front).
+#[derive(Debug, Clone, Copy)]
+pub enum Listeners {
+    Plain { listen: SocketAddr, listen_v5: Option<SocketAddr> },
+    None,
+}
+
+/// Starts rumqttd and subscribes the bridge link. With [`Listeners::Plain`] it then opens the
+/// listeners on `listen` (MQTT 3.1.1) and `listen_v5` (MQTT 5), and returns once each answers an
+/// MQTT CONNECT.
+pub async fn start(config: &BridgeConfig, listeners: Listeners) -> Result<EmbeddedBroker, Error> {
+    let addresses = match listeners {
+        Listeners::Plain { listen, listen_v5 } => Some((reserve(listen)?, listen_v5.map(reserve).transpose()?)),
+        Listeners::None => None,
+    };
+    let rumqttd_config = config.rumqttd_config(addresses);
     let link_id = format!("lodestone-bridge-{}", random_hex());
 
     // Broker::new spawns the router thread; `link` blocks until the router answers.
@@ -75,6 +96,9 @@ pub async fn start(config: &BridgeConfig, listen: SocketAddr, listen_v5: Option<
     link_tx.subscribe(BRIDGE_FILTER).map_err(Error::Link)?;
     await_suback(&mut link_rx).await?;
 
+    let Some((listen, listen_v5)) = addresses else {
+        return Ok(EmbeddedBroker { link_tx, link_rx, serving: Serving::Links(Arc::new(broker)) });
+    };
     let (stopped_tx, mut stopped) = oneshot::channel();
     std::thread::Builder::new()
         .name("mqtt-broker".into())
@@ -92,7 +116,7 @@ pub async fn start(config: &BridgeConfig, listen: SocketAddr, listen_v5: Option<
     if let Some(addr) = listen_v5 {
         await_listener(addr, 5, &mut stopped).await?;
     }
-    Ok(EmbeddedBroker { link_tx, link_rx, listen, listen_v5, stopped })
+    Ok(EmbeddedBroker { link_tx, link_rx, serving: Serving::Listeners { listen, listen_v5, stopped } })
 }
 
 /// Checks that `addr` can be bound (so a taken port is a clear error rather than a rumqttd log

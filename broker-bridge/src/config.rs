@@ -236,9 +236,9 @@ impl Validate for BridgeConfig {
 }
 
 impl BridgeConfig {
-    /// The embedded broker's settings. `listen` and `listen_v5` must already be concrete
-    /// (non-zero) ports.
-    pub fn rumqttd_config(&self, listen: SocketAddr, listen_v5: Option<SocketAddr>) -> rumqttd::Config {
+    /// rumqttd's configuration, with plain-text listeners on `listeners` (3.1.1, and 5 if given;
+    /// concrete, non-zero ports) or none (the TLS front links sessions in-process).
+    pub fn rumqttd_config(&self, listeners: Option<(SocketAddr, Option<SocketAddr>)>) -> rumqttd::Config {
         let m = &self.mqtt;
         let connections = rumqttd::ConnectionSettings {
             connection_timeout_ms: m.connect_timeout_ms,
@@ -270,8 +270,8 @@ impl BridgeConfig {
                 initialized_filters: None,
                 ..Default::default()
             },
-            v4: Some(HashMap::from([("1".to_string(), server("mqtt-v4", listen))])),
-            v5: listen_v5.map(|addr| HashMap::from([("1".to_string(), server("mqtt-v5", addr))])),
+            v4: listeners.map(|(listen, _)| HashMap::from([("1".to_string(), server("mqtt-v4", listen))])),
+            v5: listeners.and_then(|(_, listen_v5)| listen_v5).map(|addr| HashMap::from([("1".to_string(), server("mqtt-v5", addr))])),
             ..Default::default()
         }
     }

@@ -1,5 +1,5 @@
 //! The MQTT front: devices connect here over TLS with a client certificate, and only what their
-//! [`Gate`] allows reaches the embedded broker, which listens on 127.0.0.1 only.
+//! [`Gate`] allows reaches the embedded broker, which then has no listener of its own.
 //!
 //! rumqttd 0.20 cannot do this itself: its TLS handshake runs inline in its accept loop with no
 //! timeout (one silent client blocks every new connection), it trusts only the first CA of its
@@ -11,8 +11,9 @@
 //!   foreign and revoked certificates fail the handshake);
 //! - takes the device id from the certificate ([`device_identity`]: the SAN URI
 //!   `urn:lodestone:device:{id}`, else the subject's CN);
-//! - reads the CONNECT, picks rumqttd's 3.1.1 or 5 listener by its protocol level (both served on
-//!   one port), and relays the connection, checking every client packet with the [`Gate`].
+//! - serves the MQTT session itself ([`crate::session`]: 3.1.1 and 5 on one port, by the CONNECT's
+//!   protocol level), checking every client packet with the [`Gate`] and handing it to rumqttd's
+//!   router over an in-process link.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -21,18 +22,16 @@ use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-use crate::gate::{Framer, Gate, Policy, Verdict};
+use crate::gate::{Gate, Policy};
+use crate::session::{self, Ending, SessionSettings};
 use crate::service::Shared;
 
 /// TLS handshakes under way at once; a connection beyond is closed at once.
 pub const HANDSHAKES_MAX: usize = 1024;
-/// How long a device has, after its handshake, to send CONNECT.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The SAN URI prefix that carries a device's id.
 pub const DEVICE_URI_PREFIX: &str = "urn:lodestone:device:";
 
@@ -44,13 +43,6 @@ pub enum FrontError {
     Rustls(String),
     #[error("MQTT listener on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
-}
-
-/// Where the front relays to: rumqttd's internal listeners.
-#[derive(Debug, Clone, Copy)]
-pub struct Upstream {
-    pub v4: SocketAddr,
-    pub v5: SocketAddr,
 }
 
 /// The files the front's TLS is made of.
@@ -121,9 +113,8 @@ fn stamps(files: &TlsFiles) -> Vec<Option<std::time::SystemTime>> {
 pub struct FrontSettings {
     pub tls: FrontTls,
     pub handshake_timeout: Duration,
-    pub upstream: Upstream,
     pub policy: Arc<Policy>,
-    pub packet_bytes_max: usize,
+    pub session: SessionSettings,
     /// Where the front's counters go.
     pub shared: Arc<Shared>,
 }
@@ -135,7 +126,7 @@ pub struct Front {
 }
 
 impl Front {
-    /// Stops accepting; connections already relayed run until either side closes.
+    /// Stops accepting; sessions already served run until they end.
     pub fn stop(&self) {
         self.task.abort();
     }
@@ -231,108 +222,20 @@ pub async fn start(listen: SocketAddr, settings: FrontSettings) -> Result<Front,
                     settings.shared.metrics.mqtt_refused("identity");
                     return;
                 };
-                relay(tls, device_id, peer, &settings).await;
+                let gate = Gate::new(device_id.clone(), settings.policy.clone());
+                match session::serve(tls, gate, &settings.session).await {
+                    Ending::Refused { denied, detail } => {
+                        tracing::info!(%peer, device_id, denied, %detail, "MQTT packet refused; connection closed");
+                        settings.shared.metrics.mqtt_denied(denied);
+                    }
+                    Ending::Protocol(detail) => tracing::info!(%peer, device_id, %detail, "MQTT session ended: protocol error"),
+                    Ending::Router(detail) => tracing::info!(%peer, device_id, %detail, "MQTT session ended by the broker"),
+                    Ending::KeepAlive => tracing::debug!(%peer, device_id, "MQTT session ended: keep-alive expired"),
+                    Ending::Disconnected | Ending::Gone => {}
+                }
             });
         }
     });
     Ok(Front { addr, task })
 }
 
-/// Reads the device's CONNECT, relays the connection to rumqttd and checks every client packet
-/// on the way; returns when either side closes or the gate refuses a packet.
-async fn relay(tls: tokio_rustls::server::TlsStream<TcpStream>, device_id: String, peer: SocketAddr, settings: &FrontSettings) {
-    let (mut from_device, mut to_device) = tokio::io::split(tls);
-    let mut gate = Gate::new(device_id.clone(), settings.policy.clone());
-    let mut framer = Framer::default();
-    let mut buffer = vec![0u8; 4 * 1024];
-    let connect = match tokio::time::timeout(CONNECT_TIMEOUT, next_packet(&mut from_device, &mut framer, &mut buffer, settings.packet_bytes_max)).await {
-        Ok(Some(packet)) => packet,
-        _ => return,
-    };
-    let level = connect_level(&connect);
-    match gate.check(&connect) {
-        Verdict::Forward => {}
-        Verdict::Refuse { denied, detail, reply } => {
-            tracing::info!(%peer, device_id, denied = denied.as_str(), %detail, "MQTT connection refused");
-            settings.shared.metrics.mqtt_denied(denied.as_str());
-            if let Some(reply) = reply {
-                let _ = to_device.write_all(&reply).await;
-                let _ = to_device.shutdown().await;
-            }
-            return;
-        }
-    }
-    let upstream = if level == Some(5) { settings.upstream.v5 } else { settings.upstream.v4 };
-    let Ok(broker) = TcpStream::connect(upstream).await else {
-        tracing::warn!(%upstream, "the embedded broker's listener does not answer");
-        return;
-    };
-    let _ = broker.set_nodelay(true);
-    let (mut from_broker, mut to_broker) = broker.into_split();
-    if to_broker.write_all(&connect).await.is_err() {
-        return;
-    }
-    let downstream = tokio::spawn(async move {
-        let _ = tokio::io::copy(&mut from_broker, &mut to_device).await;
-        let _ = to_device.shutdown().await;
-    });
-    loop {
-        let Some(packet) = next_packet(&mut from_device, &mut framer, &mut buffer, settings.packet_bytes_max).await else { break };
-        match gate.check(&packet) {
-            Verdict::Forward => {
-                if to_broker.write_all(&packet).await.is_err() {
-                    break;
-                }
-            }
-            Verdict::Refuse { denied, detail, .. } => {
-                tracing::info!(%peer, device_id, denied = denied.as_str(), %detail, "MQTT packet refused; connection closed");
-                settings.shared.metrics.mqtt_denied(denied.as_str());
-                break;
-            }
-        }
-    }
-    // Closing the broker side ends the downstream copy too.
-    let _ = to_broker.shutdown().await;
-    drop(to_broker);
-    downstream.abort();
-}
-
-/// The next whole packet from the device; `None` at the end of the stream, on a read error or on
-/// a packet over the bound.
-async fn next_packet<R: AsyncReadExt + Unpin>(reader: &mut R, framer: &mut Framer, buffer: &mut [u8], bytes_max: usize) -> Option<Vec<u8>> {
-    loop {
-        match framer.next_packet(bytes_max) {
-            Ok(Some(packet)) => return Some(packet),
-            Ok(None) => {}
-            Err(error) => {
-                tracing::info!(%error, "MQTT stream refused");
-                return None;
-            }
-        }
-        let read = reader.read(buffer).await.ok()?;
-        if read == 0 {
-            return None;
-        }
-        framer.push(&buffer[..read]);
-    }
-}
-
-/// The protocol level of a CONNECT packet (4: 3.1.1, 5: 5.0).
-fn connect_level(packet: &[u8]) -> Option<u8> {
-    let (start, _) = crate::gate::remaining_length(packet)?;
-    let body = packet.get(start..)?;
-    let name_length = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
-    body.get(2 + name_length).copied()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_protocol_level_is_read_from_connect() {
-        let connect = [0x10, 0x0c, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x02, 0x00, 0x1e, 0x00, 0x00];
-        assert_eq!(connect_level(&connect), Some(5));
-        assert_eq!(connect_level(&[0x10, 0x01]), None);
-    }
-}

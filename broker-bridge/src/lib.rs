@@ -34,6 +34,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod route;
 pub mod service;
+pub mod session;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -91,7 +91,8 @@ pub struct Bridge {
     /// Stops the HTTP server, last: `/health` answers 503 while the bridge drains.
     http_stop: ShutdownTrigger,
     reader: JoinHandle<Result<(), Error>>,
-    broker_stopped: oneshot::Receiver<String>,
+    /// rumqttd's listener threads' end (plain text only: over TLS it has no listeners).
+    broker_stopped: Option<oneshot::Receiver<String>>,
     acker: mpsc::Sender<AckerMessage>,
     shutdown_timeout: Duration,
 }
@@ -115,36 +116,35 @@ impl Bridge {
         let http = lodestone_kit::http::serve_service(&config.http.listen.to_string(), http::router(shared.clone()), &config.tls, &config.auth, http_stopped).await?;
         let http_addr = http.addr();
 
-        // Over TLS, rumqttd listens on 127.0.0.1 only, behind the front; in plain text, itself.
-        let internal = SocketAddr::from(([127, 0, 0, 1], 0));
-        let (broker_v4, broker_v5) = match config.mqtt.plaintext {
-            true => (config.mqtt.listen, config.mqtt.listen_v5),
-            false => (internal, Some(internal)),
+        // In plain text rumqttd listens itself; over TLS the front serves every session.
+        let listeners = match config.mqtt.plaintext {
+            true => broker::Listeners::Plain { listen: config.mqtt.listen, listen_v5: config.mqtt.listen_v5 },
+            false => broker::Listeners::None,
         };
-        let broker = broker::start(&config, broker_v4, broker_v5).await?;
-        let front = if config.mqtt.plaintext {
-            tracing::warn!("mqtt.plaintext = true: devices connect without TLS, identity or topic rules");
-            None
-        } else {
-            let tls = front::FrontTls::load(front::TlsFiles {
-                cert: config.tls.cert_path.clone().into(),
-                key: config.tls.key_path.clone().into(),
-                device_ca: config.mqtt.device_ca_path.clone().into(),
-                crl: (!config.mqtt.crl_path.is_empty()).then(|| config.mqtt.crl_path.clone().into()),
-            })?;
-            let settings = front::FrontSettings {
-                tls,
-                handshake_timeout: Duration::from_millis(config.tls.handshake_timeout_ms),
-                upstream: front::Upstream { v4: broker.listen, v5: broker.listen_v5.unwrap_or(broker.listen) },
-                policy: Arc::new(crate::gate::Policy::new(config.mqtt.policies.clone())),
-                packet_bytes_max: config.mqtt.packet_bytes_max,
-                shared: shared.clone(),
-            };
-            Some(front::start(config.mqtt.listen, settings).await?)
-        };
-        let (mqtt_addr, mqtt_v5_addr) = match &front {
-            Some(front) => (front.addr, Some(front.addr)),
-            None => (broker.listen, broker.listen_v5),
+        let broker = broker::start(&config, listeners).await?;
+        let (front, mqtt_addr, mqtt_v5_addr, broker_stopped) = match broker.serving {
+            broker::Serving::Listeners { listen, listen_v5, stopped } => {
+                tracing::warn!("mqtt.plaintext = true: devices connect without TLS, identity or topic rules");
+                (None, listen, listen_v5, Some(stopped))
+            }
+            broker::Serving::Links(rumqttd) => {
+                let tls = front::FrontTls::load(front::TlsFiles {
+                    cert: config.tls.cert_path.clone().into(),
+                    key: config.tls.key_path.clone().into(),
+                    device_ca: config.mqtt.device_ca_path.clone().into(),
+                    crl: (!config.mqtt.crl_path.is_empty()).then(|| config.mqtt.crl_path.clone().into()),
+                })?;
+                let settings = front::FrontSettings {
+                    tls,
+                    handshake_timeout: Duration::from_millis(config.tls.handshake_timeout_ms),
+                    policy: Arc::new(crate::gate::Policy::new(config.mqtt.policies.clone())),
+                    session: crate::session::SessionSettings { broker: rumqttd, packet_bytes_max: config.mqtt.packet_bytes_max },
+                    shared: shared.clone(),
+                };
+                let front = front::start(config.mqtt.listen, settings).await?;
+                let addr = front.addr;
+                (Some(front), addr, Some(addr), None)
+            }
         };
         match &front {
             Some(_) => info!("mqtt listening on {mqtt_addr} (TLS with device certificates; MQTT 3.1.1 and 5)"),
@@ -197,7 +197,7 @@ impl Bridge {
             stop,
             http_stop,
             reader,
-            broker_stopped: broker.stopped,
+            broker_stopped,
             acker,
             shutdown_timeout: config.shutdown.timeout(),
         })
@@ -231,7 +231,7 @@ impl Bridge {
         let ended = tokio::select! {
             () = signal => Ended::Signal,
             result = &mut self.reader => Ended::Reader(result.unwrap_or_else(|e| Err(Error::BrokerStopped(format!("reader task: {e}"))))),
-            why = &mut self.broker_stopped => Ended::Broker(why.unwrap_or_else(|_| "broker thread ended".into())),
+            why = listeners_ended(&mut self.broker_stopped) => Ended::Broker(why),
         };
         match ended {
             Ended::Signal => {
@@ -655,3 +655,11 @@ async fn sleep_until_some(deadline: Option<Instant>) {
     }
 }
 
+
+/// Resolves when rumqttd's listener threads all end; never when it has none.
+async fn listeners_ended(stopped: &mut Option<oneshot::Receiver<String>>) -> String {
+    match stopped {
+        Some(stopped) => stopped.await.unwrap_or_else(|_| "broker thread ended".into()),
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,288 @@
+//! One device's MQTT session behind the TLS front, handed to rumqttd's router through an
+//! in-process link: no socket between the front and the broker.
+//!
+//! Relaying each device to rumqttd's own listener cost three file descriptors per device (the
+//! device's socket, and both ends of a loopback connection), so this machine's hard limit of
+//! 20,000 open files held 6,325 devices; and rumqttd runs every connection of a listener on one
+//! thread. Here the front speaks MQTT itself with rumqttd's codec ([`Protocol`]) and passes each
+//! packet to the router over a [`rumqttd::local`] link, as rumqttd's `RemoteLink` does: one
+//! descriptor per device, and the sessions run on the bridge's runtime.
+//!
+//! What `RemoteLink` did and this module does in its place:
+//! - CONNACK: `Broker::link` keeps the router's own, so the session writes a success CONNACK. Sessions
+//!   are always clean (`session_present` is false): a device resubscribes after each CONNECT.
+//! - Keep-alive: no packet from the device for 1.5 × its keep-alive closes the session.
+//! - A will is published (QoS 0) when the session ends without the device's DISCONNECT.
+//! - `Unschedule` is answered with `wake()` (the router pauses the link otherwise).
+//! - The router is sent DISCONNECT when the session ends, unless the router ended it (a newer
+//!   connection with the same client id takes the session over).
+//!
+//! Every packet from the device passes the [`Gate`] first; a refused one ends the session.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::protocol::{ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill, Packet, Protocol, Publish};
+use rumqttd::{Broker, Notification};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::gate::{Framer, Gate, Verdict};
+
+/// How long a device has, after its TLS handshake, to send CONNECT.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes read from the device at a time.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+
+/// What every session shares.
+pub struct SessionSettings {
+    pub broker: Arc<Broker>,
+    /// The largest packet a device may send.
+    pub packet_bytes_max: usize,
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// The device sent DISCONNECT.
+    Disconnected,
+    /// The device closed the connection, or it broke, without DISCONNECT.
+    Gone,
+    /// No packet within 1.5 × the keep-alive.
+    KeepAlive,
+    /// The gate refused a packet (counted by the caller).
+    Refused { denied: &'static str, detail: String },
+    /// The router ended the session: a newer connection took the client id, or the router stopped.
+    Router(String),
+    /// A packet that rumqttd's codec cannot read, or a second CONNECT.
+    Protocol(String),
+}
+
+/// Serves one device on `stream` (its TLS handshake done, its identity in `gate`) until the
+/// session ends.
+pub async fn serve<S>(mut stream: S, mut gate: Gate, settings: &SessionSettings) -> Ending
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut framer = Framer::default();
+    let mut buffer = vec![0u8; READ_BUFFER_BYTES];
+    let connect = match tokio::time::timeout(CONNECT_TIMEOUT, next_packet(&mut stream, &mut framer, &mut buffer, settings.packet_bytes_max)).await {
+        Ok(Ok(Some(packet))) => packet,
+        Ok(Err(detail)) => return Ending::Protocol(detail),
+        Ok(Ok(None)) | Err(_) => return Ending::Gone,
+    };
+    if let Verdict::Refuse { denied, detail, reply } = gate.check(&connect) {
+        if let Some(reply) = reply {
+            let _ = stream.write_all(&reply).await;
+            let _ = stream.shutdown().await;
+        }
+        return Ending::Refused { denied: denied.as_str(), detail };
+    }
+    // The gate has read the CONNECT, so its protocol level is 4 or 5.
+    if connect_level(&connect) == Some(5) {
+        Session::start(stream, gate, framer, rumqttd::protocol::v5::V5, &connect, settings).await
+    } else {
+        Session::start(stream, gate, framer, rumqttd::protocol::v4::V4, &connect, settings).await
+    }
+}
+
+struct Session<'a, S, P> {
+    stream: S,
+    gate: Gate,
+    framer: Framer,
+    codec: P,
+    settings: &'a SessionSettings,
+    link_tx: LinkTx,
+    link_rx: LinkRx,
+    will: Option<LastWill>,
+    keep_alive: Duration,
+    /// Encoded packets on their way to the device.
+    out: BytesMut,
+}
+
+impl<'a, S, P> Session<'a, S, P>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    P: Protocol,
+{
+    async fn start(stream: S, gate: Gate, framer: Framer, mut codec: P, connect: &[u8], settings: &'a SessionSettings) -> Ending {
+        let (connect, will) = match codec.read_mut(&mut BytesMut::from(connect), settings.packet_bytes_max) {
+            Ok(Packet::Connect(connect, _, will, _, _)) => (connect, will),
+            Ok(other) => return Ending::Protocol(format!("expected CONNECT, got {other:?}")),
+            Err(error) => return Ending::Protocol(format!("CONNECT: {error}")),
+        };
+        if connect.keep_alive == 0 {
+            // As rumqttd: a session that never has to speak could hold its place for ever.
+            return Ending::Protocol("keep-alive 0 is not allowed".into());
+        }
+        // `Broker::link` waits for the router's answer: a blocking call.
+        let broker = settings.broker.clone();
+        let client_id = connect.client_id.clone();
+        let link = tokio::task::spawn_blocking(move || broker.link(&client_id)).await;
+        let (link_tx, link_rx) = match link {
+            Ok(Ok(link)) => link,
+            Ok(Err(error)) => return unavailable(stream, codec, format!("the router refused the session: {error:?}")).await,
+            Err(error) => return unavailable(stream, codec, format!("the router link task failed: {error}")).await,
+        };
+        let accepted = Packet::ConnAck(ConnAck { session_present: false, code: ConnectReturnCode::Success }, None);
+        let keep_alive = Duration::from_secs(u64::from(connect.keep_alive)).mul_f32(1.5);
+        let mut session = Session { stream, gate, framer, codec, settings, link_tx, link_rx, will, keep_alive, out: BytesMut::new() };
+        if let Err(error) = session.write(accepted).await {
+            return session.close(Ending::Protocol(error)).await;
+        }
+        let ending = session.run().await;
+        session.close(ending).await
+    }
+
+    async fn run(&mut self) -> Ending {
+        let mut buffer = vec![0u8; READ_BUFFER_BYTES];
+        let mut deadline = tokio::time::Instant::now() + self.keep_alive;
+        loop {
+            tokio::select! {
+                read = self.stream.read(&mut buffer) => {
+                    let read = match read {
+                        Ok(0) | Err(_) => return Ending::Gone,
+                        Ok(read) => read,
+                    };
+                    deadline = tokio::time::Instant::now() + self.keep_alive;
+                    self.framer.push(&buffer[..read]);
+                    if let Some(ending) = self.forward_packets().await {
+                        return ending;
+                    }
+                }
+                notification = self.link_rx.next() => {
+                    match notification {
+                        Ok(Some(notification)) => {
+                            if let Some(ending) = self.deliver(notification).await {
+                                return ending;
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(error) => return Ending::Router(format!("{error:?}")),
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => return Ending::KeepAlive,
+            }
+        }
+    }
+
+    /// Checks and passes to the router every whole packet read so far; the ending if one ends
+    /// the session.
+    async fn forward_packets(&mut self) -> Option<Ending> {
+        let mut packets = Vec::new();
+        let mut ending = None;
+        loop {
+            let raw = match self.framer.next_packet(self.settings.packet_bytes_max) {
+                Ok(Some(raw)) => raw,
+                Ok(None) => break,
+                Err(error) => {
+                    ending = Some(Ending::Protocol(error.to_string()));
+                    break;
+                }
+            };
+            if let Verdict::Refuse { denied, detail, .. } = self.gate.check(&raw) {
+                ending = Some(Ending::Refused { denied: denied.as_str(), detail });
+                break;
+            }
+            match self.codec.read_mut(&mut BytesMut::from(&raw[..]), self.settings.packet_bytes_max) {
+                Ok(Packet::Disconnect(..)) => {
+                    self.will = None;
+                    ending = Some(Ending::Disconnected);
+                    break;
+                }
+                Ok(Packet::Connect(..)) => {
+                    ending = Some(Ending::Protocol("a second CONNECT".into()));
+                    break;
+                }
+                Ok(packet) => packets.push(packet),
+                Err(error) => {
+                    ending = Some(Ending::Protocol(error.to_string()));
+                    break;
+                }
+            }
+        }
+        // What came before a refused or closing packet still reaches the router, as it would
+        // have over a socket.
+        if let Some(last) = packets.pop() {
+            self.link_tx.buffer().extend(packets);
+            if let Err(error) = self.link_tx.send(last).await {
+                return Some(Ending::Router(format!("{error:?}")));
+            }
+        }
+        ending
+    }
+
+    /// Writes one notification from the router to the device; the ending if it ends the session.
+    async fn deliver(&mut self, notification: Notification) -> Option<Ending> {
+        if let Notification::Disconnect(..) = notification {
+            return Some(Ending::Router("a newer connection took over the client id".into()));
+        }
+        let unscheduled = matches!(notification, Notification::Unschedule);
+        let packet: Option<Packet> = notification.into();
+        if let Some(packet) = packet {
+            if let Err(error) = self.write(packet).await {
+                return Some(Ending::Protocol(error));
+            }
+        }
+        if unscheduled {
+            if let Err(error) = self.link_rx.wake().await {
+                return Some(Ending::Router(format!("{error:?}")));
+            }
+        }
+        None
+    }
+
+    async fn write(&mut self, packet: Packet) -> Result<(), String> {
+        self.out.clear();
+        self.codec.write(packet, &mut self.out).map_err(|e| e.to_string())?;
+        self.stream.write_all(&self.out).await.map_err(|e| e.to_string())?;
+        self.stream.flush().await.map_err(|e| e.to_string())
+    }
+
+    /// Ends the session with the router (the will first, if one is due) and closes the stream.
+    async fn close(mut self, ending: Ending) -> Ending {
+        if !matches!(ending, Ending::Router(_)) {
+            if let Some(will) = self.will.take() {
+                self.link_tx.buffer().push_back(Packet::Publish(Publish::new(will.topic, will.message, false), None));
+            }
+            let disconnect = Disconnect { reason_code: DisconnectReasonCode::NormalDisconnection };
+            let _ = self.link_tx.send(Packet::Disconnect(disconnect, None)).await;
+        }
+        let _ = self.stream.shutdown().await;
+        ending
+    }
+}
+
+/// Answers CONNACK "service unavailable" and closes: the router has no room for the session.
+async fn unavailable<S: AsyncWrite + Unpin, P: Protocol>(mut stream: S, codec: P, detail: String) -> Ending {
+    let mut out = BytesMut::new();
+    let refused = Packet::ConnAck(ConnAck { session_present: false, code: ConnectReturnCode::ServiceUnavailable }, None);
+    if codec.write(refused, &mut out).is_ok() {
+        let _ = stream.write_all(&out).await;
+        let _ = stream.shutdown().await;
+    }
+    Ending::Router(detail)
+}
+
+/// The next whole packet from the device; `Ok(None)` at the end of the stream or on a read error.
+async fn next_packet<R: AsyncRead + Unpin>(reader: &mut R, framer: &mut Framer, buffer: &mut [u8], bytes_max: usize) -> Result<Option<Vec<u8>>, String> {
+    loop {
+        if let Some(packet) = framer.next_packet(bytes_max).map_err(|e| e.to_string())? {
+            return Ok(Some(packet));
+        }
+        let read = match reader.read(buffer).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(read) => read,
+        };
+        framer.push(&buffer[..read]);
+    }
+}
+
+/// The protocol level of a CONNECT packet (4: 3.1.1, 5: 5.0).
+pub fn connect_level(packet: &[u8]) -> Option<u8> {
+    let (start, _) = crate::gate::remaining_length(packet)?;
+    let body = packet.get(start..)?;
+    let name_length = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
+    body.get(2 + name_length).copied()
+}
