@@ -35,11 +35,11 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let config: BridgeConfig = lodestone_kit::config::load(args.config.as_deref(), ENV_PREFIX)?;
-    // Each device over TLS holds three sockets here: its own, the front's to the broker, and the
-    // broker's end of that one.
-    let wanted = 3 * config.mqtt.connections_max as u64 + 1024;
+    // One socket per device (over TLS the front links sessions to the broker in-process), and
+    // room for Kafka, HTTP and files besides.
+    let wanted = config.mqtt.connections_max as u64 + 1024;
     if let Err(error) = lodestone_kit::fdlimit::raise_open_files(wanted) {
-        tracing::warn!(%error, devices_max = error.hard.saturating_sub(1024) / 3, "fewer devices than mqtt.connections_max can connect");
+        tracing::warn!(%error, devices_max = error.hard.saturating_sub(1024), "fewer devices than mqtt.connections_max can connect");
     }
     let bridge = Bridge::start(config).await.context("starting the bridge")?;
     bridge.run_until(lodestone_kit::shutdown::signal()).await.context("bridge stopped")

@@ -286,3 +286,105 @@ pub fn connect_level(packet: &[u8]) -> Option<u8> {
     let name_length = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
     body.get(2 + name_length).copied()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gate::{Policy, PolicyRule};
+    use rumqttd::protocol::{v4::V4, Connect, QoS};
+
+    const DEVICE: &str = "dev-1";
+    const DATA_TOPIC: &str = "lodestone/v1/db1/tbl1/dev-1";
+    const WAIT: Duration = Duration::from_secs(10);
+
+    fn settings() -> Arc<SessionSettings> {
+        let broker = Broker::new(crate::config::BridgeConfig::default().rumqttd_config(None));
+        Arc::new(SessionSettings { broker: Arc::new(broker), packet_bytes_max: 64 * 1024 })
+    }
+
+    fn gate() -> Gate {
+        Gate::new(DEVICE.into(), Arc::new(Policy::new(vec![PolicyRule { devices: vec!["*".into()], write: vec!["*/*".into()] }])))
+    }
+
+    fn connect(keep_alive: u16, will: Option<&str>) -> BytesMut {
+        let will = will.map(|message| LastWill { topic: DATA_TOPIC.into(), message: message.to_string().into(), qos: QoS::AtMostOnce, retain: false });
+        let mut bytes = BytesMut::new();
+        V4.write(Packet::Connect(Connect { keep_alive, client_id: DEVICE.into(), clean_session: true }, None, will, None, None), &mut bytes).unwrap();
+        bytes
+    }
+
+    /// Starts a session on one end of an in-memory stream; returns the device's end (after
+    /// reading a successful CONNACK) and the session's task.
+    async fn session(settings: &Arc<SessionSettings>, connect: BytesMut) -> (tokio::io::DuplexStream, tokio::task::JoinHandle<Ending>) {
+        let (mut device, server) = tokio::io::duplex(64 * 1024);
+        let settings = settings.clone();
+        let task = tokio::spawn(async move { serve(server, gate(), &settings).await });
+        device.write_all(&connect).await.unwrap();
+        let mut connack = [0u8; 4];
+        tokio::time::timeout(WAIT, device.read_exact(&mut connack)).await.expect("CONNACK in time").unwrap();
+        assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "CONNACK, no session present, accepted");
+        (device, task)
+    }
+
+    /// A link subscribed to every topic, as the bridge's own.
+    async fn observer(settings: &SessionSettings) -> LinkRx {
+        let broker = settings.broker.clone();
+        let (mut tx, mut rx) = tokio::task::spawn_blocking(move || broker.link("observer")).await.unwrap().unwrap();
+        tx.subscribe("#").unwrap();
+        loop {
+            match tokio::time::timeout(WAIT, rx.next()).await.expect("SUBACK in time").unwrap() {
+                Some(Notification::DeviceAck(_)) => return rx,
+                Some(Notification::Unschedule) => rx.wake().await.unwrap(),
+                _ => {}
+            }
+        }
+    }
+
+    /// The payloads published on `DATA_TOPIC` that `rx` receives within `wait`.
+    async fn publishes(rx: &mut LinkRx, wait: Duration) -> Vec<Vec<u8>> {
+        let mut payloads = Vec::new();
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(next) = tokio::time::timeout_at(deadline, rx.next()).await {
+            match next.unwrap() {
+                Some(Notification::Forward(forward)) if forward.publish.topic.as_ref() == DATA_TOPIC.as_bytes() => payloads.push(forward.publish.payload.to_vec()),
+                Some(Notification::Unschedule) => rx.wake().await.unwrap(),
+                _ => {}
+            }
+        }
+        payloads
+    }
+
+    #[tokio::test]
+    async fn a_device_that_vanishes_leaves_its_will_and_one_that_disconnects_does_not() {
+        let settings = settings();
+        let mut observed = observer(&settings).await;
+
+        let (device, task) = session(&settings, connect(30, Some("gone"))).await;
+        drop(device);
+        assert_eq!(tokio::time::timeout(WAIT, task).await.unwrap().unwrap(), Ending::Gone);
+        assert_eq!(publishes(&mut observed, Duration::from_secs(2)).await, vec![b"gone".to_vec()]);
+
+        let (mut device, task) = session(&settings, connect(30, Some("gone"))).await;
+        device.write_all(&[0xE0, 0x00]).await.unwrap(); // DISCONNECT
+        assert_eq!(tokio::time::timeout(WAIT, task).await.unwrap().unwrap(), Ending::Disconnected);
+        assert!(publishes(&mut observed, Duration::from_secs(2)).await.is_empty(), "no will after DISCONNECT");
+    }
+
+    #[tokio::test]
+    async fn a_silent_device_is_closed_after_one_and_a_half_keep_alives() {
+        let settings = settings();
+        let (_device, task) = session(&settings, connect(1, None)).await;
+        let started = std::time::Instant::now();
+        assert_eq!(tokio::time::timeout(WAIT, task).await.unwrap().unwrap(), Ending::KeepAlive);
+        assert!(started.elapsed() >= Duration::from_millis(1400), "closed after {:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_second_connection_with_the_same_client_id_takes_the_session_over() {
+        let settings = settings();
+        let (_first, first_task) = session(&settings, connect(30, None)).await;
+        let (_second, second_task) = session(&settings, connect(30, None)).await;
+        assert!(matches!(tokio::time::timeout(WAIT, first_task).await.unwrap().unwrap(), Ending::Router(_)));
+        assert!(!second_task.is_finished());
+    }
+}

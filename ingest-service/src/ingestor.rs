@@ -46,7 +46,7 @@ pub struct Ingestor {
 impl Ingestor {
     pub async fn open(store: Store, hot_rows_max: usize, tables: TablesConfig, counters: Arc<Counters>) -> Result<Ingestor, StoreError> {
         let snapshot = store.snapshot().await?;
-        let memory = Memory::new(hot_rows_max);
+        let memory = Memory::new(hot_rows_max, store.limits().clone());
         Ok(Ingestor { last_rejection_ns: 0, store, memory, hot_rows_max, snapshot, tables, limits: Limits::default(), counters })
     }
 
@@ -202,6 +202,7 @@ impl Ingestor {
             match self.store.ensure_table(&table, properties).await {
                 Ok(snapshot) => self.snapshot = snapshot,
                 Err(StoreError::Invalid { detail, .. }) => return invalid(RejectReason::InvalidDestination, detail),
+                Err(error @ StoreError::LimitReached { reason, .. }) => return invalid(reason, error.to_string()),
                 Err(error) => return Err(error),
             }
         }

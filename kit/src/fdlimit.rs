@@ -1,6 +1,5 @@
 //! Room for many sockets: the process's open-files limit, raised to what a service or a load
-//! generator needs (one socket per device for the simulator; three per device for the bridge,
-//! whose TLS front relays each device to the embedded broker in the same process).
+//! generator needs (one socket per device, for the simulator and for the bridge).
 
 /// Why the limit could not be raised.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

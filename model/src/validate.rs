@@ -72,6 +72,14 @@ pub enum RejectReason {
     TableNotFound,
     /// The store's memory tier is at its bound; the writer should retry later.
     StoreFull,
+    /// Creating the record's database would pass the store's `limits.databases_max`.
+    TooManyDatabases,
+    /// Creating the record's table would pass the store's `limits.tables_per_database_max`.
+    TooManyTables,
+    /// The record's new dimension names would pass the table's `limits.dimensions_per_table_max`.
+    TooManyTableDimensions,
+    /// The record's new measure name or columns would pass the table's `limits.measures_per_table_max`.
+    TooManyTableMeasures,
 }
 
 impl RejectReason {
@@ -101,6 +109,10 @@ impl RejectReason {
             RejectReason::MeasureTypeMismatch => "measure_type_mismatch",
             RejectReason::TableNotFound => "table_not_found",
             RejectReason::StoreFull => "store_full",
+            RejectReason::TooManyDatabases => "too_many_databases",
+            RejectReason::TooManyTables => "too_many_tables",
+            RejectReason::TooManyTableDimensions => "too_many_table_dimensions",
+            RejectReason::TooManyTableMeasures => "too_many_table_measures",
         }
     }
 }

@@ -69,6 +69,7 @@ impl From<StoreError> for ApiError {
             StoreError::TableNotFound { .. } => (StatusCode::NOT_FOUND, "table_not_found"),
             StoreError::DatabaseExists(_) | StoreError::TableExists { .. } => (StatusCode::CONFLICT, "already_exists"),
             StoreError::DatabaseNotEmpty(_) => (StatusCode::CONFLICT, "database_not_empty"),
+            StoreError::LimitReached { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "limit_exceeded"),
             StoreError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid_request"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
         };

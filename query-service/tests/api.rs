@@ -22,9 +22,13 @@ struct Service {
 }
 
 async fn start(limits: LimitsConfig) -> Service {
+    start_with(limits, lodestone_store::StoreLimits::default()).await
+}
+
+async fn start_with(limits: LimitsConfig, store_limits: lodestone_store::StoreLimits) -> Service {
     let dir = tempfile::tempdir().unwrap();
     let credentials = lodestone_admin::Credentials::create(&dir.path().join("certs")).unwrap();
-    let store = common::fleet_store(&dir.path().join("store")).await;
+    let store = common::fleet_store(&dir.path().join("store")).await.with_limits(store_limits);
     // A second database, for what a token of the first may not read.
     let plant = lodestone_store::TableRef { database: "plant".into(), table: "boilers".into() };
     store.ensure_table(&plant, Default::default()).await.unwrap();
@@ -195,6 +199,21 @@ async fn each_limit_answers_with_its_code() {
     assert_eq!(code(&runaway.await.unwrap()), (400, Some("query_cancelled".into())));
     // Not a query.
     assert_eq!(code(&service.post(json!({"sql": "DROP TABLE fleet.trucks"})).await), (400, Some("statement_not_allowed".into())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creating_past_the_store_limits_answers_limit_exceeded() {
+    let store_limits = lodestone_store::StoreLimits { databases_max: 3, tables_per_database_max: 1, ..Default::default() };
+    let service = start_with(LimitsConfig::default(), store_limits).await;
+    let create = |path: &str, name: &str| service.http.post(format!("{}{path}", service.url)).json(&json!({"name": name})).send();
+    // "fleet" and "plant" exist: one more database fits, then none.
+    assert_eq!(create("/v1/databases", "third").await.unwrap().status(), 201);
+    let refused = create("/v1/databases", "fourth").await.unwrap();
+    assert_eq!(refusal(refused).await, (422, "limit_exceeded".to_string()));
+    // "plant" holds its one table.
+    let refused = create("/v1/databases/plant/tables", "kettles").await.unwrap();
+    assert_eq!(refusal(refused).await, (422, "limit_exceeded".to_string()));
+    assert_eq!(create("/v1/databases/third/tables", "kettles").await.unwrap().status(), 201);
 }
 
 /// The code of an error answer, with its status.

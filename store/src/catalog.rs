@@ -71,6 +71,29 @@ impl Snapshot {
         self.databases.get_mut(&table.database).ok_or_else(not_found)?.get_mut(&table.table).ok_or_else(not_found)
     }
 
+    /// Refuses a new database past `limits.databases_max` (Lodestone's own reserved database
+    /// does not count).
+    pub(crate) fn check_room_for_database(&self, limits: &crate::table::StoreLimits) -> Result<(), StoreError> {
+        let databases = self.databases.keys().filter(|name| !lodestone_model::is_reserved_database(name)).count();
+        if databases >= limits.databases_max {
+            return Err(StoreError::LimitReached { what: "databases".into(), limit: limits.databases_max, reason: lodestone_model::RejectReason::TooManyDatabases });
+        }
+        Ok(())
+    }
+
+    /// Refuses a new table in `database` past `limits.tables_per_database_max`.
+    pub(crate) fn check_room_for_table(&self, database: &str, limits: &crate::table::StoreLimits) -> Result<(), StoreError> {
+        let tables = self.databases.get(database).map_or(0, BTreeMap::len);
+        if tables >= limits.tables_per_database_max {
+            return Err(StoreError::LimitReached {
+                what: format!("tables in database {database:?}"),
+                limit: limits.tables_per_database_max,
+                reason: lodestone_model::RejectReason::TooManyTables,
+            });
+        }
+        Ok(())
+    }
+
     pub(crate) fn add_table(&mut self, table: &TableRef, properties: TableProperties) -> Result<(), StoreError> {
         properties.validate()?;
         let tables = self.databases.get_mut(&table.database).ok_or_else(|| StoreError::DatabaseNotFound(table.database.clone()))?;

@@ -24,6 +24,8 @@ pub enum StoreError {
     DatabaseNotEmpty(String),
     #[error("invalid {what}: {detail}")]
     Invalid { what: &'static str, detail: String },
+    #[error("the store holds its maximum of {limit} {what} (store.limits)")]
+    LimitReached { what: String, limit: usize, reason: RejectReason },
     #[error("catalog commit lost the race {attempts} times; too much contention")]
     CommitContention { attempts: u32 },
 }
@@ -33,6 +35,7 @@ impl StoreError {
     pub fn reject_reason(&self) -> Option<RejectReason> {
         match self {
             StoreError::TableNotFound { .. } | StoreError::DatabaseNotFound(_) => Some(RejectReason::TableNotFound),
+            StoreError::LimitReached { reason, .. } => Some(*reason),
             _ => None,
         }
     }

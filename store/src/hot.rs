@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use lodestone_model::{Record, RejectReason, Rejection};
+use lodestone_model::{MeasureValue, Record, RejectReason, Rejection};
 
 use arrow::array::RecordBatch;
 
@@ -11,7 +11,7 @@ use crate::cold::build_batch_columns;
 use crate::error::StoreError;
 use crate::rows::{Row, SeriesKey};
 use crate::schema::TableSchema;
-use crate::table::{TableProperties, TableRef};
+use crate::table::{StoreLimits, TableProperties, TableRef};
 use crate::upsert::{decide, UpsertDecision};
 
 const HOUR_NS: i64 = 3_600 * 1_000_000_000;
@@ -63,15 +63,24 @@ impl PersistBatch {
 
 /// The memory store. Bounded by `rows_max`: at the bound a write is refused with
 /// [`RejectReason::StoreFull`] and the writer is expected to persist (drain) and retry.
+/// A table's dimension and measure names are bounded by [`StoreLimits`] (the catalog's names and
+/// the ones learned here together), except in Lodestone's own `_lodestone` tables.
 pub struct HotTier {
     tables: BTreeMap<TableRef, HotTable>,
     rows: usize,
     rows_max: usize,
+    limits: StoreLimits,
 }
 
 impl HotTier {
     pub fn new(rows_max: usize) -> HotTier {
-        HotTier { tables: BTreeMap::new(), rows: 0, rows_max }
+        HotTier { tables: BTreeMap::new(), rows: 0, rows_max, limits: StoreLimits::default() }
+    }
+
+    /// This tier with other bounds on a table's names.
+    pub fn with_limits(mut self, limits: StoreLimits) -> HotTier {
+        self.limits = limits;
+        self
     }
 
     pub fn row_count(&self) -> usize {
@@ -106,6 +115,10 @@ impl HotTier {
         known.check(&record, index)?;
         let hot = self.tables.entry(table.clone()).or_default();
         hot.schema.check(&record, index)?;
+        // Lodestone's own tables (rejected records) are not a client's to bound.
+        if !lodestone_model::is_reserved_database(&table.database) {
+            check_room_for_names(known, &hot.schema, &record, &self.limits, index)?;
+        }
         let Record { dimensions, measure_name, value, time_ns, version } = record;
         let series = SeriesKey { dimensions, measure_name };
         let id = match hot.series.get(&series) {
@@ -184,6 +197,46 @@ impl HotTier {
     }
 }
 
+/// Refuses a record whose new dimension names, or new measure name and columns, would take its
+/// table past `limits` (counting the catalog's names and those learned since the last persist).
+fn check_room_for_names(known: &TableSchema, learned: &TableSchema, record: &Record, limits: &StoreLimits, index: usize) -> Result<(), Rejection> {
+    let is_new = |name: &String, of: fn(&TableSchema, &String) -> bool| !of(known, name) && !of(learned, name);
+    let new_dimensions = record.dimensions.iter().filter(|d| is_new(&d.name, |s, n| s.dimensions.contains(n))).count();
+    if new_dimensions > 0 {
+        let held = known.dimensions.len() + learned.dimensions.difference(&known.dimensions).count();
+        if held + new_dimensions > limits.dimensions_per_table_max {
+            return Err(Rejection {
+                index,
+                reason: RejectReason::TooManyTableDimensions,
+                detail: format!("the table has {held} dimensions and this record adds {new_dimensions}; store.limits.dimensions_per_table_max is {}", limits.dimensions_per_table_max),
+            });
+        }
+    }
+    let new_measure = usize::from(is_new(&record.measure_name, |s, n| s.measures.contains_key(n)));
+    let new_columns = match &record.value {
+        MeasureValue::Multi(values) => values.iter().filter(|(name, _)| is_new(name, |s, n| s.multi_columns.contains_key(n))).count(),
+        _ => 0,
+    };
+    if new_measure + new_columns > 0 {
+        let held = known.measures.len()
+            + known.multi_columns.len()
+            + learned.measures.keys().filter(|n| !known.measures.contains_key(*n)).count()
+            + learned.multi_columns.keys().filter(|n| !known.multi_columns.contains_key(*n)).count();
+        if held + new_measure + new_columns > limits.measures_per_table_max {
+            return Err(Rejection {
+                index,
+                reason: RejectReason::TooManyTableMeasures,
+                detail: format!(
+                    "the table has {held} measure names and columns and this record adds {}; store.limits.measures_per_table_max is {}",
+                    new_measure + new_columns,
+                    limits.measures_per_table_max
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,6 +283,32 @@ mod tests {
         let rows = &batch.tables[0].rows;
         assert_eq!(rows[0].0.dimensions[0].value, "a");
         assert_eq!(rows[0].2.version, 2);
+    }
+
+    #[test]
+    fn a_table_holds_at_most_its_limits_of_dimension_and_measure_names() {
+        let limits = StoreLimits { dimensions_per_table_max: 2, measures_per_table_max: 3, ..StoreLimits::default() };
+        let mut hot = HotTier::new(100).with_limits(limits);
+        let props = TableProperties::default();
+        // The catalog already knows one dimension and one measure.
+        let mut known = TableSchema::default();
+        known.learn(&record("a", NOW, double(1.0), 1));
+        let with = |dimensions: &[&str], measure: &str, value: MeasureValue| Record {
+            dimensions: dimensions.iter().map(|name| Dimension { name: name.to_string(), value: "x".into() }).collect(),
+            measure_name: measure.into(),
+            value,
+            time_ns: NOW,
+            version: 1,
+        };
+        let mut write = |r: Record| hot.write(&table(), &props, &known, r, NOW, 0).map(|_| ()).map_err(|e| e.reason);
+        assert_eq!(write(with(&["device", "site"], "m", double(1.0))), Ok(()), "two dimensions fit");
+        assert_eq!(write(with(&["device", "rack"], "m", double(1.0))), Err(RejectReason::TooManyTableDimensions));
+        assert_eq!(write(with(&["site"], "m2", double(1.0))), Ok(()), "known names still write; a second measure fits");
+        let multi = |names: &[&str]| MeasureValue::Multi(names.iter().map(|n| (n.to_string(), Scalar::Double(1.0))).collect());
+        // A MULTI record's name and its columns count together: m, m2, then "metrics" + 1 column = 4 > 3.
+        assert_eq!(write(with(&["device"], "metrics", multi(&["load"]))), Err(RejectReason::TooManyTableMeasures));
+        assert_eq!(write(with(&["device"], "m3", double(1.0))), Ok(()), "a third measure fits");
+        assert_eq!(write(with(&["device"], "m4", double(1.0))), Err(RejectReason::TooManyTableMeasures));
     }
 
     #[test]

@@ -20,9 +20,9 @@ pub struct Memory {
 }
 
 impl Memory {
-    /// An empty memory tier of at most `rows_max` rows.
-    pub fn new(rows_max: usize) -> Memory {
-        Memory { hot: Arc::new(Mutex::new(HotTier::new(rows_max))), persisting: Arc::new(Mutex::new(None)) }
+    /// An empty memory tier of at most `rows_max` rows, each table within `limits`.
+    pub fn new(rows_max: usize, limits: crate::table::StoreLimits) -> Memory {
+        Memory { hot: Arc::new(Mutex::new(HotTier::new(rows_max).with_limits(limits))), persisting: Arc::new(Mutex::new(None)) }
     }
 
     /// The hot tier, locked: hold the guard briefly, queries wait for it.

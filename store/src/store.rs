@@ -16,7 +16,7 @@ use crate::cold::write_partition_file;
 use crate::error::StoreError;
 use crate::hot::PersistBatch;
 use crate::schema::TableSchema;
-use crate::table::{TableProperties, TableRef};
+use crate::table::{StoreLimits, TableProperties, TableRef};
 
 /// Where a store is, as services configure it (the `[store]` section of their TOML files).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -29,21 +29,21 @@ pub struct StoreConfig {
     /// Options of the object store at `url`, passed to object_store as they are (`aws_endpoint`,
     /// `aws_region`, `aws_access_key_id`, `aws_secret_access_key`, `aws_allow_http`…).
     pub options: BTreeMap<String, String>,
+    /// Bounds on what writers can create (`[store.limits]`).
+    pub limits: StoreLimits,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { path: "data/store".into(), url: String::new(), options: BTreeMap::new() }
+        StoreConfig { path: "data/store".into(), url: String::new(), options: BTreeMap::new(), limits: StoreLimits::default() }
     }
 }
 
 impl StoreConfig {
     pub fn open(&self) -> Result<Store, StoreError> {
-        if self.url.is_empty() {
-            Store::open_local(&self.path)
-        } else {
-            Store::open(&self.url, &self.options)
-        }
+        self.limits.validate()?;
+        let store = if self.url.is_empty() { Store::open_local(&self.path)? } else { Store::open(&self.url, &self.options)? };
+        Ok(store.with_limits(self.limits.clone()))
     }
 
     /// Where the store is, for messages (never the options: they may hold secrets).
@@ -61,6 +61,7 @@ impl StoreConfig {
 pub struct Store {
     objects: Arc<dyn ObjectStore>,
     catalog: Catalog,
+    limits: StoreLimits,
 }
 
 impl Store {
@@ -100,7 +101,17 @@ impl Store {
 
     /// Wraps any object store (S3-compatible, in-memory for tests…).
     pub fn with_object_store(objects: Arc<dyn ObjectStore>) -> Store {
-        Store { catalog: Catalog::new(objects.clone()), objects }
+        Store { catalog: Catalog::new(objects.clone()), objects, limits: StoreLimits::default() }
+    }
+
+    /// This store with other bounds on what writers can create.
+    pub fn with_limits(mut self, limits: StoreLimits) -> Store {
+        self.limits = limits;
+        self
+    }
+
+    pub fn limits(&self) -> &StoreLimits {
+        &self.limits
     }
 
     /// The object store holding the Parquet files; paths in [`FileMeta::path`] are relative to it.
@@ -129,6 +140,7 @@ impl Store {
             if snapshot.databases.contains_key(name) {
                 return Err(StoreError::DatabaseExists(name.into()));
             }
+            snapshot.check_room_for_database(&self.limits)?;
             snapshot.databases.insert(name.into(), BTreeMap::new());
             Ok(())
         })
@@ -150,7 +162,11 @@ impl Store {
     pub async fn create_table(&self, table: &TableRef, properties: TableProperties) -> Result<Snapshot, StoreError> {
         lodestone_model::validate_name("database", &table.database).map_err(|detail| StoreError::Invalid { what: "database name", detail })?;
         lodestone_model::validate_name("table", &table.table).map_err(|detail| StoreError::Invalid { what: "table name", detail })?;
-        self.commit(|snapshot| snapshot.add_table(table, properties.clone())).await
+        self.commit(|snapshot| {
+            snapshot.check_room_for_table(&table.database, &self.limits)?;
+            snapshot.add_table(table, properties.clone())
+        })
+        .await
     }
 
     /// Creates the database and table if they do not exist yet (an ingest worker's implicit
@@ -159,16 +175,16 @@ impl Store {
     pub async fn ensure_table(&self, table: &TableRef, properties: TableProperties) -> Result<Snapshot, StoreError> {
         lodestone_model::validate_name("database", &table.database).map_err(|detail| StoreError::Invalid { what: "database name", detail })?;
         lodestone_model::validate_name("table", &table.table).map_err(|detail| StoreError::Invalid { what: "table name", detail })?;
-        self.ensure_table_unchecked(table, properties).await
+        self.ensure_table_unchecked(table, properties, Some(&self.limits)).await
     }
 
     /// Creates `"_lodestone"."rejected_records"` if it does not exist: the one table in a reserved
     /// database, written only by Lodestone itself.
     pub async fn ensure_rejected_records(&self) -> Result<Snapshot, StoreError> {
-        self.ensure_table_unchecked(&crate::rejected::rejected_records_table(), crate::rejected::rejected_records_properties()).await
+        self.ensure_table_unchecked(&crate::rejected::rejected_records_table(), crate::rejected::rejected_records_properties(), None).await
     }
 
-    async fn ensure_table_unchecked(&self, table: &TableRef, properties: TableProperties) -> Result<Snapshot, StoreError> {
+    async fn ensure_table_unchecked(&self, table: &TableRef, properties: TableProperties, limits: Option<&StoreLimits>) -> Result<Snapshot, StoreError> {
         let existing = self.snapshot().await?;
         if existing.table(table).is_some() {
             return Ok(existing);
@@ -176,6 +192,12 @@ impl Store {
         self.commit(|snapshot| {
             if snapshot.table(table).is_some() {
                 return Ok(());
+            }
+            if let Some(limits) = limits {
+                if !snapshot.databases.contains_key(&table.database) {
+                    snapshot.check_room_for_database(limits)?;
+                }
+                snapshot.check_room_for_table(&table.database, limits)?;
             }
             snapshot.databases.entry(table.database.clone()).or_default();
             snapshot.add_table(table, properties.clone())
@@ -240,5 +262,50 @@ impl Store {
             Ok(())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lodestone_model::RejectReason;
+
+    fn store(limits: StoreLimits) -> Store {
+        Store::with_object_store(Arc::new(object_store::memory::InMemory::new())).with_limits(limits)
+    }
+
+    fn t(database: &str, table: &str) -> TableRef {
+        TableRef { database: database.into(), table: table.into() }
+    }
+
+    fn reason(result: Result<Snapshot, StoreError>) -> Option<RejectReason> {
+        result.err().and_then(|error| error.reject_reason())
+    }
+
+    #[tokio::test]
+    async fn databases_and_tables_stop_at_their_limits_however_they_are_created() {
+        let store = store(StoreLimits { databases_max: 2, tables_per_database_max: 2, ..StoreLimits::default() });
+        // Lodestone's own database does not count.
+        store.ensure_rejected_records().await.unwrap();
+        store.create_database("db-one").await.unwrap();
+        store.ensure_table(&t("db-two", "table1"), TableProperties::default()).await.unwrap();
+        assert_eq!(reason(store.create_database("db-three").await), Some(RejectReason::TooManyDatabases));
+        assert_eq!(reason(store.ensure_table(&t("db-three", "table1"), TableProperties::default()).await), Some(RejectReason::TooManyDatabases));
+
+        store.create_table(&t("db-two", "table2"), TableProperties::default()).await.unwrap();
+        assert_eq!(reason(store.create_table(&t("db-two", "table3"), TableProperties::default()).await), Some(RejectReason::TooManyTables));
+        assert_eq!(reason(store.ensure_table(&t("db-two", "table3"), TableProperties::default()).await), Some(RejectReason::TooManyTables));
+        // An existing table is still found, and dropping one makes room.
+        store.ensure_table(&t("db-two", "table2"), TableProperties::default()).await.unwrap();
+        store.drop_table(&t("db-two", "table2")).await.unwrap();
+        store.ensure_table(&t("db-two", "table3"), TableProperties::default()).await.unwrap();
+        let message = store.create_database("db-four").await.unwrap_err().to_string();
+        assert!(message.contains("2 databases") && message.contains("store.limits"), "{message}");
+    }
+
+    #[test]
+    fn a_limit_of_zero_is_refused_with_its_key() {
+        let error = StoreLimits { tables_per_database_max: 0, ..StoreLimits::default() }.validate().unwrap_err().to_string();
+        assert!(error.contains("store.limits.tables_per_database_max"), "{error}");
     }
 }

@@ -1,5 +1,6 @@
-//! What names a table and what a table promises: its reference and Timestream's retention
-//! properties. Every layer of the store uses these; they depend on nothing else in it.
+//! What names a table and what a table promises: its reference, Timestream's retention
+//! properties, and the bounds on how many tables and names writers may create. Every layer of the
+//! store uses these; they depend on nothing else in it.
 
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +45,48 @@ impl TableProperties {
         }
         if !(1..=73_000).contains(&self.magnetic_retention_days) {
             return invalid(format!("magnetic_retention_days {} is not within 1..=73000", self.magnetic_retention_days));
+        }
+        Ok(())
+    }
+}
+
+/// Bounds on what writers can make the store hold (`[store.limits]`). Devices and producers
+/// create databases and tables implicitly, and every new dimension or measure name widens a
+/// table; past a bound the record is rejected with its own reason and the API answers
+/// `limit_exceeded`, instead of the catalog and every scan growing without end. Timestream's
+/// quotas are the defaults where it has one.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreLimits {
+    /// Databases, not counting Lodestone's own `_lodestone` (Timestream: 500 per account).
+    pub databases_max: usize,
+    /// Tables in one database.
+    pub tables_per_database_max: usize,
+    /// Distinct dimension names in one table (Timestream: 128).
+    pub dimensions_per_table_max: usize,
+    /// Distinct measure names plus multi-measure columns in one table (Timestream: 8,192
+    /// measure names).
+    pub measures_per_table_max: usize,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        StoreLimits { databases_max: 500, tables_per_database_max: 10_000, dimensions_per_table_max: 128, measures_per_table_max: 8192 }
+    }
+}
+
+impl StoreLimits {
+    /// Refuses a bound of 0 (nothing could ever be written), naming its key.
+    pub fn validate(&self) -> Result<(), StoreError> {
+        for (key, value) in [
+            ("store.limits.databases_max", self.databases_max),
+            ("store.limits.tables_per_database_max", self.tables_per_database_max),
+            ("store.limits.dimensions_per_table_max", self.dimensions_per_table_max),
+            ("store.limits.measures_per_table_max", self.measures_per_table_max),
+        ] {
+            if value == 0 {
+                return Err(StoreError::Invalid { what: "limit", detail: format!("{key} must be at least 1") });
+            }
         }
         Ok(())
     }

@@ -202,6 +202,43 @@ async fn malformed_payloads_go_to_the_dead_letter_topic_and_valid_ones_still_lan
     assert_eq!(rejected, vec![vec![json!("bridge"), json!("malformed_payload"), json!(1)], vec![json!("ingest"), json!("malformed_payload"), json!(1)]]);
 }
 
+/// What writers may create is bounded (`[store.limits]`): past a bound a record is rejected with
+/// its own reason, and the worker goes on storing the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_past_the_store_limits_are_rejected_and_the_others_still_land() {
+    let limits = [("TABLES_PER_DATABASE_MAX", "2"), ("DIMENSIONS_PER_TABLE_MAX", "2")];
+    let ingest_env = limits.iter().map(|(key, value)| (format!("LODESTONE_INGEST__STORE__LIMITS__{key}"), value.to_string())).collect();
+    let stack = Stack::start(StackOptions { edge_agent: false, ingest_env, ..Default::default() }).await;
+    let time_ms = now_ms();
+    let envelope = |table: &str, dimensions: Value| {
+        json!({"v": 1, "source": {"device_id": "dev-l"}, "database": "bounded", "table": table, "records": [
+            {"dimensions": dimensions, "measure_name": "m", "value": 1.0, "time": time_ms, "time_unit": "ms"}
+        ]})
+        .to_string()
+    };
+    // One key: one partition, so the worker sees them in this order.
+    for (table, dimensions) in [
+        ("first", json!({"a": "x"})),
+        ("second", json!({"a": "x"})),
+        ("third", json!({"a": "x"})),             // a third table: too_many_tables
+        ("first", json!({"a": "y", "b": "y"})),   // two dimensions: the bound
+        ("first", json!({"a": "z", "c": "z"})),   // a third dimension name: too_many_table_dimensions
+        ("first", json!({"a": "w"})),
+    ] {
+        produce(&stack.bootstrap(), "dev-l", envelope(table, dimensions).as_bytes(), None).await;
+    }
+    stack.wait_for_count("bounded.first", 3, LANDING).await;
+    stack.wait_for_count("bounded.second", 1, LANDING).await;
+    let sql = r#"SELECT reason, count(*) FROM "_lodestone".rejected_records GROUP BY reason ORDER BY reason"#;
+    let rejected = poll_until("both rejections in rejected_records", LANDING, || async {
+        stack.try_rows(sql).await.filter(|rows| rows.iter().map(|r| r[1].as_i64().unwrap_or(0)).sum::<i64>() == 2)
+    })
+    .await;
+    assert_eq!(rejected, vec![vec![json!("too_many_table_dimensions"), json!(1)], vec![json!("too_many_tables"), json!(1)]]);
+    let tables = stack.query("SELECT table_name FROM information_schema.tables WHERE table_schema = 'bounded' ORDER BY table_name").await;
+    assert_eq!(tables["rows"], json!([["first"], ["second"]]));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_simulated_fleet_of_100_devices_lands_every_reading() {
     let stack = Stack::start(StackOptions { edge_agent: false, ..Default::default() }).await;
