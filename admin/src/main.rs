@@ -31,9 +31,40 @@ enum Command {
     /// API tokens (`Authorization: Bearer …`).
     #[command(subcommand)]
     Token(Token),
+    /// MQTT passwords for devices that cannot hold a certificate (the bridge's
+    /// `mqtt.passwords_path`): user name = device id, password = the secret printed once.
+    #[command(subcommand)]
+    DevicePassword(DevicePassword),
     /// Credentials of a stack on this machine.
     #[command(subcommand)]
     Local(Local),
+}
+
+#[derive(Subcommand)]
+enum DevicePassword {
+    /// Gives device ID a new password in FILE (created if missing; an older one of ID stops
+    /// working) and prints it once on standard output: only its hash is kept.
+    Create {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        id: String,
+        /// Expires after this many days (never, when not given).
+        #[arg(long)]
+        expires_days: Option<u32>,
+    },
+    /// Lists the devices of FILE with their expiry. Never secrets.
+    List {
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Removes device ID's password from FILE; the bridge refuses it within a second (a session
+    /// already connected lasts until it reconnects).
+    Revoke {
+        #[arg(long)]
+        file: PathBuf,
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -155,6 +186,32 @@ fn main() -> anyhow::Result<()> {
             tokens.write(&file).with_context(|| format!("writing {}", file.display()))?;
             eprintln!("token {} created in {}; its secret is shown only now:", issued.entry.id, file.display());
             println!("{}", issued.bearer);
+        }
+        Command::DevicePassword(DevicePassword::Create { file, id, expires_days }) => {
+            // The id is an MQTT client id and a topic level: no empty one, no wildcards or separators.
+            if id.is_empty() || id.chars().any(|c| "/+#$".contains(c) || c.is_whitespace() || c.is_control()) {
+                bail!("device id {id:?} must be non-empty, without /, +, #, $ or spaces");
+            }
+            let mut passwords = TokenFile::read(&file)?;
+            let expires = expires_days.map(|days| chrono::Utc::now() + chrono::Duration::days(i64::from(days)));
+            let issued = passwords.issue_with_id(&id, "device", &[Scope::Device], expires);
+            passwords.write(&file).with_context(|| format!("writing {}", file.display()))?;
+            eprintln!("device {id} has a new MQTT password in {}; it is shown only now (user name: {id}):", file.display());
+            println!("{}", issued.secret);
+        }
+        Command::DevicePassword(DevicePassword::List { file }) => {
+            for device in TokenFile::read(&file)?.tokens {
+                let expires = device.expires.map_or_else(|| "never".to_string(), |e| e.to_rfc3339());
+                println!("{}	expires {}", device.id, expires);
+            }
+        }
+        Command::DevicePassword(DevicePassword::Revoke { file, id }) => {
+            let mut passwords = TokenFile::read(&file)?;
+            if !passwords.revoke(&id) {
+                bail!("{} has no password for device {id}", file.display());
+            }
+            passwords.write(&file)?;
+            eprintln!("device {id}'s password revoked");
         }
         Command::Token(Token::List { file }) => {
             for token in TokenFile::read(&file)?.tokens {

@@ -59,6 +59,9 @@ pub struct MqttConfig {
     /// revoked certificate fails the handshake. Empty: none. Read again within a second of a
     /// change, as are the certificate and the device CA.
     pub crl_path: String,
+    /// MQTT passwords for devices without a certificate (`lodestone-admin device-password`):
+    /// user name = device id. Empty: every device needs a certificate.
+    pub passwords_path: String,
     /// Which databases and tables devices may write (`[[mqtt.policies]]`: `devices` patterns,
     /// `write` = `"database/table"` patterns, `*` for any run of characters). None: no device may
     /// write anything.
@@ -94,6 +97,7 @@ impl Default for MqttConfig {
             plaintext: false,
             device_ca_path: "certs/ca.pem".into(),
             crl_path: String::new(),
+            passwords_path: String::new(),
             policies: Vec::new(),
             payload_bytes_max: 262_144,
             packet_bytes_max: 524_288,

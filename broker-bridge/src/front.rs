@@ -16,7 +16,6 @@
 //!   router over an in-process link.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-use crate::gate::{Gate, Policy};
+
 use crate::session::{self, Ending, SessionSettings};
 use crate::service::Shared;
 
@@ -52,6 +51,9 @@ pub struct TlsFiles {
     pub key: std::path::PathBuf,
     pub device_ca: std::path::PathBuf,
     pub crl: Option<std::path::PathBuf>,
+    /// Whether a client may shake hands without a certificate (to log in with a device
+    /// password in its CONNECT).
+    pub certificate_optional: bool,
 }
 
 /// The front's TLS configuration, made again when one of its files changes (looked at at most
@@ -66,7 +68,7 @@ pub struct FrontTls {
 
 impl FrontTls {
     pub fn load(files: TlsFiles) -> Result<FrontTls, FrontError> {
-        let config = server_config(&files.cert, &files.key, &files.device_ca, files.crl.as_deref())?;
+        let config = server_config(&files)?;
         let stamps = stamps(&files);
         Ok(FrontTls { files, current: std::sync::RwLock::new((Arc::new(config), stamps)), checked: std::sync::Mutex::new(std::time::Instant::now()) })
     }
@@ -85,7 +87,7 @@ impl FrontTls {
             let now = stamps(&self.files);
             let changed = self.current.read().expect("front TLS lock").1 != now;
             if changed {
-                match server_config(&self.files.cert, &self.files.key, &self.files.device_ca, self.files.crl.as_deref()) {
+                match server_config(&self.files) {
                     Ok(config) => {
                         tracing::info!("MQTT TLS files changed: certificate, CA and revocation list read again");
                         *self.current.write().expect("front TLS lock") = (Arc::new(config), now);
@@ -113,7 +115,6 @@ fn stamps(files: &TlsFiles) -> Vec<Option<std::time::SystemTime>> {
 pub struct FrontSettings {
     pub tls: FrontTls,
     pub handshake_timeout: Duration,
-    pub policy: Arc<Policy>,
     pub session: SessionSettings,
     /// Where the front's counters go.
     pub shared: Arc<Shared>,
@@ -132,10 +133,11 @@ impl Front {
     }
 }
 
-/// The server configuration of the front: the bridge's certificate (`cert_path`, `key_path`),
-/// client certificates required and verified against `device_ca_path` and the CRLs in
-/// `crl_path` (none when empty).
-pub fn server_config(cert_path: &Path, key_path: &Path, device_ca_path: &Path, crl_path: Option<&Path>) -> Result<rustls::ServerConfig, FrontError> {
+/// The server configuration of the front: the bridge's certificate (`cert`, `key`), client
+/// certificates verified against `device_ca` and the CRLs in `crl` (none when `None`), and
+/// required unless `certificate_optional`.
+pub fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, FrontError> {
+    let (cert_path, key_path, device_ca_path, crl_path) = (files.cert.as_path(), files.key.as_path(), files.device_ca.as_path(), files.crl.as_deref());
     let chain = lodestone_kit::tls::certificates(cert_path).map_err(|e| FrontError::Rustls(e.to_string()))?;
     let key = lodestone_kit::tls::private_key(key_path).map_err(|e| FrontError::Rustls(e.to_string()))?;
     let mut roots = rustls::RootCertStore::empty();
@@ -148,6 +150,9 @@ pub fn server_config(cert_path: &Path, key_path: &Path, device_ca_path: &Path, c
         let crls: Vec<CertificateRevocationListDer<'static>> =
             CertificateRevocationListDer::pem_file_iter(path).map_err(|e| read(e.to_string()))?.collect::<Result<_, _>>().map_err(|e| read(e.to_string()))?;
         verifier = verifier.with_crls(crls);
+    }
+    if files.certificate_optional {
+        verifier = verifier.allow_unauthenticated();
     }
     let verifier = verifier.build().map_err(|e| FrontError::Rustls(e.to_string()))?;
     rustls::ServerConfig::builder_with_provider(lodestone_kit::tls::provider())
@@ -216,14 +221,20 @@ pub async fn start(listen: SocketAddr, settings: FrontSettings) -> Result<Front,
                         return;
                     }
                 };
-                let identity = tls.get_ref().1.peer_certificates().and_then(|chain| chain.first()).and_then(device_identity);
-                let Some(device_id) = identity else {
-                    tracing::info!(%peer, "a client certificate names no device (no SAN URI urn:lodestone:device:ID, no CN)");
-                    settings.shared.metrics.mqtt_refused("identity");
-                    return;
+                // Without a certificate (allowed only with device passwords) the CONNECT names the device.
+                let certified = match tls.get_ref().1.peer_certificates().and_then(|chain| chain.first()) {
+                    None => None,
+                    Some(certificate) => match device_identity(certificate) {
+                        Some(device_id) => Some(device_id),
+                        None => {
+                            tracing::info!(%peer, "a client certificate names no device (no SAN URI urn:lodestone:device:ID, no CN)");
+                            settings.shared.metrics.mqtt_refused("identity");
+                            return;
+                        }
+                    },
                 };
-                let gate = Gate::new(device_id.clone(), settings.policy.clone());
-                match session::serve(tls, gate, &settings.session).await {
+                let device_id = certified.clone().unwrap_or_default();
+                match session::serve(tls, certified, &settings.session).await {
                     Ending::Refused { denied, detail } => {
                         tracing::info!(%peer, device_id, denied, %detail, "MQTT packet refused; connection closed");
                         settings.shared.metrics.mqtt_denied(denied);

@@ -133,14 +133,19 @@ impl Bridge {
                     key: config.tls.key_path.clone().into(),
                     device_ca: config.mqtt.device_ca_path.clone().into(),
                     crl: (!config.mqtt.crl_path.is_empty()).then(|| config.mqtt.crl_path.clone().into()),
+                    certificate_optional: !config.mqtt.passwords_path.is_empty(),
                 })?;
-                let settings = front::FrontSettings {
-                    tls,
-                    handshake_timeout: Duration::from_millis(config.tls.handshake_timeout_ms),
-                    policy: Arc::new(crate::gate::Policy::new(config.mqtt.policies.clone())),
-                    session: crate::session::SessionSettings { broker: rumqttd, packet_bytes_max: config.mqtt.packet_bytes_max },
-                    shared: shared.clone(),
+                let passwords = match config.mqtt.passwords_path.as_str() {
+                    "" => None,
+                    path => Some(Arc::new(lodestone_kit::auth::Authenticator::from_file(std::path::Path::new(path)).map_err(|e| front::FrontError::Read { what: "device password file (mqtt.passwords_path)", path: path.into(), detail: e.to_string() })?)),
                 };
+                let session = crate::session::SessionSettings {
+                    broker: rumqttd,
+                    policy: Arc::new(crate::gate::Policy::new(config.mqtt.policies.clone())),
+                    packet_bytes_max: config.mqtt.packet_bytes_max,
+                    passwords,
+                };
+                let settings = front::FrontSettings { tls, handshake_timeout: Duration::from_millis(config.tls.handshake_timeout_ms), session, shared: shared.clone() };
                 let front = front::start(config.mqtt.listen, settings).await?;
                 let addr = front.addr;
                 (Some(front), addr, Some(addr), None)

@@ -28,7 +28,9 @@ use rumqttd::protocol::{ConnAck, ConnectReturnCode, Disconnect, DisconnectReason
 use rumqttd::{Broker, Notification};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::gate::{Framer, Gate, Verdict};
+use lodestone_kit::auth::Authenticator;
+
+use crate::gate::{Framer, Gate, Policy, Verdict};
 
 /// How long a device has, after its TLS handshake, to send CONNECT.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,8 +40,12 @@ const READ_BUFFER_BYTES: usize = 4 * 1024;
 /// What every session shares.
 pub struct SessionSettings {
     pub broker: Arc<Broker>,
+    /// What each device may write.
+    pub policy: Arc<Policy>,
     /// The largest packet a device may send.
     pub packet_bytes_max: usize,
+    /// Device passwords (`mqtt.passwords_path`), for devices without a certificate.
+    pub passwords: Option<Arc<Authenticator>>,
 }
 
 /// Why a session ended.
@@ -59,9 +65,9 @@ pub enum Ending {
     Protocol(String),
 }
 
-/// Serves one device on `stream` (its TLS handshake done, its identity in `gate`) until the
-/// session ends.
-pub async fn serve<S>(mut stream: S, mut gate: Gate, settings: &SessionSettings) -> Ending
+/// Serves one device on `stream` (its TLS handshake done) until the session ends. Its identity is
+/// `certified` (from its certificate), else the user name of its CONNECT if the password matches.
+pub async fn serve<S>(mut stream: S, certified: Option<String>, settings: &SessionSettings) -> Ending
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -72,6 +78,18 @@ where
         Ok(Err(detail)) => return Ending::Protocol(detail),
         Ok(Ok(None)) | Err(_) => return Ending::Gone,
     };
+    let device_id = match certified {
+        Some(device_id) => device_id,
+        None => match password_identity(&connect, settings) {
+            Ok(device_id) => device_id,
+            Err(detail) => {
+                let _ = stream.write_all(&bad_credentials(connect_level(&connect))).await;
+                let _ = stream.shutdown().await;
+                return Ending::Refused { denied: "credentials", detail };
+            }
+        },
+    };
+    let mut gate = Gate::new(device_id, settings.policy.clone());
     if let Verdict::Refuse { denied, detail, reply } = gate.check(&connect) {
         if let Some(reply) = reply {
             let _ = stream.write_all(&reply).await;
@@ -254,6 +272,42 @@ where
     }
 }
 
+/// The device a CONNECT without a certificate proves: its user name, when its password is that
+/// device's in the password file.
+fn password_identity(connect: &[u8], settings: &SessionSettings) -> Result<String, String> {
+    let Some(passwords) = &settings.passwords else {
+        return Err("no client certificate (and mqtt.passwords_path is not set)".into());
+    };
+    let mut bytes = BytesMut::from(connect);
+    let decoded = match connect_level(connect) {
+        Some(5) => rumqttd::protocol::v5::V5.read_mut(&mut bytes, settings.packet_bytes_max),
+        _ => rumqttd::protocol::v4::V4.read_mut(&mut bytes, settings.packet_bytes_max),
+    };
+    let login = match decoded {
+        Ok(Packet::Connect(_, _, _, _, login)) => login,
+        Ok(_) => return Err("expected CONNECT".into()),
+        Err(error) => return Err(format!("CONNECT: {error}")),
+    };
+    let Some(login) = login else {
+        return Err("no client certificate and no user name and password".into());
+    };
+    // The secret is never logged: only whether it matched.
+    match passwords.check_secret(&login.username, &login.password) {
+        Ok(principal) if principal.is_device() => Ok(login.username),
+        Ok(_) => Err(format!("user {:?} is not a device", login.username)),
+        Err(error) => Err(format!("user {:?}: {error}", login.username)),
+    }
+}
+
+/// CONNACK "bad user name or password": return code 4 in 3.1.1, reason 0x86 in 5.0.
+fn bad_credentials(level: Option<u8>) -> Vec<u8> {
+    if level == Some(5) {
+        vec![0x20, 0x03, 0x00, 0x86, 0x00]
+    } else {
+        vec![0x20, 0x02, 0x00, 0x04]
+    }
+}
+
 /// Answers CONNACK "service unavailable" and closes: the router has no room for the session.
 async fn unavailable<S: AsyncWrite + Unpin, P: Protocol>(mut stream: S, codec: P, detail: String) -> Ending {
     let mut out = BytesMut::new();
@@ -290,7 +344,7 @@ pub fn connect_level(packet: &[u8]) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gate::{Policy, PolicyRule};
+    use crate::gate::PolicyRule;
     use rumqttd::protocol::{v4::V4, Connect, QoS};
 
     const DEVICE: &str = "dev-1";
@@ -299,11 +353,8 @@ mod tests {
 
     fn settings() -> Arc<SessionSettings> {
         let broker = Broker::new(crate::config::BridgeConfig::default().rumqttd_config(None));
-        Arc::new(SessionSettings { broker: Arc::new(broker), packet_bytes_max: 64 * 1024 })
-    }
-
-    fn gate() -> Gate {
-        Gate::new(DEVICE.into(), Arc::new(Policy::new(vec![PolicyRule { devices: vec!["*".into()], write: vec!["*/*".into()] }])))
+        let policy = Arc::new(Policy::new(vec![PolicyRule { devices: vec!["*".into()], write: vec!["*/*".into()] }]));
+        Arc::new(SessionSettings { broker: Arc::new(broker), policy, packet_bytes_max: 64 * 1024, passwords: None })
     }
 
     fn connect(keep_alive: u16, will: Option<&str>) -> BytesMut {
@@ -318,7 +369,7 @@ mod tests {
     async fn session(settings: &Arc<SessionSettings>, connect: BytesMut) -> (tokio::io::DuplexStream, tokio::task::JoinHandle<Ending>) {
         let (mut device, server) = tokio::io::duplex(64 * 1024);
         let settings = settings.clone();
-        let task = tokio::spawn(async move { serve(server, gate(), &settings).await });
+        let task = tokio::spawn(async move { serve(server, Some(DEVICE.into()), &settings).await });
         device.write_all(&connect).await.unwrap();
         let mut connack = [0u8; 4];
         tokio::time::timeout(WAIT, device.read_exact(&mut connack)).await.expect("CONNACK in time").unwrap();

@@ -78,6 +78,9 @@ pub enum Scope {
     Service,
     /// Read `/metrics`.
     Metrics,
+    /// A device's MQTT password (in the bridge's device password file, where a token's id is the
+    /// device id); grants nothing over HTTP.
+    Device,
 }
 
 impl std::str::FromStr for Scope {
@@ -88,9 +91,10 @@ impl std::str::FromStr for Scope {
             "admin" => return Ok(Scope::Admin),
             "service" => return Ok(Scope::Service),
             "metrics" => return Ok(Scope::Metrics),
+            "device" => return Ok(Scope::Device),
             _ => {}
         }
-        let bad = || format!("{text:?} is not a scope: admin, service, metrics, DATABASE:read or DATABASE:write (* for every database)");
+        let bad = || format!("{text:?} is not a scope: admin, service, metrics, device, DATABASE:read or DATABASE:write (* for every database)");
         let (database, access) = text.rsplit_once(':').ok_or_else(bad)?;
         if database.is_empty() {
             return Err(bad());
@@ -109,6 +113,7 @@ impl std::fmt::Display for Scope {
             Scope::Admin => f.write_str("admin"),
             Scope::Service => f.write_str("service"),
             Scope::Metrics => f.write_str("metrics"),
+            Scope::Device => f.write_str("device"),
             Scope::Read(database) => write!(f, "{database}:read"),
             Scope::Write(database) => write!(f, "{database}:write"),
         }
@@ -135,6 +140,12 @@ impl Principal {
 
     pub fn is_admin(&self) -> bool {
         self.scopes.contains(&Scope::Admin)
+    }
+
+    /// Whether the token names a device (an MQTT password), whatever else it may do: an admin
+    /// token is not a device's password.
+    pub fn is_device(&self) -> bool {
+        self.scopes.contains(&Scope::Device)
     }
 
     /// Whether the caller may read `database`'s tables.
@@ -271,6 +282,13 @@ pub struct IssuedToken {
     pub bearer: String,
 }
 
+/// A new secret for a chosen id (a device's MQTT password), to show once.
+pub struct IssuedSecret {
+    pub entry: TokenEntry,
+    /// Shown once; not kept anywhere.
+    pub secret: String,
+}
+
 impl TokenFile {
     /// Reads `path`; a missing file is an empty token file. Every scope is checked.
     pub fn read(path: &Path) -> Result<TokenFile, TokenFileError> {
@@ -316,6 +334,23 @@ impl TokenFile {
         };
         self.tokens.push(entry.clone());
         IssuedToken { entry, bearer: format!("{id}.{secret}") }
+    }
+
+    /// Adds (or replaces: the old secret stops working) the token `id`, e.g. a device's MQTT
+    /// password under its device id. Its secret is what the holder presents with the id.
+    pub fn issue_with_id(&mut self, id: &str, name: &str, scopes: &[Scope], expires: Option<DateTime<Utc>>) -> IssuedSecret {
+        let secret = hex(&random_bytes::<32>());
+        let entry = TokenEntry {
+            id: id.to_string(),
+            name: name.to_string(),
+            scopes: scopes.iter().map(Scope::to_string).collect(),
+            secret_sha256: sha256_hex(secret.as_bytes()),
+            created: Utc::now(),
+            expires,
+        };
+        self.tokens.retain(|t| t.id != id);
+        self.tokens.push(entry.clone());
+        IssuedSecret { entry, secret }
     }
 
     /// Removes token `id`; false when there is none.
@@ -416,8 +451,21 @@ impl Authenticator {
         }
     }
 
+    /// The holder of token `id` with `secret` (a device's MQTT user name and password); nobody
+    /// is anonymous here.
+    pub fn check_secret(&self, id: &str, secret: &str) -> Result<Principal, AuthError> {
+        match &self.source {
+            None => Err(AuthError::Invalid),
+            Some(source) => self.check_parts(source, id, secret),
+        }
+    }
+
     fn check_bearer(&self, source: &TokenSource, bearer: &str) -> Result<Principal, AuthError> {
         let (id, secret) = bearer.split_once('.').ok_or(AuthError::Invalid)?;
+        self.check_parts(source, id, secret)
+    }
+
+    fn check_parts(&self, source: &TokenSource, id: &str, secret: &str) -> Result<Principal, AuthError> {
         let tokens = source.tokens();
         let token = tokens.get(id).ok_or(AuthError::Invalid)?;
         let presented = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
@@ -582,6 +630,26 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(header::AUTHORIZATION, format!("Bearer {bearer}").parse().unwrap());
         headers
+    }
+
+    #[test]
+    fn a_device_password_is_a_token_under_the_device_id_and_a_new_one_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("device-passwords.toml");
+        let mut file = TokenFile::default();
+        let first = file.issue_with_id("plant.boiler-7", "device", &[Scope::Device], None).secret;
+        let second = file.issue_with_id("plant.boiler-7", "device", &[Scope::Device], None).secret;
+        file.write(&path).unwrap();
+        assert_eq!(file.tokens.len(), 1, "one password per device");
+        assert!(!std::fs::read_to_string(&path).unwrap().contains(&second), "the file holds a secret");
+
+        let auth = Authenticator::from_file(&path).unwrap();
+        // Ids may hold dots: user name and password arrive apart.
+        let principal = auth.check_secret("plant.boiler-7", &second).unwrap();
+        assert!(principal.is_device() && !principal.is_admin());
+        assert_eq!(auth.check_secret("plant.boiler-7", &first).unwrap_err(), AuthError::Invalid, "the older password");
+        assert_eq!(auth.check_secret("plant.boiler-8", &second).unwrap_err(), AuthError::Invalid);
+        assert_eq!(Authenticator::anonymous().check_secret("plant.boiler-7", &second).unwrap_err(), AuthError::Invalid, "no password file lets no one in");
     }
 
     #[test]

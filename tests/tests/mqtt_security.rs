@@ -208,3 +208,60 @@ async fn fifty_stalled_handshakes_do_not_hold_up_a_device() {
     assert_eq!(outcome, Outcome::Acked);
     drop(stalled);
 }
+
+/// Devices that cannot hold a certificate log in over TLS with a password of their own (user
+/// name = device id), under the same topic rules and policies; a wrong, unknown, expired or
+/// revoked password is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_without_a_certificate_logs_in_with_its_own_password() {
+    use lodestone_kit::auth::{Scope, TokenFile};
+    let folder = tempfile::tempdir().unwrap();
+    let path = folder.path().join("device-passwords.toml");
+    let mut passwords = TokenFile::default();
+    let secret = passwords.issue_with_id("pw-1", "device", &[Scope::Device], None).secret;
+    let other = passwords.issue_with_id("pw-2", "device", &[Scope::Device], None).secret;
+    let yesterday = chrono::Utc::now() - chrono::Duration::days(1);
+    let expired = passwords.issue_with_id("pw-old", "device", &[Scope::Device], Some(yesterday)).secret;
+    let not_a_device = passwords.issue_with_id("pw-admin", "admin", &[Scope::Admin], None).secret;
+    passwords.write(&path).unwrap();
+    let bridge_env = vec![("LODESTONE_BRIDGE__MQTT__PASSWORDS_PATH".to_string(), path.display().to_string())];
+    let stack = Stack::start(StackOptions { edge_agent: false, bridge_env, ..Default::default() }).await;
+
+    let ca = stack.credentials.ca_path.clone();
+    let login = |client_id: &str, user: &str, password: &str| {
+        let mut options = options(&stack, client_id, None, &ca);
+        options.set_credentials(user, password);
+        options
+    };
+    let publish = |options: MqttOptions, owner: &str| {
+        let sender = options.client_id();
+        let topic = data_topic("security", "passwords", owner);
+        async move { attempt(options, &ack_topic(&sender), &topic, envelope(&sender, 1.0), false).await }
+    };
+    assert_eq!(publish(login("pw-1", "pw-1", &secret), "pw-1").await, Outcome::Acked);
+
+    let bad_login = Outcome::Refused("CONNACK BadUserNamePassword".into());
+    assert_eq!(publish(login("pw-1", "pw-1", &other), "pw-1").await, bad_login, "another device's password");
+    assert_eq!(publish(login("pw-9", "pw-9", &secret), "pw-9").await, bad_login, "an unknown device");
+    assert_eq!(publish(login("pw-old", "pw-old", &expired), "pw-old").await, bad_login, "an expired password");
+    assert_eq!(publish(login("pw-admin", "pw-admin", &not_a_device), "pw-admin").await, bad_login, "not a device's password");
+    assert_eq!(publish(options(&stack, "pw-1", None, &ca), "pw-1").await, bad_login, "neither certificate nor password");
+    // The password proves pw-1, and pw-1 only: its client id and topics are pw-1's.
+    assert!(matches!(publish(login("pw-2", "pw-1", &secret), "pw-2").await, Outcome::Refused(_)), "pw-1's password as client pw-2");
+    assert!(matches!(publish(login("pw-1", "pw-1", &secret), "pw-2").await, Outcome::Refused(_)), "on pw-2's topic");
+
+    // Revoked: refused within seconds, without a restart.
+    let mut passwords = TokenFile::read(&path).unwrap();
+    assert!(passwords.revoke("pw-1"));
+    passwords.write(&path).unwrap();
+    poll_until("the revoked password refused", Duration::from_secs(10), || async {
+        (publish(login("pw-1", "pw-1", &secret), "pw-1").await == bad_login).then_some(())
+    })
+    .await;
+
+    // pw-1's readings (the first, and any sent before the bridge read the file again), no other's.
+    let senders = poll_until("pw-1's readings queryable", LANDING, || async { stack.try_rows("SELECT DISTINCT sender FROM security.passwords").await.filter(|rows| !rows.is_empty()) }).await;
+    assert_eq!(senders, vec![vec![json!("pw-1")]], "only pw-1's own readings are stored");
+    // Five bad logins, two packets outside pw-1's rights, one revoked password.
+    assert_eq!(stack.metric(stack.ports.bridge_http, "lodestone_bridge_mqtt_denied_total").await, Some(8.0));
+}
