@@ -166,6 +166,7 @@ pub struct Stack {
     ingest_env: Vec<(String, String)>,
     agent_env: Vec<(String, String)>,
     bridge_env: Vec<(String, String)>,
+    kafka_tls: Option<KafkaTlsFront>,
     /// How each process was started, by name, so it can be started again.
     specs: Vec<Spec>,
     kafka_storage: KafkaStorage,
@@ -204,6 +205,12 @@ pub struct StackOptions {
     pub agent_env: Vec<(String, String)>,
     /// Extra environment for the broker-bridge.
     pub bridge_env: Vec<(String, String)>,
+    /// Kafka over TLS: every Kafka client of the stack (bridge, workers, the harness) connects
+    /// with `security.protocol = ssl` and checks the broker's certificate. tansu 0.6.0 cannot
+    /// serve TLS itself (its `--cert` and `--key` options are declared mutually exclusive, and
+    /// with one of them it listens in plain text), so a TLS front in the test process terminates
+    /// TLS before tansu, which advertises the front's address.
+    pub kafka_tls: bool,
 }
 
 impl Default for StackOptions {
@@ -216,6 +223,7 @@ impl Default for StackOptions {
             ingest_env: Vec::new(),
             agent_env: Vec::new(),
             bridge_env: Vec::new(),
+            kafka_tls: false,
         }
     }
 }
@@ -246,6 +254,7 @@ impl Stack {
             kafka_storage: options.kafka_storage,
             agent_env: options.agent_env,
             bridge_env: options.bridge_env,
+            kafka_tls: options.kafka_tls.then(|| KafkaTlsFront { broker_port: free_port(), task: None }),
         };
         stack.start_tansu().await;
         stack.start_bridge().await;
@@ -308,24 +317,51 @@ impl Stack {
         self.dir.path().join("store").display().to_string()
     }
 
+    /// The librdkafka properties every Kafka client of this stack needs (TLS when `kafka_tls`).
+    pub fn kafka_properties(&self) -> Vec<(String, String)> {
+        match &self.kafka_tls {
+            None => Vec::new(),
+            Some(_) => vec![
+                ("security.protocol".into(), "ssl".into()),
+                ("ssl.ca.location".into(), self.credentials.ca_path.display().to_string()),
+            ],
+        }
+    }
+
+    /// `kafka_properties` as `LODESTONE_{SERVICE}__KAFKA__PROPERTIES__…` variables.
+    fn kafka_env(&self, service: &str) -> Vec<(String, String)> {
+        self.kafka_properties().into_iter().map(|(key, value)| (format!("LODESTONE_{service}__KAFKA__PROPERTIES__{}", key.to_ascii_uppercase()), value)).collect()
+    }
+
     async fn start_tansu(&mut self) {
-        let url = format!("tcp://127.0.0.1:{}", self.ports.kafka);
+        let advertised = format!("tcp://127.0.0.1:{}", self.ports.kafka);
+        // Behind the TLS front, tansu listens on a port of its own and advertises the front's.
+        let broker_port = match &mut self.kafka_tls {
+            None => self.ports.kafka,
+            Some(front) => {
+                if front.task.is_none() {
+                    front.task = Some(start_kafka_tls_front(self.ports.kafka, front.broker_port, &self.credentials).await);
+                }
+                front.broker_port
+            }
+        };
+        let url = format!("tcp://127.0.0.1:{broker_port}");
         let storage = match self.kafka_storage {
             KafkaStorage::Memory => "memory://tansu/".to_string(),
             // Relative to the process's folder (the stack's): tansu resolves the path that way.
             KafkaStorage::Sqlite => "sqlite://tansu.db".to_string(),
         };
-        let args = ["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", &storage];
+        let args = ["broker", "--listener-url", &url, "--advertised-listener-url", &advertised, "--storage-engine", &storage];
         let spec = Spec {
             name: "tansu".into(),
             program: tansu_bin(),
             args: args.iter().map(|a| a.to_string()).collect(),
             env: Vec::new(),
             http_port: None,
-            tcp_port: self.ports.kafka,
+            tcp_port: broker_port,
         };
         self.launch(spec).await;
-        create_topics(&self.bootstrap(), &[(INGEST_TOPIC, INGEST_PARTITIONS), (DEAD_LETTER_TOPIC, 1)]).await;
+        create_topics_with(&self.bootstrap(), &self.kafka_properties(), &[(INGEST_TOPIC, INGEST_PARTITIONS), (DEAD_LETTER_TOPIC, 1)]).await;
     }
 
     async fn start_bridge(&mut self) {
@@ -338,7 +374,7 @@ impl Stack {
             env("LODESTONE_BRIDGE__HTTP__LISTEN", format!("127.0.0.1:{}", self.ports.bridge_http)),
             env("LODESTONE_BRIDGE__KAFKA__BOOTSTRAP_SERVERS", self.bootstrap()),
         ];
-        let env = env.into_iter().chain(self.bridge_env.iter().cloned()).collect();
+        let env = env.into_iter().chain(self.kafka_env("BRIDGE")).chain(self.bridge_env.iter().cloned()).collect();
         self.spawn_service("broker-bridge", "broker-bridge", env, self.ports.bridge_http).await;
     }
 
@@ -357,6 +393,7 @@ impl Stack {
             env("LODESTONE_INGEST__HTTP__LISTEN", format!("127.0.0.1:{port}")),
             env("LODESTONE_INGEST__KAFKA__INSTANCE_ID", name.to_string()),
         ];
+        env.extend(self.kafka_env("INGEST"));
         env.extend(self.ingest_env.iter().cloned());
         self.spawn_service(name, "ingest-service", env, port).await;
         self.ingest_ports.push(port);
@@ -522,14 +559,56 @@ fn env(key: &str, value: String) -> (String, String) {
     (key.to_string(), value)
 }
 
+/// The TLS front of a stack's Kafka broker (see [`StackOptions::kafka_tls`]).
+struct KafkaTlsFront {
+    /// Where tansu itself listens, in plain text.
+    broker_port: u16,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for KafkaTlsFront {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// Terminates TLS (the stack's server certificate) on `port` and relays each connection to the
+/// broker on `broker_port` in plain text.
+async fn start_kafka_tls_front(port: u16, broker_port: u16, credentials: &lodestone_admin::Credentials) -> tokio::task::JoinHandle<()> {
+    let config = lodestone_kit::tls::server_config(&credentials.cert_path, &credentials.key_path).expect("the stack's server certificate");
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("the Kafka TLS front's port");
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(Ok(mut client)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(client)).await else { return };
+                let Ok(mut broker) = tokio::net::TcpStream::connect(("127.0.0.1", broker_port)).await else { return };
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
+            });
+        }
+    })
+}
+
 fn client_for(credentials: &lodestone_admin::Credentials, bearer: &str) -> reqwest::Client {
     lodestone_kit::http::client_with_token(Some(credentials.client_tls()), bearer).build().expect("an HTTP client")
 }
 
 /// Creates topics (tansu does not create them on first use).
 pub async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("admin client");
+    create_topics_with(bootstrap, &[], topics).await
+}
+
+/// [`create_topics`] with a client of these librdkafka `properties` (e.g. TLS).
+pub async fn create_topics_with(bootstrap: &str, properties: &[(String, String)], topics: &[(&str, i32)]) {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    for (key, value) in properties {
+        config.set(key, value);
+    }
+    let admin: AdminClient<DefaultClientContext> = config.create().expect("admin client");
     let new: Vec<NewTopic> = topics.iter().map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1))).collect();
     let results = admin.create_topics(new.iter(), &AdminOptions::new()).await.expect("create topics");
     for result in results {
