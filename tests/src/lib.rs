@@ -167,6 +167,7 @@ pub struct Stack {
     agent_env: Vec<(String, String)>,
     bridge_env: Vec<(String, String)>,
     kafka_tls: Option<KafkaTlsFront>,
+    kafka_sasl: bool,
     /// How each process was started, by name, so it can be started again.
     specs: Vec<Spec>,
     kafka_storage: KafkaStorage,
@@ -211,6 +212,10 @@ pub struct StackOptions {
     /// with one of them it listens in plain text), so a TLS front in the test process terminates
     /// TLS before tansu, which advertises the front's address.
     pub kafka_tls: bool,
+    /// Kafka with SASL/SCRAM-SHA-512: tansu requires authentication (`--authentication`), and
+    /// every Kafka client of the stack logs in as a user created before (tansu keeps users in
+    /// its storage, so the stack's tansu then uses SQLite).
+    pub kafka_sasl: bool,
 }
 
 impl Default for StackOptions {
@@ -224,6 +229,7 @@ impl Default for StackOptions {
             agent_env: Vec::new(),
             bridge_env: Vec::new(),
             kafka_tls: false,
+            kafka_sasl: false,
         }
     }
 }
@@ -251,7 +257,8 @@ impl Stack {
             ingest_ports: Vec::new(),
             ingest_env,
             specs: Vec::new(),
-            kafka_storage: options.kafka_storage,
+            kafka_storage: if options.kafka_sasl { KafkaStorage::Sqlite } else { options.kafka_storage },
+            kafka_sasl: options.kafka_sasl,
             agent_env: options.agent_env,
             bridge_env: options.bridge_env,
             kafka_tls: options.kafka_tls.then(|| KafkaTlsFront { broker_port: free_port(), task: None }),
@@ -319,13 +326,22 @@ impl Stack {
 
     /// The librdkafka properties every Kafka client of this stack needs (TLS when `kafka_tls`).
     pub fn kafka_properties(&self) -> Vec<(String, String)> {
-        match &self.kafka_tls {
-            None => Vec::new(),
-            Some(_) => vec![
-                ("security.protocol".into(), "ssl".into()),
-                ("ssl.ca.location".into(), self.credentials.ca_path.display().to_string()),
-            ],
+        let protocol = match (self.kafka_tls.is_some(), self.kafka_sasl) {
+            (false, false) => return Vec::new(),
+            (true, false) => "ssl",
+            (false, true) => "sasl_plaintext",
+            (true, true) => "sasl_ssl",
+        };
+        let mut properties = vec![("security.protocol".to_string(), protocol.to_string())];
+        if self.kafka_tls.is_some() {
+            properties.push(("ssl.ca.location".into(), self.credentials.ca_path.display().to_string()));
         }
+        if self.kafka_sasl {
+            properties.push(("sasl.mechanism".into(), "SCRAM-SHA-512".into()));
+            properties.push(("sasl.username".into(), KAFKA_USER.into()));
+            properties.push(("sasl.password".into(), KAFKA_PASSWORD.into()));
+        }
+        properties
     }
 
     /// `kafka_properties` as `LODESTONE_{SERVICE}__KAFKA__PROPERTIES__…` variables.
@@ -352,15 +368,29 @@ impl Stack {
             KafkaStorage::Sqlite => "sqlite://tansu.db".to_string(),
         };
         let args = ["broker", "--listener-url", &url, "--advertised-listener-url", &advertised, "--storage-engine", &storage];
-        let spec = Spec {
+        let spec = |extra: &[&str]| Spec {
             name: "tansu".into(),
             program: tansu_bin(),
-            args: args.iter().map(|a| a.to_string()).collect(),
+            args: args.iter().chain(extra).map(|a| a.to_string()).collect(),
             env: Vec::new(),
             http_port: None,
             tcp_port: broker_port,
         };
-        self.launch(spec).await;
+        if !self.kafka_sasl {
+            self.launch(spec(&[])).await;
+            create_topics_with(&self.bootstrap(), &self.kafka_properties(), &[(INGEST_TOPIC, INGEST_PARTITIONS), (DEAD_LETTER_TOPIC, 1)]).await;
+            return;
+        }
+        // With --authentication tansu refuses every request before a login, creating users
+        // included: the user is made with authentication off, then tansu starts again with it on.
+        self.launch(spec(&[])).await;
+        let created = Command::new(tansu_bin())
+            .args(["user", "create", "--broker", &url, "--mechanism", "scram512", KAFKA_USER, KAFKA_PASSWORD])
+            .status()
+            .expect("tansu user create runs");
+        assert!(created.success(), "tansu user create failed");
+        self.process("tansu").terminate(Duration::from_secs(10)).expect("tansu stops");
+        self.launch(spec(&["--authentication"])).await;
         create_topics_with(&self.bootstrap(), &self.kafka_properties(), &[(INGEST_TOPIC, INGEST_PARTITIONS), (DEAD_LETTER_TOPIC, 1)]).await;
     }
 
@@ -558,6 +588,10 @@ impl Stack {
 fn env(key: &str, value: String) -> (String, String) {
     (key.to_string(), value)
 }
+
+/// The Kafka user of a stack with [`StackOptions::kafka_sasl`].
+const KAFKA_USER: &str = "lodestone";
+const KAFKA_PASSWORD: &str = "kafka-test-password";
 
 /// The TLS front of a stack's Kafka broker (see [`StackOptions::kafka_tls`]).
 struct KafkaTlsFront {

@@ -121,13 +121,14 @@ async fn scopes_hold_revocation_takes_effect_and_no_secret_is_logged() {
     }
 }
 
-/// Kafka over TLS: the bridge produces and the worker consumes with `security.protocol = ssl`,
-/// checking the broker's certificate, and a reading posted to the edge agent still reaches SQL.
-/// (tansu 0.6.0 cannot serve TLS, so the stack puts a TLS front before it: see
-/// `StackOptions::kafka_tls`.) A client without TLS gets no metadata from the TLS port.
+/// Kafka over TLS with SASL/SCRAM: the bridge produces and the worker consumes with
+/// `security.protocol = sasl_ssl`, checking the broker's certificate and logging in, and a reading
+/// posted to the edge agent still reaches SQL. (tansu 0.6.0 cannot serve TLS, so the stack puts a
+/// TLS front before it: see `StackOptions::kafka_tls`.) A client without the login gets no
+/// metadata.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_pipeline_runs_over_kafka_with_tls() {
-    let stack = Stack::start(StackOptions { kafka_tls: true, ..Default::default() }).await;
+async fn the_pipeline_runs_over_kafka_with_tls_and_sasl() {
+    let stack = Stack::start(StackOptions { kafka_tls: true, kafka_sasl: true, ..Default::default() }).await;
     let time_ms = lodestone_kit::now_ns() / 1_000_000;
     let body = serde_json::json!({"records": [{"dimensions": {"line": "tls"}, "measure_name": "load", "value": 0.5, "time": time_ms, "time_unit": "ms"}]});
     let url = format!("{}/v1/write?database=secured&table=kafka", stack.url(stack.ports.agent_http));
@@ -142,6 +143,11 @@ async fn the_pipeline_runs_over_kafka_with_tls() {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let plain: BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", stack.bootstrap()).create().unwrap();
     assert!(plain.fetch_metadata(None, Duration::from_secs(3)).is_err(), "plain text on the TLS port got metadata");
+    let mut anonymous = rdkafka::ClientConfig::new();
+    anonymous.set("bootstrap.servers", stack.bootstrap()).set("security.protocol", "ssl");
+    anonymous.set("ssl.ca.location", stack.credentials.ca_path.display().to_string());
+    let anonymous: BaseConsumer = anonymous.create().unwrap();
+    assert!(anonymous.fetch_metadata(None, Duration::from_secs(3)).is_err(), "TLS without a login got metadata");
     let mut secured = rdkafka::ClientConfig::new();
     secured.set("bootstrap.servers", stack.bootstrap());
     for (key, value) in stack.kafka_properties() {
