@@ -97,9 +97,11 @@ impl DecodeError {
 
 impl Envelope {
     /// Sequence number of the last record, accepted or rejected (`first_seq - 1` when empty).
+    /// [`Envelope::decode`] refuses an envelope whose numbers pass `u64::MAX`, so this does not
+    /// overflow for a decoded one (and saturates for one built otherwise).
     pub fn last_seq(&self) -> u64 {
         let count = (self.records.len() + self.rejected.len()) as u64;
-        (self.first_seq + count).saturating_sub(1)
+        self.first_seq.saturating_add(count).saturating_sub(1)
     }
 
     /// Decodes `bytes` (encoding from `content_type`, else sniffed), converts every record and
@@ -110,6 +112,11 @@ impl Envelope {
         let wire = WireEnvelope::read(bytes, content_type)?;
         if wire.v != ENVELOPE_VERSION {
             return Err(DecodeError::UnsupportedVersion(wire.v));
+        }
+        // Every record's sequence number, first_seq + index, must be a u64.
+        if wire.first_seq.checked_add(wire.records.len() as u64).is_none() {
+            let encoding = if content_type == ContentType::Cbor { "CBOR" } else { "JSON" };
+            return Err(DecodeError::Malformed { encoding, detail: format!("first_seq {} plus {} records does not fit in 64 bits", wire.first_seq, wire.records.len()) });
         }
         let mut envelope = Envelope {
             database: wire.database,
@@ -496,6 +503,34 @@ mod tests {
         let json = envelope.to_json();
         assert!(!String::from_utf8_lossy(&json).contains("unacked_from"));
         assert_eq!(Envelope::decode(&json, None, &Limits::default(), NOW).unwrap().unacked_from, None);
+    }
+
+    /// Regression: doubles sent in a JSON envelope were stored one unit in the last place off
+    /// (serde_json parsed them to the nearest double only with `float_roundtrip`).
+    #[test]
+    fn doubles_in_json_are_read_exactly_as_written() {
+        let written = ["-95.24089298036279", "0.1", "2.2250738585072014e-308", "1.7976931348623157e308", "62.18930203618957", "-0.000123456789012345"];
+        for text in written {
+            let json = format!(r#"{{"v":1,"source":{{"device_id":"d"}},"records":[{{"measure_name":"m","value":{text},"time":1}}]}}"#);
+            let envelope = Envelope::decode(json.as_bytes(), None, &Limits::default(), NOW).unwrap();
+            let MeasureValue::Single(Scalar::Double(stored)) = envelope.records[0].value else { panic!("a double") };
+            assert_eq!(stored.to_bits(), text.parse::<f64>().unwrap().to_bits(), "{text} stored as {stored:?}");
+        }
+    }
+
+    /// Regression: `first_seq` near `u64::MAX` made `first_seq + index` overflow in the bridge's
+    /// and the worker's dead-letter and ack code (one publish stopped the bridge).
+    #[test]
+    fn first_seq_near_u64_max_is_malformed_not_an_overflow() {
+        let at = |first_seq: u64| format!(r#"{{"v":1,"source":{{"device_id":"d"}},"first_seq":{first_seq},"records":[
+            {{"measure_name":"a","value":1.5,"time":1}},{{"measure_name":"b","value":2.5,"time":1}}]}}"#);
+        let error = Envelope::decode(at(u64::MAX).as_bytes(), None, &Limits::default(), NOW).unwrap_err();
+        assert_eq!(error.reason(), RejectReason::MalformedPayload, "{error}");
+        let error = Envelope::decode(at(u64::MAX - 1).as_bytes(), None, &Limits::default(), NOW).unwrap_err();
+        assert_eq!(error.reason(), RejectReason::MalformedPayload, "{error}");
+        // The last two numbers below 2^64 fit: seq u64::MAX - 2 and u64::MAX - 1.
+        let envelope = Envelope::decode(at(u64::MAX - 2).as_bytes(), None, &Limits::default(), NOW).unwrap();
+        assert_eq!(envelope.last_seq(), u64::MAX - 1);
     }
 
     #[test]

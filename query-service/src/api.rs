@@ -90,9 +90,18 @@ struct QueryRequest {
     #[serde(default)]
     next_token: Option<String>,
     /// An id of the caller's choosing, to follow (`GET /v1/queries/{id}`) or cancel
-    /// (`DELETE /v1/queries/{id}`) the query from elsewhere while it runs.
+    /// (`DELETE /v1/queries/{id}`) the query from elsewhere while it runs: 1 to
+    /// [`QUERY_ID_CHARS_MAX`] characters of `A-Z a-z 0-9 - _ . :`.
     #[serde(default)]
     query_id: Option<String>,
+}
+
+/// The longest `query_id` a caller may choose (Timestream's ClientToken: 128).
+const QUERY_ID_CHARS_MAX: usize = 128;
+
+/// Whether `id` may be a caller's query id: it goes into URLs, logs and answer headers as it is.
+fn valid_query_id(id: &str) -> bool {
+    (1..=QUERY_ID_CHARS_MAX).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
 }
 
 /// Answer formats, chosen by the Accept header (CSV answers are UTF-8, and say so).
@@ -114,6 +123,10 @@ async fn query(
 }
 
 async fn answer(engine: &Engine, caller: &Principal, headers: &axum::http::HeaderMap, request: &QueryRequest) -> Result<Response, ApiError> {
+    if let Some(id) = request.query_id.as_deref().filter(|id| !valid_query_id(id)) {
+        let message = format!("query_id {id:?} must be 1 to {QUERY_ID_CHARS_MAX} characters of A-Z a-z 0-9 - _ . :");
+        return Err(ApiError { status: StatusCode::BAD_REQUEST, code: "invalid_request", message });
+    }
     let page = match (&request.next_token, &request.sql) {
         (Some(token), _) => engine.next_page(token, request.max_rows, caller)?,
         (None, Some(sql)) => engine.query(sql, request.max_rows, request.query_id.clone(), caller).await?,
@@ -136,12 +149,17 @@ async fn answer(engine: &Engine, caller: &Principal, headers: &axum::http::Heade
         };
         let mut response = (StatusCode::OK, body).into_response();
         let headers = response.headers_mut();
-        let header = |value: String| axum::http::HeaderValue::from_str(&value).expect("ids and numbers are valid header values");
         headers.insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static(content_type));
-        headers.insert("x-lodestone-query-id", header(page.query_id.clone()));
-        headers.insert("x-lodestone-bytes-scanned", header(page.bytes_scanned.to_string()));
+        // Ids are checked above and tokens are ours; a value that is still no header is left out.
+        let mut insert = |name: &'static str, value: String| {
+            if let Ok(value) = axum::http::HeaderValue::from_str(&value) {
+                headers.insert(name, value);
+            }
+        };
+        insert("x-lodestone-query-id", page.query_id.clone());
+        insert("x-lodestone-bytes-scanned", page.bytes_scanned.to_string());
         if let Some(token) = &page.next_token {
-            headers.insert("x-lodestone-next-token", header(token.clone()));
+            insert("x-lodestone-next-token", token.clone());
         }
         return Ok(response);
     }

@@ -55,7 +55,7 @@ pub fn answer(sql: &str, snapshot: &Snapshot, caller: &Principal) -> Option<Resu
     };
     match (word(0).as_deref(), word(1).as_deref()) {
         (Some("SHOW"), Some("DATABASES")) => {
-            Some(like(&tokens[2..]).and_then(|pattern| databases(snapshot, caller, pattern.as_deref())).map_err(ShowError::from))
+            Some(like(&tokens[2..]).and_then(|pattern| databases(snapshot, caller, pattern.as_ref())).map_err(ShowError::from))
         }
         (Some("SHOW"), Some("TABLES")) => Some(show_tables(&tokens[2..], snapshot, caller)),
         (Some("SHOW"), Some("MEASURES")) => Some(show_measures(&tokens[2..], snapshot, caller)),
@@ -71,27 +71,66 @@ pub fn answer(sql: &str, snapshot: &Snapshot, caller: &Principal) -> Option<Resu
 }
 
 /// `LIKE 'pattern'` or nothing.
-fn like(tokens: &[Token]) -> Result<Option<String>, String> {
+fn like(tokens: &[Token]) -> Result<Option<Like>, String> {
     match tokens {
         [] => Ok(None),
-        [Token::Word(w), Token::SingleQuotedString(pattern)] if w.value.eq_ignore_ascii_case("like") => Ok(Some(pattern.clone())),
+        [Token::Word(w), Token::SingleQuotedString(pattern)] if w.value.eq_ignore_ascii_case("like") => Ok(Some(Like::new(pattern))),
         _ => Err("expected nothing or LIKE 'pattern' here".into()),
     }
 }
 
-/// SQL LIKE: `%` any run, `_` any one character.
-fn matches(pattern: &str, text: &str) -> bool {
-    fn go(p: &[char], t: &[char]) -> bool {
-        match (p.first(), t.first()) {
-            (None, None) => true,
-            (Some('%'), _) => go(&p[1..], t) || (!t.is_empty() && go(p, &t[1..])),
-            (Some('_'), Some(_)) => go(&p[1..], &t[1..]),
-            (Some(a), Some(b)) if a == b => go(&p[1..], &t[1..]),
-            _ => false,
+/// A SQL LIKE pattern: `%` any run, `_` any one character. Matching is iterative and never
+/// backtracks past the last `%` (the classic greedy wildcard match): at most |pattern| × |text|
+/// steps, after runs of `%` are made one, and a pattern with more literal characters than the
+/// text fails at once. (A recursive matcher took exponential time and stack on `%%%…%z`.)
+struct Like {
+    pattern: Vec<char>,
+    literals: usize,
+}
+
+impl Like {
+    fn new(pattern: &str) -> Like {
+        let mut compact: Vec<char> = Vec::new();
+        for c in pattern.chars() {
+            if !(c == '%' && compact.last() == Some(&'%')) {
+                compact.push(c);
+            }
         }
+        let literals = compact.iter().filter(|&&c| c != '%').count();
+        Like { pattern: compact, literals }
     }
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    go(&p, &t)
+
+    fn matches(&self, text: &str) -> bool {
+        let (p, text) = (&self.pattern, text.chars().collect::<Vec<char>>());
+        if self.literals > text.len() {
+            return false;
+        }
+        let (mut pi, mut ti) = (0, 0);
+        // After the last `%` seen: where the pattern resumes, and the text position tried there.
+        let mut resume: Option<(usize, usize)> = None;
+        while ti < text.len() {
+            match p.get(pi) {
+                Some('%') => {
+                    pi += 1;
+                    resume = Some((pi, ti));
+                }
+                Some(&c) if c == '_' || c == text[ti] => {
+                    pi += 1;
+                    ti += 1;
+                }
+                _ => match resume {
+                    // The last `%` takes one more character; the rest is matched from there.
+                    Some((after, tried)) => {
+                        pi = after;
+                        ti = tried + 1;
+                        resume = Some((after, tried + 1));
+                    }
+                    None => return false,
+                },
+            }
+        }
+        p[pi..].iter().all(|&c| c == '%')
+    }
 }
 
 /// `database.table` (each part quoted or not) and the tokens after it.
@@ -112,9 +151,9 @@ fn batch(columns: Vec<(String, ArrayRef)>) -> Result<RecordBatch, String> {
     RecordBatch::try_from_iter(columns).map_err(|e| e.to_string())
 }
 
-fn databases(snapshot: &Snapshot, caller: &Principal, pattern: Option<&str>) -> Result<RecordBatch, String> {
+fn databases(snapshot: &Snapshot, caller: &Principal, pattern: Option<&Like>) -> Result<RecordBatch, String> {
     let readable = snapshot.databases.keys().filter(|d| caller.can_read(d));
-    let names = readable.filter(|d| pattern.is_none_or(|p| matches(p, d))).cloned().collect();
+    let names = readable.filter(|d| pattern.is_none_or(|p| p.matches(d))).cloned().collect();
     batch(vec![strings("Database", names)])
 }
 
@@ -134,7 +173,7 @@ fn show_tables(tokens: &[Token], snapshot: &Snapshot, caller: &Principal) -> Res
         if database.as_ref().is_some_and(|d| d != name) || !caller.can_read(name) {
             continue;
         }
-        found.extend(tables.keys().filter(|t| pattern.as_deref().is_none_or(|p| matches(p, t))).map(|t| (name.clone(), t.clone())));
+        found.extend(tables.keys().filter(|t| pattern.as_ref().is_none_or(|p| p.matches(t))).map(|t| (name.clone(), t.clone())));
     }
     if let Some(database) = &database {
         if !snapshot.databases.contains_key(database) {
@@ -159,7 +198,7 @@ fn show_measures(tokens: &[Token], snapshot: &Snapshot, caller: &Principal) -> R
     let (mut names, mut types) = (Vec::new(), Vec::new());
     let mut dimensions = ListBuilder::new(StringBuilder::new());
     for (name, ty) in &entry.schema.measures {
-        if pattern.as_deref().is_some_and(|p| !matches(p, name)) {
+        if pattern.as_ref().is_some_and(|p| !p.matches(name)) {
             continue;
         }
         names.push(name.clone());
@@ -204,9 +243,33 @@ mod tests {
 
     #[test]
     fn like_patterns() {
+        let matches = |pattern: &str, text: &str| Like::new(pattern).matches(text);
         assert!(matches("t%", "trucks"));
         assert!(matches("%ck_", "trucks"));
         assert!(!matches("t_", "trucks"));
         assert!(matches("%", ""));
+        assert!(matches("", ""));
+        assert!(!matches("", "a"));
+        assert!(matches("%a%b%", "xaybz"));
+        assert!(!matches("%a%b%", "xbyaz"));
+        assert!(matches("a%a", "aba"));
+        assert!(matches("%aab", "aaab"));
+        assert!(matches("_%_", "ab"));
+        assert!(!matches("_%_", "a"));
+    }
+
+    /// Regression: `SHOW DATABASES LIKE '%%%…%z'` ran a backtracking matcher, exponential in the
+    /// `%`s (12 took 19.8 s) and as deep as the pattern (200,000 overflowed the stack).
+    #[test]
+    fn like_with_many_percent_signs_is_linear_and_shallow() {
+        let names = ["fleet", "plant_a", "loadtest", "zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz"];
+        let many = Like::new(&format!("{}z", "%".repeat(200_000)));
+        assert_eq!(names.iter().filter(|n| many.matches(n)).count(), 1);
+        let alternating = Like::new(&format!("{}b", "%a".repeat(100_000)));
+        assert!(!names.iter().any(|n| alternating.matches(n)));
+        let sixteen = Like::new(&format!("{}x", "%".repeat(16)));
+        assert!(!names.iter().any(|n| sixteen.matches(n)));
+        let long_name = "a".repeat(256);
+        assert!(Like::new(&format!("{}b", "%a".repeat(100))).matches(&format!("{long_name}b")));
     }
 }

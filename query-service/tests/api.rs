@@ -201,6 +201,39 @@ async fn each_limit_answers_with_its_code() {
     assert_eq!(code(&service.post(json!({"sql": "DROP TABLE fleet.trucks"})).await), (400, Some("statement_not_allowed".into())));
 }
 
+/// Regression: JSON answers printed doubles one unit in the last place off (the answer path
+/// re-parses arrow's JSON output, which serde_json did exactly only with `float_roundtrip`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doubles_come_back_in_json_exactly_as_stored() {
+    let service = start(LimitsConfig::default()).await;
+    for text in ["-95.24089298036279", "62.18930203618957", "0.1", "-0.000123456789012345", "1.7976931348623157e308"] {
+        let (status, answer) = service.post(json!({"sql": format!("SELECT CAST('{text}' AS DOUBLE) AS v")})).await;
+        assert_eq!(status, 200, "{answer}");
+        let got = answer["rows"][0][0].as_f64().unwrap();
+        assert_eq!(got.to_bits(), text.parse::<f64>().unwrap().to_bits(), "{text} answered as {got:?}");
+    }
+}
+
+/// Regression: a `query_id` with a control character, asked for as CSV, panicked the handler
+/// (the id went into an answer header as it was).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_id_that_is_no_header_value_is_refused_not_a_panic() {
+    let service = start(LimitsConfig::default()).await;
+    let post = |query_id: String| {
+        let body = json!({"sql": "SELECT 1 AS one", "query_id": query_id});
+        service.http.post(format!("{}/v1/query", service.url)).header("accept", "text/csv").json(&body).send()
+    };
+    for bad in ["line\nbreak".to_string(), "bell\u{7}".to_string(), String::new(), "x".repeat(129), "spa ce".into()] {
+        let response = post(bad.clone()).await.unwrap();
+        assert_eq!(refusal(response).await, (400, "invalid_request".to_string()), "query_id {bad:?}");
+    }
+    let response = post("grafana:panel-7.refresh_1".into()).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-lodestone-query-id"], "grafana:panel-7.refresh_1");
+    // The service is still there.
+    assert_eq!(service.post(json!({"sql": "SELECT 2 AS two"})).await.0, 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creating_past_the_store_limits_answers_limit_exceeded() {
     let store_limits = lodestone_store::StoreLimits { databases_max: 3, tables_per_database_max: 1, ..Default::default() };
