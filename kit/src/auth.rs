@@ -320,19 +320,10 @@ impl TokenFile {
         std::fs::rename(&temporary, path).map_err(error)
     }
 
-    /// Adds a token with `scopes`, valid until `expires` (forever when `None`).
+    /// Adds a token with `scopes`, valid until `expires` (forever when `None`), under a new id.
     pub fn issue(&mut self, name: &str, scopes: &[Scope], expires: Option<DateTime<Utc>>) -> IssuedToken {
         let id = format!("lt_{}", hex(&random_bytes::<8>()));
-        let secret = hex(&random_bytes::<32>());
-        let entry = TokenEntry {
-            id: id.clone(),
-            name: name.to_string(),
-            scopes: scopes.iter().map(Scope::to_string).collect(),
-            secret_sha256: sha256_hex(secret.as_bytes()),
-            created: Utc::now(),
-            expires,
-        };
-        self.tokens.push(entry.clone());
+        let IssuedSecret { entry, secret } = self.issue_with_id(&id, name, scopes, expires);
         IssuedToken { entry, bearer: format!("{id}.{secret}") }
     }
 
