@@ -1,10 +1,9 @@
 //! The envelope: Lodestone's one wire format, in CBOR (agents) or JSON (simple devices, Kafka
 //! producers). The serde structs here are private; callers see [`Envelope`] and [`Record`].
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
+use crate::loose::Loose;
 use crate::record::{Dimension, MeasureType, MeasureValue, Record, Scalar};
 use crate::validate::{validate_record, Limits, RejectReason, Rejection};
 
@@ -128,9 +127,13 @@ impl Envelope {
             rejected: Vec::new(),
             traceparent: wire.traceparent,
         };
-        for (index, wire_record) in wire.records.into_iter().enumerate() {
+        for (index, entry) in wire.records.into_iter().enumerate() {
+            let wire_record = match entry {
+                WireEntry::Record(record) => Ok(record),
+                WireEntry::Unreadable(detail) => Err(Rejection { index, reason: RejectReason::InvalidValue, detail }),
+            };
             let checked = wire_record
-                .into_record(index)
+                .and_then(|record| record.into_record(index))
                 .and_then(|record| validate_record(&record, limits, now_ns, index).map(|()| record));
             match checked {
                 Ok(record) => envelope.records.push(record),
@@ -167,7 +170,7 @@ impl Envelope {
             source: WireSource { device_id: self.source.device_id.clone(), boot_id: self.source.boot_id.clone() },
             first_seq: self.first_seq,
             unacked_from: self.unacked_from,
-            records: self.records.iter().map(WireRecord::from_record).collect(),
+            records: self.records.iter().map(|record| WireEntry::Record(WireRecord::from_record(record))).collect(),
             traceparent: self.traceparent.clone(),
         }
     }
@@ -190,7 +193,7 @@ struct WireEnvelope {
     first_seq: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     unacked_from: Option<u64>,
-    records: Vec<WireRecord>,
+    records: Vec<WireEntry>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     traceparent: Option<String>,
 }
@@ -221,35 +224,64 @@ struct WireSource {
     boot_id: String,
 }
 
-#[derive(Serialize, Deserialize)]
+/// One entry of an envelope's `records`: a record whose fields all have the right shape, or why
+/// it has not. Read by hand through [`Loose`] so that one bad record is rejected alone.
+enum WireEntry {
+    Record(WireRecord),
+    Unreadable(String),
+}
+
+impl Serialize for WireEntry {
+    /// An unreadable entry is written as `null`, which reads back as unreadable at the same index
+    /// (only [`Envelope::restamp_unacked_from`] writes an envelope it did not build).
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            WireEntry::Record(record) => record.serialize(serializer),
+            WireEntry::Unreadable(_) => serializer.serialize_unit(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for WireEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<WireEntry, D::Error> {
+        let entry = match Loose::deserialize(deserializer)? {
+            Loose::Map(fields) => WireRecord::from_fields(fields),
+            other => Err(format!("a record must be a map, not {}", other.kind())),
+        };
+        Ok(entry.map_or_else(WireEntry::Unreadable, WireEntry::Record))
+    }
+}
+
+/// A record as the wire carries it, each field of the right shape. Dimensions and multi-measure
+/// values keep the order and duplicates they came with; [`validate_record`] refuses duplicates.
+#[derive(Serialize)]
 struct WireRecord {
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    dimensions: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "as_map")]
+    dimensions: Vec<(String, String)>,
     measure_name: String,
     /// A single measure; exactly one of `value` and `values` is present.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     value: Option<WireValue>,
     /// A multi-measure record: name → value.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    values: Option<BTreeMap<String, WireValue>>,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "as_optional_map")]
+    values: Option<Vec<(String, WireValue)>>,
     time: i64,
     /// Unit of `time`: `ns` (default), `us`, `ms` or `s`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     time_unit: Option<String>,
-    #[serde(default = "default_version")]
     version: u64,
 }
 
-fn default_version() -> u64 {
-    1
+fn as_map<S: serde::Serializer, V: Serialize>(pairs: &[(String, V)], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(pairs.iter().map(|(k, v)| (k, v)))
+}
+
+fn as_optional_map<S: serde::Serializer, V: Serialize>(pairs: &Option<Vec<(String, V)>>, serializer: S) -> Result<S::Ok, S::Error> {
+    as_map(pairs.as_deref().unwrap_or_default(), serializer)
 }
 
 /// A bare value (type inferred: float → DOUBLE, integer → BIGINT, string → VARCHAR, bool →
 /// BOOLEAN) or an explicitly typed one: `{"type": "TIMESTAMP", "value": 1700000000000000000}`.
-///
-/// Deserialized by hand rather than as a serde `untagged` enum: that buffers every value and
-/// tries the variants in turn, and each failed try formats the value into an error message —
-/// a fifth of an ingest worker's time went to formatting floats that way.
 #[derive(Serialize)]
 #[serde(untagged)]
 enum WireValue {
@@ -270,89 +302,39 @@ enum PlainValue {
     Text(String),
 }
 
-/// Reads a [`PlainValue`], or with `typed_allowed` also the `{"type", "value"}` map of a
-/// [`WireValue::Typed`].
-struct ValueVisitor {
-    typed_allowed: bool,
-}
-
-impl<'de> serde::de::Visitor<'de> for ValueVisitor {
-    type Value = WireValue;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        if self.typed_allowed {
-            f.write_str("a number, string or boolean, or a {\"type\", \"value\"} map")
-        } else {
-            f.write_str("a number, string or boolean")
+impl PlainValue {
+    /// A bare value; an integer beyond `i64` becomes the nearest double.
+    fn from_loose(loose: Loose) -> Result<PlainValue, String> {
+        match loose {
+            Loose::Bool(v) => Ok(PlainValue::Boolean(v)),
+            Loose::Int(v) => Ok(i64::try_from(v).map_or(PlainValue::Float(v as f64), PlainValue::Integer)),
+            Loose::Float(v) => Ok(PlainValue::Float(v)),
+            Loose::Text(v) => Ok(PlainValue::Text(v)),
+            other => Err(format!("a value must be a number, string or boolean, not {}", other.kind())),
         }
     }
+}
 
-    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<WireValue, E> {
-        Ok(WireValue::Plain(PlainValue::Boolean(v)))
-    }
-
-    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<WireValue, E> {
-        Ok(WireValue::Plain(PlainValue::Integer(v)))
-    }
-
-    /// An integer beyond `i64` is read as a float, as the untagged enum did.
-    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<WireValue, E> {
-        Ok(WireValue::Plain(i64::try_from(v).map_or(PlainValue::Float(v as f64), PlainValue::Integer)))
-    }
-
-    fn visit_i128<E: serde::de::Error>(self, v: i128) -> Result<WireValue, E> {
-        Ok(WireValue::Plain(i64::try_from(v).map_or(PlainValue::Float(v as f64), PlainValue::Integer)))
-    }
-
-    fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<WireValue, E> {
-        Ok(WireValue::Plain(i64::try_from(v).map_or(PlainValue::Float(v as f64), PlainValue::Integer)))
-    }
-
-    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<WireValue, E> {
-        Ok(WireValue::Plain(PlainValue::Float(v)))
-    }
-
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<WireValue, E> {
-        Ok(WireValue::Plain(PlainValue::Text(v.to_owned())))
-    }
-
-    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<WireValue, E> {
-        Ok(WireValue::Plain(PlainValue::Text(v)))
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<WireValue, A::Error> {
-        use serde::de::Error;
-        if !self.typed_allowed {
-            return Err(A::Error::invalid_type(serde::de::Unexpected::Map, &self));
+impl WireValue {
+    /// A bare value, or a `{"type", "value"}` map (other keys of the map are ignored).
+    fn from_loose(loose: Loose) -> Result<WireValue, String> {
+        if !matches!(loose, Loose::Map(_)) {
+            return PlainValue::from_loose(loose).map(WireValue::Plain);
         }
         let (mut ty, mut value) = (None, None);
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            match key.as_ref() {
-                "type" => ty = Some(map.next_value::<String>()?),
-                "value" => value = Some(map.next_value::<PlainValue>()?),
-                _ => {
-                    map.next_value::<serde::de::IgnoredAny>()?;
-                }
+        for (key, field) in loose.into_text_keyed("a typed value")? {
+            let slot = match key.as_str() {
+                "type" => &mut ty,
+                "value" => &mut value,
+                _ => continue,
+            };
+            if slot.replace(field).is_some() {
+                return Err(format!("a typed value gives `{key}` twice"));
             }
         }
-        let ty = ty.ok_or_else(|| A::Error::missing_field("type"))?;
-        let value = value.ok_or_else(|| A::Error::missing_field("value"))?;
+        let ty = ty.ok_or("a typed value needs `type`")?.into_text("`type`")?;
+        let value = PlainValue::from_loose(value.ok_or("a typed value needs `value`")?)?;
         Ok(WireValue::Typed { ty, value })
-    }
-}
-
-impl<'de> Deserialize<'de> for WireValue {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<WireValue, D::Error> {
-        deserializer.deserialize_any(ValueVisitor { typed_allowed: true })
-    }
-}
-
-impl<'de> Deserialize<'de> for PlainValue {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<PlainValue, D::Error> {
-        match deserializer.deserialize_any(ValueVisitor { typed_allowed: false })? {
-            WireValue::Plain(value) => Ok(value),
-            WireValue::Typed { .. } => unreachable!("maps are refused when typed values are not allowed"),
-        }
     }
 }
 
@@ -375,17 +357,80 @@ impl WireRecord {
         }
     }
 
+    /// Checks the shape of each field of one record map; unknown fields are ignored, a field
+    /// given twice is an error.
+    fn from_fields(fields: Vec<(Loose, Loose)>) -> Result<WireRecord, String> {
+        let (mut dimensions, mut measure_name, mut value, mut values, mut time, mut time_unit, mut version) =
+            (None, None, None, None, None, None, None);
+        for (key, field) in fields {
+            let Loose::Text(key) = key else { continue };
+            let slot = match key.as_str() {
+                "dimensions" => &mut dimensions,
+                "measure_name" => &mut measure_name,
+                "value" => &mut value,
+                "values" => &mut values,
+                "time" => &mut time,
+                "time_unit" => &mut time_unit,
+                "version" => &mut version,
+                _ => continue,
+            };
+            if slot.replace(field).is_some() {
+                return Err(format!("field `{key}` given twice"));
+            }
+        }
+        let dimensions = match dimensions {
+            None => Vec::new(),
+            Some(map) => map
+                .into_text_keyed("`dimensions`")?
+                .into_iter()
+                .map(|(name, value)| {
+                    let value = value.into_text(&format!("dimension {name:?}"))?;
+                    Ok((name, value))
+                })
+                .collect::<Result<_, String>>()?,
+        };
+        let values = match values {
+            None => None,
+            Some(map) => Some(
+                map.into_text_keyed("`values`")?
+                    .into_iter()
+                    .map(|(name, v)| WireValue::from_loose(v).map(|v| (name.clone(), v)).map_err(|e| format!("measure {name:?}: {e}")))
+                    .collect::<Result<_, String>>()?,
+            ),
+        };
+        let time = match time.ok_or("a record needs `time`")? {
+            Loose::Int(t) => i64::try_from(t).map_err(|_| format!("time {t} does not fit in 64 bits"))?,
+            other => return Err(format!("`time` must be an integer, not {}", other.kind())),
+        };
+        let version = match version {
+            None => 1,
+            Some(Loose::Int(v)) => u64::try_from(v).map_err(|_| format!("version {v} is not a number from 1 to 2^64-1"))?,
+            Some(other) => return Err(format!("`version` must be an integer, not {}", other.kind())),
+        };
+        Ok(WireRecord {
+            dimensions,
+            measure_name: measure_name.ok_or("a record needs `measure_name`")?.into_text("`measure_name`")?,
+            value: value.map(WireValue::from_loose).transpose()?,
+            values,
+            time,
+            time_unit: time_unit.map(|unit| unit.into_text("`time_unit`")).transpose()?,
+            version,
+        })
+    }
+
     fn into_record(self, index: usize) -> Result<Record, Rejection> {
         let invalid = |detail: String| Rejection { index, reason: RejectReason::InvalidValue, detail };
         let value = match (self.value, self.values) {
             (Some(value), None) => MeasureValue::Single(value.into_scalar().map_err(invalid)?),
-            (None, Some(values)) => MeasureValue::Multi(
-                values
+            (None, Some(values)) => {
+                let mut list = values
                     .into_iter()
                     .map(|(name, v)| v.into_scalar().map(|s| (name.clone(), s)).map_err(|e| format!("measure {name:?}: {e}")))
-                    .collect::<Result<_, _>>()
-                    .map_err(invalid)?,
-            ),
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(invalid)?;
+                list.sort_by(|a, b| a.0.cmp(&b.0));
+                MeasureValue::Multi(list)
+            }
             _ => return Err(invalid("a record needs exactly one of `value` and `values`".into())),
         };
         let scale = match self.time_unit.as_deref().unwrap_or("ns") {
@@ -396,13 +441,9 @@ impl WireRecord {
             other => return Err(invalid(format!("time_unit {other:?} is not one of ns, us, ms, s"))),
         };
         let time_ns = self.time.checked_mul(scale).ok_or_else(|| invalid(format!("time {} overflows nanoseconds", self.time)))?;
-        Ok(Record {
-            dimensions: self.dimensions.into_iter().map(|(name, value)| Dimension { name, value }).collect(),
-            measure_name: self.measure_name,
-            value,
-            time_ns,
-            version: self.version,
-        })
+        let mut dimensions: Vec<Dimension> = self.dimensions.into_iter().map(|(name, value)| Dimension { name, value }).collect();
+        dimensions.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Record { dimensions, measure_name: self.measure_name, value, time_ns, version: self.version })
     }
 }
 
@@ -531,6 +572,104 @@ mod tests {
         // The last two numbers below 2^64 fit: seq u64::MAX - 2 and u64::MAX - 1.
         let envelope = Envelope::decode(at(u64::MAX - 2).as_bytes(), None, &Limits::default(), NOW).unwrap();
         assert_eq!(envelope.last_seq(), u64::MAX - 1);
+    }
+
+    fn decode_json(text: &str) -> Envelope {
+        Envelope::decode(text.as_bytes(), None, &Limits::default(), NOW).unwrap()
+    }
+
+    fn rejected(envelope: &Envelope) -> Vec<(usize, RejectReason)> {
+        envelope.rejected.iter().map(|r| (r.index, r.reason)).collect()
+    }
+
+    /// Regression: one record with a string `time` or a `null` dimension value made the whole
+    /// envelope malformed; it was dead-lettered, never acked, resent forever, and its valid
+    /// sibling records never stored.
+    #[test]
+    fn a_record_of_the_wrong_shape_is_rejected_alone() {
+        let records = [
+            r#"{"measure_name":"ok","value":1.5,"time":1}"#,
+            r#"{"measure_name":"m","value":1.5,"time":"2024-01-01T00:00:00Z"}"#,
+            r#"{"dimensions":{"room":null},"measure_name":"m","value":1.5,"time":1}"#,
+            r#"{"dimensions":{"room":7},"measure_name":"m","value":1.5,"time":1}"#,
+            r#"{"dimensions":["room"],"measure_name":"m","value":1.5,"time":1}"#,
+            r#"{"measure_name":null,"value":1.5,"time":1}"#,
+            r#"{"measure_name":"m","value":null,"time":1}"#,
+            r#"{"measure_name":"m","value":[1,2],"time":1}"#,
+            r#"{"measure_name":"m","values":{"a":{"x":1}},"time":1}"#,
+            r#"{"measure_name":"m","value":1,"time":1.5}"#,
+            r#"{"measure_name":"m","value":1,"time":9223372036854775808}"#,
+            r#"{"measure_name":"m","value":1,"time":1,"version":-1}"#,
+            r#"{"measure_name":"m","value":1,"time":1,"time_unit":5}"#,
+            r#"{"measure_name":"m","value":1}"#,
+            r#""not a record""#,
+            r#"[1,2,3]"#,
+            r#"{"measure_name":"also_ok","values":{"b":true,"a":2},"time":1,"unknown":{"deep":[1]}}"#,
+        ];
+        let envelope = decode_json(&format!(r#"{{"v":1,"source":{{"device_id":"d"}},"first_seq":10,"records":[{}]}}"#, records.join(",")));
+        let stored: Vec<_> = envelope.records.iter().map(|r| r.measure_name.as_str()).collect();
+        assert_eq!(stored, ["ok", "also_ok"]);
+        assert_eq!(envelope.records[1].value, MeasureValue::Multi(vec![("a".into(), Scalar::Bigint(2)), ("b".into(), Scalar::Boolean(true))]));
+        let expected: Vec<_> = (1..records.len() - 1).map(|i| (i, RejectReason::InvalidValue)).collect();
+        assert_eq!(rejected(&envelope), expected);
+        assert_eq!(envelope.last_seq(), 10 + records.len() as u64 - 1, "every record keeps its sequence number");
+        assert!(envelope.rejected[0].detail.contains("`time` must be an integer, not a string"), "{}", envelope.rejected[0].detail);
+        assert!(envelope.rejected[1].detail.contains("dimension \"room\" must be a string, not null"), "{}", envelope.rejected[1].detail);
+    }
+
+    /// Regression: duplicate JSON and CBOR keys were read last-wins, so `duplicate_dimension`
+    /// and `duplicate_measure` could never fire.
+    #[test]
+    fn duplicate_keys_are_refused_not_read_last_wins() {
+        let envelope = decode_json(
+            r#"{"v":1,"source":{"device_id":"d"},"records":[
+                {"dimensions":{"room":"a","room":"b"},"measure_name":"m","value":1,"time":1},
+                {"measure_name":"m","values":{"a":1,"a":2},"time":1},
+                {"measure_name":"m","value":1,"value":2,"time":1},
+                {"measure_name":"m","value":{"type":"BIGINT","value":1,"value":2},"time":1},
+                {"dimensions":{"room":"a"},"measure_name":"m","value":1,"time":1}
+            ]}"#,
+        );
+        let expected = [(0, RejectReason::DuplicateDimension), (1, RejectReason::DuplicateMeasure), (2, RejectReason::InvalidValue), (3, RejectReason::InvalidValue)];
+        assert_eq!(rejected(&envelope), expected);
+        assert_eq!(envelope.records.len(), 1);
+        // The same in CBOR: a map with the key "room" twice (written by hand: no encoder emits it).
+        let mut cbor = Vec::new();
+        let dims = ciborium::Value::Map(vec![("room".into(), "a".into()), ("room".into(), "b".into())]);
+        let record = ciborium::Value::Map(vec![
+            ("dimensions".into(), dims),
+            ("measure_name".into(), "m".into()),
+            ("value".into(), 1.into()),
+            ("time".into(), 1.into()),
+        ]);
+        let envelope = ciborium::Value::Map(vec![
+            ("v".into(), 1.into()),
+            ("source".into(), ciborium::Value::Map(vec![("device_id".into(), "d".into())])),
+            ("records".into(), ciborium::Value::Array(vec![record])),
+        ]);
+        ciborium::into_writer(&envelope, &mut cbor).unwrap();
+        let decoded = Envelope::decode(&cbor, None, &Limits::default(), NOW).unwrap();
+        assert_eq!(rejected(&decoded), [(0, RejectReason::DuplicateDimension)]);
+    }
+
+    /// NaN and ±Infinity arrive as CBOR floats or as typed strings; both are refused with
+    /// `non_finite_double` (JSON has no literal for them).
+    #[test]
+    fn non_finite_doubles_in_envelopes_are_refused() {
+        let envelope = decode_json(
+            r#"{"v":1,"source":{"device_id":"d"},"records":[
+                {"measure_name":"m","value":{"type":"DOUBLE","value":"NaN"},"time":1},
+                {"measure_name":"m","value":{"type":"DOUBLE","value":"-inf"},"time":1},
+                {"measure_name":"m","value":{"type":"DOUBLE","value":"1e999"},"time":1}
+            ]}"#,
+        );
+        let expected: Vec<_> = (0..3).map(|i| (i, RejectReason::NonFiniteDouble)).collect();
+        assert_eq!(rejected(&envelope), expected);
+        let mut with_nan = sample();
+        with_nan.records.truncate(1);
+        with_nan.records[0].value = MeasureValue::Single(Scalar::Double(f64::NAN));
+        let decoded = Envelope::decode(&with_nan.to_cbor(), None, &Limits::default(), NOW).unwrap();
+        assert_eq!(rejected(&decoded), [(0, RejectReason::NonFiniteDouble)]);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::record::{MeasureValue, Record};
+use crate::record::{MeasureValue, Record, Scalar};
 
 /// Timestream's per-record quotas. Every field is a bound; one past it is a [`Rejection`].
 #[derive(Debug, Clone, PartialEq)]
@@ -80,6 +80,8 @@ pub enum RejectReason {
     TooManyTableDimensions,
     /// The record's new measure name or columns would pass the table's `limits.measures_per_table_max`.
     TooManyTableMeasures,
+    /// A DOUBLE measure is NaN or ±Infinity, which Timestream does not store either.
+    NonFiniteDouble,
 }
 
 impl RejectReason {
@@ -113,6 +115,7 @@ impl RejectReason {
             RejectReason::TooManyTables => "too_many_tables",
             RejectReason::TooManyTableDimensions => "too_many_table_dimensions",
             RejectReason::TooManyTableMeasures => "too_many_table_measures",
+            RejectReason::NonFiniteDouble => "non_finite_double",
         }
     }
 }
@@ -166,6 +169,10 @@ pub fn validate_name(kind: &str, name: &str) -> Result<(), String> {
         return Err(format!("database name {name:?} is reserved for Lodestone"));
     }
     Ok(())
+}
+
+fn is_non_finite(scalar: &Scalar) -> bool {
+    matches!(scalar, Scalar::Double(v) if !v.is_finite())
 }
 
 /// Checks one record against `limits` with the validator's clock at `now_ns`.
@@ -231,6 +238,13 @@ pub fn validate_record(record: &Record, limits: &Limits, now_ns: i64, index: usi
             }
         }
     }
+    let non_finite = match &record.value {
+        MeasureValue::Single(scalar) => is_non_finite(scalar).then_some(record.measure_name.as_str()),
+        MeasureValue::Multi(values) => values.iter().find(|(_, v)| is_non_finite(v)).map(|(name, _)| name.as_str()),
+    };
+    if let Some(name) = non_finite {
+        return reject(RejectReason::NonFiniteDouble, format!("measure {name:?} is NaN or infinite"));
+    }
     let size = record.size_bytes();
     if size > limits.record_bytes_max {
         return reject(RejectReason::RecordTooLarge, format!("record is {size} bytes, at most {}", limits.record_bytes_max));
@@ -250,7 +264,7 @@ pub fn validate_record(record: &Record, limits: &Limits, now_ns: i64, index: usi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Dimension, Scalar};
+    use crate::record::Dimension;
 
     const NOW: i64 = 1_700_000_000_000_000_000;
 
@@ -292,6 +306,20 @@ mod tests {
         check(|r| r.value = MeasureValue::Single(Scalar::Varchar("x".repeat(2049 - fixed))), Some(RejectReason::RecordTooLarge));
         check(|r| r.time_ns = NOW + 15 * 60 * 1_000_000_000, None);
         check(|r| r.time_ns = NOW + 15 * 60 * 1_000_000_000 + 1, Some(RejectReason::TimeTooFarInFuture));
+    }
+
+    /// One policy on every path (envelope, line protocol, Kafka): NaN and ±Infinity are refused
+    /// with their own reason, as Timestream refuses them, instead of being stored and read back
+    /// as `null`.
+    #[test]
+    fn non_finite_doubles_are_refused_on_every_path() {
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            check(|r| r.value = MeasureValue::Single(Scalar::Double(bad)), Some(RejectReason::NonFiniteDouble));
+            let multi = MeasureValue::Multi(vec![("a".into(), Scalar::Double(1.0)), ("b".into(), Scalar::Double(bad))]);
+            check(|r| r.value = multi, Some(RejectReason::NonFiniteDouble));
+        }
+        check(|r| r.value = MeasureValue::Single(Scalar::Double(f64::MAX)), None);
+        check(|r| r.value = MeasureValue::Single(Scalar::Double(-0.0)), None);
     }
 
     #[test]
