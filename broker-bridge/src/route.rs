@@ -49,7 +49,7 @@ impl KafkaMessage {
         KafkaMessage {
             destination: Destination::DeadLetter,
             key: letter.device_id.clone(),
-            headers: letter.headers().into_iter().map(|(name, value)| (name, value.to_owned())).collect(),
+            headers: letter.headers(),
             payload: letter.payload.clone(),
         }
     }
@@ -145,7 +145,8 @@ fn reject_payload(inbound: &Inbound<'_>, device_id: Option<String>, reason: Reje
     Routed { outcome: Outcome::PayloadRejected { device_id, reason, detail }, messages: vec![KafkaMessage::dead_letter(&letter)], ack: None }
 }
 
-/// One ingest message for the accepted records (if any), one dead-letter message per rejection.
+/// One ingest message for the accepted records (if any), one dead-letter message per reason
+/// records were refused for.
 fn route_envelope(envelope: &Envelope) -> Routed {
     let device_id = &envelope.source.device_id;
     let mut messages = Vec::with_capacity(1 + envelope.rejected.len());
@@ -161,10 +162,8 @@ fn route_envelope(envelope: &Envelope) -> Routed {
             payload: envelope.to_cbor(),
         });
     }
-    for rejection in &envelope.rejected {
-        let letter = DeadLetter::for_record(RejectedBy::Bridge, envelope, rejection.clone(), Value::Null);
-        messages.push(KafkaMessage::dead_letter(&letter));
-    }
+    let refused = envelope.rejected.iter().map(|rejection| (rejection.clone(), None)).collect();
+    messages.extend(DeadLetter::for_records(RejectedBy::Bridge, envelope, refused, &Value::Null).iter().map(KafkaMessage::dead_letter));
     let ack = SeqRange {
         device_id: device_id.clone(),
         boot_id: envelope.source.boot_id.clone(),

@@ -135,20 +135,17 @@ impl Ingestor {
                 }
             }
         }
-        let letters = rejections
-            .into_iter()
-            .map(|(rejection, record)| {
-                self.counters.reject(rejection.reason);
-                dead_letter(envelope, origin, rejection, record)
-            })
-            .collect();
-        Ok(letters)
+        for (rejection, _) in &rejections {
+            self.counters.reject(rejection.reason);
+        }
+        let context = json!({"topic": origin.topic, "partition": origin.partition, "offset": origin.offset});
+        Ok(DeadLetter::for_records(RejectedBy::Ingest, envelope, rejections, &context))
     }
 
     /// Writes one message of the dead-letter topic (from the bridge or any worker) into the
     /// `rejected_records` table: dimensions `reason`, `device_id`, `source`; measures `detail`,
-    /// `payload` (both cut to 1 KiB), and the message's `dead_letter_partition` and
-    /// `dead_letter_offset`. Returns before anything is durable, like [`Ingestor::apply`].
+    /// `payload` (both cut to 1 KiB), `records` (how many records the letter stands for), and the
+    /// message's `dead_letter_partition` and `dead_letter_offset`. Returns before anything is durable, like [`Ingestor::apply`].
     pub async fn apply_dead_letter(&mut self, headers: &BTreeMap<String, String>, payload: &[u8], origin: &Origin, now_ns: i64) -> Result<(), StoreError> {
         let table = lodestone_store::rejected_records_table();
         if self.snapshot.table(&table).is_none() {
@@ -164,6 +161,7 @@ impl Ingestor {
             detail: received.detail,
             payload: String::from_utf8_lossy(payload).into_owned(),
             extra: vec![
+                ("records".into(), lodestone_model::Scalar::Bigint(i64::try_from(received.records).unwrap_or(i64::MAX))),
                 ("dead_letter_offset".into(), lodestone_model::Scalar::Bigint(origin.offset)),
                 ("dead_letter_partition".into(), lodestone_model::Scalar::Bigint(i64::from(origin.partition))),
             ],
@@ -225,12 +223,6 @@ impl Ingestor {
         }
         Ok(rows)
     }
-}
-
-/// The dead letter of one refused record: the record itself and where its message was found.
-fn dead_letter(envelope: &Envelope, origin: &Origin, rejection: Rejection, record: Option<serde_json::Value>) -> DeadLetter {
-    let context = json!({"topic": origin.topic, "partition": origin.partition, "offset": origin.offset, "record": record});
-    DeadLetter::for_record(RejectedBy::Ingest, envelope, rejection, context)
 }
 
 #[cfg(test)]

@@ -93,7 +93,7 @@ impl Log for KafkaLog {
     type Delivery = futures::future::BoxFuture<'static, Result<(), String>>;
 
     async fn send_dead_letter(&self, letter: &DeadLetter) -> Result<Self::Delivery, String> {
-        let headers = letter.headers().into_iter().fold(OwnedHeaders::new(), |headers, (key, value)| headers.insert(Header { key, value: Some(value) }));
+        let headers = letter.headers().into_iter().fold(OwnedHeaders::new(), |headers, (key, value)| headers.insert(Header { key, value: Some(value.as_bytes()) }));
         let key = letter.device_id.clone().unwrap_or_default();
         let record = FutureRecord::to(&self.dead_letter_topic).key(&key).payload(&letter.payload).headers(headers);
         let delivery: DeliveryFuture = send_waiting_for_room(&self.producer, record).await.map_err(|e| e.to_string())?;

@@ -21,6 +21,7 @@
 mod bundle;
 mod dead_letter;
 mod envelope;
+mod loose;
 mod record;
 pub mod topic;
 mod validate;
