@@ -22,7 +22,7 @@ use crate::table::TableRef;
 use crate::error::StoreError;
 use crate::rows::{Row, SeriesKey};
 use crate::schema::{arrow_schema, TableSchema, MEASURE_NAME_COLUMN, MEASURE_VALUE_COLUMNS, TIME_COLUMN, VERSION_COLUMN};
-use crate::{day_of, DAY_NS};
+use crate::{day_of, day_start_ns};
 
 /// Rows per Parquet row group; also the granularity of row-group pruning.
 const ROW_GROUP_ROWS_MAX: usize = 384 * 1024;
@@ -55,8 +55,8 @@ pub async fn write_partition_file(
         files.push(FileMeta {
             path,
             day,
-            min_time_ns: times.clone().min().unwrap_or(day * DAY_NS),
-            max_time_ns: times.max().unwrap_or(day * DAY_NS),
+            min_time_ns: times.clone().min().unwrap_or_else(|| day_start_ns(day)),
+            max_time_ns: times.max().unwrap_or_else(|| day_start_ns(day)),
             rows: indexes.len() as u64,
             bytes: size,
             level: 0,

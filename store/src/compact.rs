@@ -26,7 +26,7 @@ use crate::cold::{encode_parquet, file_path, unscale_doubles, ZSTD_LEVEL_COMPACT
 use crate::error::StoreError;
 use crate::schema::{arrow_schema, TableSchema, TIME_COLUMN};
 use crate::rejected::{records_of, rejected_records_properties, rejected_records_table, Rejected, REJECTED_RECORDS_DATABASE};
-use crate::DAY_NS;
+use crate::{day_start_ns, days_before};
 use lodestone_model::{record_to_json, Record, RejectReason};
 
 /// When and how much to compact.
@@ -191,8 +191,8 @@ impl Store {
         let output = FileMeta {
             path: path.clone(),
             day,
-            min_time_ns: arrow::compute::min(&times).unwrap_or(day * DAY_NS),
-            max_time_ns: arrow::compute::max(&times).unwrap_or(day * DAY_NS),
+            min_time_ns: arrow::compute::min(&times).unwrap_or_else(|| day_start_ns(day)),
+            max_time_ns: arrow::compute::max(&times).unwrap_or_else(|| day_start_ns(day)),
             rows: slice.num_rows() as u64,
             bytes: bytes.len() as u64,
             level: 1,
@@ -231,10 +231,10 @@ impl Store {
             let mut expired_paths = Vec::new();
             for tables in snapshot.databases.values_mut() {
                 for entry in tables.values_mut() {
-                    let horizon = now_ns.saturating_sub(i64::from(entry.properties.magnetic_retention_days) * DAY_NS);
+                    let horizon = days_before(now_ns, entry.properties.magnetic_retention_days);
                     let mut days = std::collections::BTreeSet::new();
                     entry.files.retain(|f| {
-                        let expired = (f.day + 1) * DAY_NS <= horizon;
+                        let expired = day_start_ns(f.day.saturating_add(1)) <= horizon;
                         if expired {
                             days.insert(f.day);
                             expired_paths.push(f.path.clone());

@@ -8,6 +8,7 @@ use lodestone_model::{MeasureValue, Record, RejectReason, Rejection};
 use arrow::array::RecordBatch;
 
 use crate::cold::build_batch_columns;
+use crate::days_before;
 use crate::error::StoreError;
 use crate::rows::{Row, SeriesKey};
 use crate::schema::TableSchema;
@@ -105,11 +106,19 @@ impl HotTier {
         index: usize,
     ) -> Result<WriteOutcome, Rejection> {
         let reject = |reason, detail: String| Rejection { index, reason, detail };
-        let window_start = now_ns.saturating_sub(i64::from(properties.memory_retention_hours) * HOUR_NS);
+        let window_start = now_ns.saturating_sub(i64::from(properties.memory_retention_hours).saturating_mul(HOUR_NS));
         if record.time_ns < window_start && !properties.magnetic_store_writes {
             return Err(reject(
                 RejectReason::TimeOutsideRetention,
                 format!("time {} is older than the memory retention of {} h", record.time_ns, properties.memory_retention_hours),
+            ));
+        }
+        // Timestream's rule for late writes, which also keeps every stored time within a few
+        // centuries of now (a time near i64::MIN overflowed the day arithmetic at persist).
+        if record.time_ns < days_before(now_ns, properties.magnetic_retention_days) {
+            return Err(reject(
+                RejectReason::TimeOutsideRetention,
+                format!("time {} is older than the magnetic retention of {} days", record.time_ns, properties.magnetic_retention_days),
             ));
         }
         known.check(&record, index)?;

@@ -61,3 +61,14 @@ pub const DAY_NS: i64 = 86_400 * 1_000_000_000;
 pub fn day_of(time_ns: i64) -> i64 {
     time_ns.div_euclid(DAY_NS)
 }
+
+/// The first nanosecond of day partition `day`, saturating at the ends of `i64` (the day of
+/// `i64::MIN` starts before it).
+pub fn day_start_ns(day: i64) -> i64 {
+    day.saturating_mul(DAY_NS)
+}
+
+/// How far back `days` reaches from `now_ns`, saturating.
+pub fn days_before(now_ns: i64, days: u32) -> i64 {
+    now_ns.saturating_sub(i64::from(days).saturating_mul(DAY_NS))
+}
