@@ -348,4 +348,20 @@ mod tests {
         let late = record("a", NOW - 100 * HOUR_NS, double(1.0), 1);
         assert_eq!(hot.write(&table(), &props, &TableSchema::default(), late, NOW, 0), Ok(WriteOutcome::Inserted));
     }
+
+    /// Regression: a record at a time near `i64::MIN`, accepted by a table with magnetic writes,
+    /// overflowed the day arithmetic when it was persisted. Records older than the magnetic
+    /// retention are refused now (Timestream's rule), at the bound day and one nanosecond past.
+    #[test]
+    fn a_time_near_i64_min_is_refused_by_the_magnetic_retention() {
+        let mut hot = HotTier::new(10);
+        let props = TableProperties { magnetic_store_writes: true, magnetic_retention_days: 2, ..TableProperties::default() };
+        let write = |hot: &mut HotTier, time_ns| hot.write(&table(), &props, &TableSchema::default(), record("a", time_ns, double(1.0), 1), NOW, 0);
+        let reason = |outcome: Result<WriteOutcome, Rejection>| outcome.err().map(|r| r.reason);
+        assert_eq!(write(&mut hot, NOW - 2 * crate::DAY_NS), Ok(WriteOutcome::Inserted));
+        assert_eq!(reason(write(&mut hot, NOW - 2 * crate::DAY_NS - 1)), Some(RejectReason::TimeOutsideRetention));
+        assert_eq!(reason(write(&mut hot, i64::MIN)), Some(RejectReason::TimeOutsideRetention));
+        assert_eq!(crate::day_start_ns(crate::day_of(i64::MIN)), i64::MIN, "saturates instead of overflowing");
+        assert_eq!(crate::day_start_ns(crate::day_of(i64::MAX) + 1), i64::MAX);
+    }
 }
