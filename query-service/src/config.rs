@@ -26,12 +26,13 @@ impl Validate for QueryConfig {
         non_empty("http.listen", &self.http.listen)?;
         positive("memory.timeout_ms", self.memory.timeout_ms)?;
         let l = &self.limits;
-        let positive_limits: [(&str, u64); 8] = [
+        let positive_limits: [(&str, u64); 9] = [
             ("limits.query_timeout_ms", l.query_timeout_ms),
             ("limits.rows_max", l.rows_max as u64),
             ("limits.query_memory_bytes_max", l.query_memory_bytes_max as u64),
             ("limits.concurrent_queries_max", l.concurrent_queries_max as u64),
             ("limits.sql_bytes_max", l.sql_bytes_max as u64),
+            ("limits.sql_operators_max", l.sql_operators_max as u64),
             ("limits.response_bytes_max", l.response_bytes_max as u64),
             ("limits.page_token_ttl_s", l.page_token_ttl_s),
             ("limits.paged_results_bytes_max", l.paged_results_bytes_max as u64),
@@ -92,6 +93,9 @@ pub struct LimitsConfig {
     pub concurrent_queries_max: usize,
     /// Largest SQL text accepted, in bytes.
     pub sql_bytes_max: usize,
+    /// Most operators (`+`, `AND`, `::`, `JOIN`, `UNION`, …) in one statement: 413
+    /// `sql_too_complex` beyond. It bounds the depth of the syntax tree ([`crate::complexity`]).
+    pub sql_operators_max: usize,
     /// Most bytes (in memory, before encoding) one answer's page may carry: 413 `response_too_large`.
     pub response_bytes_max: usize,
     /// How long a `next_token` stays valid.
@@ -128,6 +132,7 @@ impl Default for LimitsConfig {
             query_memory_bytes_max: 512 * 1024 * 1024,
             concurrent_queries_max: 16,
             sql_bytes_max: 256 * 1024,
+            sql_operators_max: 1_000,
             response_bytes_max: 64 * 1024 * 1024,
             page_token_ttl_s: 3_600,
             paged_results_bytes_max: 256 * 1024 * 1024,

@@ -4,14 +4,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::json::writer::{JsonArray, WriterBuilder};
+use datafusion::arrow::json::writer::{LineDelimited, WriterBuilder};
 use datafusion::catalog::{MemorySchemaProvider, SchemaProvider};
 use datafusion::error::DataFusionError;
-use datafusion::execution::memory_pool::GreedyMemoryPool;
+use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryConsumer};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode};
-use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::coop::CooperativeExec;
 use datafusion::physical_plan::ExecutionPlan;
@@ -37,6 +37,8 @@ pub enum QueryError {
     StatementNotAllowed(String),
     #[error("SQL text is {bytes} bytes, at most {max} allowed")]
     SqlTooLarge { bytes: usize, max: usize },
+    #[error("the statement has {operators} operators, at most {max} allowed; split it, or use IN (…) for long lists of alternatives")]
+    SqlTooComplex { operators: usize, max: usize },
     #[error("query ran longer than {timeout_ms} ms and was cancelled")]
     Timeout { timeout_ms: u64 },
     #[error("query returns more than {max} rows; add a LIMIT or a narrower time range")]
@@ -71,6 +73,7 @@ impl QueryError {
             QueryError::TokenExpired { .. } => "token_expired",
             QueryError::StatementNotAllowed(_) => "statement_not_allowed",
             QueryError::SqlTooLarge { .. } => "sql_too_large",
+            QueryError::SqlTooComplex { .. } => "sql_too_complex",
             QueryError::Timeout { .. } => "query_timeout",
             QueryError::TooManyRows { .. } => "too_many_rows",
             QueryError::MemoryLimit { .. } => "memory_limit",
@@ -86,7 +89,7 @@ impl QueryError {
             QueryError::InvalidSql(_) | QueryError::StatementNotAllowed(_) | QueryError::Cancelled(_) => 400,
             QueryError::TokenExpired { .. } => 410,
             QueryError::Timeout { .. } => 408,
-            QueryError::SqlTooLarge { .. } | QueryError::TooManyRows { .. } | QueryError::ResponseTooLarge { .. } => 413,
+            QueryError::SqlTooLarge { .. } | QueryError::SqlTooComplex { .. } | QueryError::TooManyRows { .. } | QueryError::ResponseTooLarge { .. } => 413,
             QueryError::MemoryLimit { .. } => 422,
             QueryError::TooManyQueries { .. } => 503,
             QueryError::Forbidden(error) => error.status().as_u16(),
@@ -242,6 +245,11 @@ impl Engine {
         if sql.len() > self.limits.sql_bytes_max {
             return Err(QueryError::SqlTooLarge { bytes: sql.len(), max: self.limits.sql_bytes_max });
         }
+        // Also checked by `parse_statement`, but here before the query takes a slot.
+        let operators = crate::complexity::operator_count(sql).map_err(QueryError::InvalidSql)?;
+        if operators > self.limits.sql_operators_max {
+            return Err(QueryError::SqlTooComplex { operators, max: self.limits.sql_operators_max });
+        }
         let _permit = self.running.try_acquire().map_err(|_| QueryError::TooManyQueries { running: self.limits.concurrent_queries_max })?;
         let started = Instant::now();
         let page_rows = max_rows.unwrap_or(self.limits.rows_max).clamp(1, self.limits.rows_max);
@@ -381,10 +389,14 @@ impl Engine {
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
         let frame = self.plan(&ctx, sql, options, caller).await?;
         let mut stream = frame.execute_stream().await.map_err(|e| QueryError::from_datafusion(e, &self.limits))?;
+        // The answer counts against the query's memory limit like its sorts and joins do: a
+        // `SELECT repeat('x', 100000) FROM range(20000)` held gigabytes before the row bound.
+        let answer = MemoryConsumer::new("query answer").register(&ctx.runtime_env().memory_pool);
         let mut batches = Vec::new();
         let mut rows = 0;
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(|e| QueryError::from_datafusion(e, &self.limits))?;
+            answer.try_grow(batch.get_array_memory_size()).map_err(|e| QueryError::from_datafusion(e, &self.limits))?;
             rows += batch.num_rows();
             rows_seen.store(rows as u64, std::sync::atomic::Ordering::Relaxed);
             if rows > rows_max {
@@ -400,14 +412,7 @@ impl Engine {
     async fn plan(&self, ctx: &SessionContext, sql: &str, options: SQLOptions, caller: &Principal) -> Result<datafusion::dataframe::DataFrame, QueryError> {
         let datafusion_error = |e| QueryError::from_datafusion(e, &self.limits);
         let state = ctx.state();
-        let dialect = state.config().options().sql_parser.dialect;
-        let sql = crate::timestream::interval_literals(sql);
-        let mut statement = state.sql_to_statement(&sql, &dialect).map_err(datafusion_error)?;
-        if !is_query(&statement) {
-            return Err(QueryError::StatementNotAllowed(statement.to_string()));
-        }
-        resolve_typed_columns(&mut statement);
-        crate::timestream::rewrite_functions(&mut statement).map_err(QueryError::InvalidSql)?;
+        let statement = parse_statement(&state, sql, &self.limits)?;
         let plan = state.statement_to_plan(statement).await.map_err(datafusion_error)?;
         options.verify_plan(&plan).map_err(|e| QueryError::StatementNotAllowed(e.to_string()))?;
         authorize(&plan, caller)?;
@@ -479,6 +484,27 @@ fn may_read(schema: Option<&str>, caller: &Principal) -> Result<(), AuthError> {
 }
 
 /// Whether a parsed statement only reads: SELECT/WITH, EXPLAIN, SHOW, DESCRIBE.
+/// The statement `sql` asks for, before planning: its operators counted against
+/// `limits.sql_operators_max` ([`crate::complexity`]), Timestream's interval literals, parsed with
+/// `state`'s dialect and recursion limit, refused unless it is a query, `measure_value::<type>`
+/// resolved and Timestream's functions rewritten. Everything a client's SQL meets before
+/// DataFusion plans it (the fuzz target `sql` runs exactly this).
+pub fn parse_statement(state: &SessionState, sql: &str, limits: &LimitsConfig) -> Result<datafusion::sql::parser::Statement, QueryError> {
+    let operators = crate::complexity::operator_count(sql).map_err(QueryError::InvalidSql)?;
+    if operators > limits.sql_operators_max {
+        return Err(QueryError::SqlTooComplex { operators, max: limits.sql_operators_max });
+    }
+    let dialect = state.config().options().sql_parser.dialect;
+    let sql = crate::timestream::interval_literals(sql);
+    let mut statement = state.sql_to_statement(&sql, &dialect).map_err(|e| QueryError::from_datafusion(e, limits))?;
+    if !is_query(&statement) {
+        return Err(QueryError::StatementNotAllowed(statement.to_string()));
+    }
+    resolve_typed_columns(&mut statement);
+    crate::timestream::rewrite_functions(&mut statement).map_err(QueryError::InvalidSql)?;
+    Ok(statement)
+}
+
 fn is_query(statement: &datafusion::sql::parser::Statement) -> bool {
     use datafusion::sql::parser::Statement as Df;
     use datafusion::sql::sqlparser::ast::Statement as Sql;
@@ -521,17 +547,18 @@ fn render(batch: &RecordBatch) -> Result<(Vec<Column>, Vec<Vec<serde_json::Value
     let columns: Vec<Column> =
         schema.fields().iter().map(|f| Column { name: f.name().clone(), data_type: scalar_type(f.data_type()) }).collect();
     let mut buffer = Vec::new();
-    let mut writer = WriterBuilder::new().with_explicit_nulls(true).build::<_, JsonArray>(&mut buffer);
+    let mut writer = WriterBuilder::new().with_explicit_nulls(true).build::<_, LineDelimited>(&mut buffer);
     let refs: Vec<&RecordBatch> = batches.iter().collect();
     writer.write_batches(&refs).map_err(|e| QueryError::Internal(e.to_string()))?;
     writer.finish().map_err(|e| QueryError::Internal(e.to_string()))?;
     drop(writer);
-    let objects: Vec<serde_json::Map<String, serde_json::Value>> =
-        if buffer.is_empty() { Vec::new() } else { serde_json::from_slice(&buffer).map_err(|e| QueryError::Internal(e.to_string()))? };
-    let rows = objects
-        .into_iter()
-        .map(|mut object| columns.iter().map(|c| object.remove(&c.name).unwrap_or(serde_json::Value::Null)).collect())
-        .collect();
+    // One object per line, each turned into its row as soon as it is read: holding every row's
+    // object (its column names repeated) at once took several times the page's own memory.
+    let rows = serde_json::Deserializer::from_slice(&buffer)
+        .into_iter::<serde_json::Map<String, serde_json::Value>>()
+        .map(|object| object.map(|mut object| columns.iter().map(|c| object.remove(&c.name).unwrap_or(serde_json::Value::Null)).collect()))
+        .collect::<Result<Vec<Vec<serde_json::Value>>, _>>()
+        .map_err(|e| QueryError::Internal(e.to_string()))?;
     Ok((columns, rows))
 }
 

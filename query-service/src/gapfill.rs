@@ -27,7 +27,7 @@ use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Array, RecordBat
 use datafusion::arrow::compute::{concat_batches, lexsort_to_indices, take, SortColumn};
 use datafusion::arrow::datatypes::{DataType, Float64Type, IntervalMonthDayNanoType, IntervalUnit, SchemaRef, TimeUnit, TimestampNanosecondType};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{plan_err, DFSchemaRef, Result, ScalarValue};
+use datafusion::common::{exec_err, plan_err, DFSchemaRef, Result, ScalarValue};
 use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::expr::ScalarFunction;
@@ -49,6 +49,10 @@ use crate::table::{column_comparison, timestamp_ns};
 
 /// Most bins one group may be filled with: a range and interval that ask for more are refused.
 pub const BINS_PER_GROUP_MAX: i64 = 1_000_000;
+
+/// Most bins one gap-filled answer may hold over all its groups (each takes a few dozen bytes
+/// that no memory pool counts): past it the query fails with an error naming the bound.
+pub const BINS_TOTAL_MAX: usize = 10_000_000;
 
 /// How an aggregate column's empty bins are filled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd)]
@@ -209,7 +213,9 @@ fn gap_fill_aggregate(plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
     let Some((from_ns, to_ns)) = time_range(&aggregate.input)? else {
         return plan_err!("bin_gapfill needs a time range in WHERE: time >= … AND time < … (or BETWEEN)");
     };
-    if stride_ns <= 0 || (to_ns - from_ns) / stride_ns > BINS_PER_GROUP_MAX {
+    // Saturating: a range from near i64::MIN to near i64::MAX wrapped to a negative width and
+    // skipped this check.
+    if stride_ns <= 0 || to_ns.saturating_sub(from_ns) / stride_ns > BINS_PER_GROUP_MAX {
         return plan_err!("bin_gapfill: {} bins per group at most; widen the interval or narrow the time range", BINS_PER_GROUP_MAX);
     }
     let name = aggregate.group_expr[position].schema_name().to_string();
@@ -286,9 +292,9 @@ fn time_range(plan: &LogicalPlan) -> Result<Option<(i64, i64)>> {
                 let Some(ns) = timestamp_ns(value) else { continue };
                 match op {
                     Operator::GtEq => from = Some(from.map_or(ns, |f| f.max(ns))),
-                    Operator::Gt => from = Some(from.map_or(ns + 1, |f| f.max(ns + 1))),
+                    Operator::Gt => from = Some(from.map_or(ns.saturating_add(1), |f| f.max(ns.saturating_add(1)))),
                     Operator::Lt => to = Some(to.map_or(ns, |t| t.min(ns))),
-                    Operator::LtEq => to = Some(to.map_or(ns + 1, |t| t.min(ns + 1))),
+                    Operator::LtEq => to = Some(to.map_or(ns.saturating_add(1), |t| t.min(ns.saturating_add(1)))),
                     _ => {}
                 }
             }
@@ -305,7 +311,10 @@ fn interval_ns(value: &ScalarValue) -> Result<i64> {
     if interval.months != 0 {
         return plan_err!("bin_gapfill: intervals of months have no fixed length");
     }
-    Ok(i64::from(interval.days) * 86_400_000_000_000 + interval.nanoseconds)
+    i64::from(interval.days)
+        .checked_mul(86_400_000_000_000)
+        .and_then(|days_ns| days_ns.checked_add(interval.nanoseconds))
+        .map_or_else(|| plan_err!("bin_gapfill: the interval does not fit in 64 bits of nanoseconds"), Ok)
 }
 
 /// Plans [`GapFill`] nodes as [`GapFillExec`].
@@ -436,7 +445,7 @@ impl Filler {
             self.groups.iter().map(|&g| datafusion::arrow::row::SortField::new(batch.column(g).data_type().clone())).collect(),
         )?;
         let keys = group_keys.convert_columns(&self.groups.iter().map(|&g| batch.column(g).clone()).collect::<Vec<_>>())?;
-        let first_bin = self.from_ns - self.from_ns.rem_euclid(self.stride_ns);
+        let first_bin = self.from_ns.saturating_sub(self.from_ns.rem_euclid(self.stride_ns));
         // Per output row: the input row of its group (for group columns), its bin, and the input
         // row that has its bin, if any.
         let (mut group_rows, mut bins, mut present): (Vec<u32>, Vec<i64>, Vec<Option<u32>>) = (Vec::new(), Vec::new(), Vec::new());
@@ -456,10 +465,14 @@ impl Filler {
                     next += 1;
                 }
                 let here = (next < rows.len() && times.value(rows[next] as usize) == bin).then(|| rows[next]);
+                if bins.len() >= BINS_TOTAL_MAX {
+                    return exec_err!("bin_gapfill: more than {BINS_TOTAL_MAX} bins over all groups; widen the interval, narrow the time range or group less");
+                }
                 group_rows.push(rows[0]);
                 bins.push(bin);
                 present.push(here);
-                bin += self.stride_ns;
+                let Some(next_bin) = bin.checked_add(self.stride_ns) else { break };
+                bin = next_bin;
             }
             start = end;
         }

@@ -27,6 +27,7 @@
 //! and tables.
 
 pub mod api;
+pub mod complexity;
 pub mod config;
 pub mod engine;
 pub mod gapfill;

@@ -18,8 +18,16 @@ struct Args {
     config: Option<PathBuf>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Stack of each runtime thread. Planning walks syntax trees and plans recursively; their depth is
+/// bounded by `limits.sql_operators_max` ([`query_service::complexity`]), and DataFusion grows its
+/// own recursion onto the heap (`recursive_protection`), but the rewrites before it use the thread's stack.
+const THREAD_STACK_BYTES: usize = 8 * 1024 * 1024;
+
+fn main() -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().thread_stack_size(THREAD_STACK_BYTES).build()?.block_on(serve())
+}
+
+async fn serve() -> anyhow::Result<()> {
     lodestone_kit::log::init("info");
     let args = Args::parse();
     let config: QueryConfig = lodestone_kit::config::load(args.config.as_deref(), "LODESTONE_QUERY")?;

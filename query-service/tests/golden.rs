@@ -6,7 +6,7 @@
 //! A `.sql` file may start with `-- max_rows: N` to pass a page size with the query (the golden
 //! answer is the first page), and with `-- limit: KEY=VALUE` lines to run it under other limits
 //! (`query_timeout_ms`, `query_memory_bytes_max`, `rows_max`, `sql_bytes_max`,
-//! `response_bytes_max`).
+//! `sql_operators_max`, `response_bytes_max`).
 
 use std::path::Path;
 
@@ -56,6 +56,7 @@ async fn golden_queries() {
                 "query_memory_bytes_max" => limits.query_memory_bytes_max = value,
                 "rows_max" => limits.rows_max = value,
                 "sql_bytes_max" => limits.sql_bytes_max = value,
+                "sql_operators_max" => limits.sql_operators_max = value,
                 "response_bytes_max" => limits.response_bytes_max = value,
                 other => panic!("{}: unknown limit {other}", case.display()),
             }
