@@ -126,10 +126,7 @@ fn read_request(
     })?;
     let content_type = headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("(not text)"));
     let format = BodyFormat::detect(content_type, &body)?;
-    let records = decode_body(format, &body, precision, &state.device_id, state.intake.limits(), now_ns)?;
-    if records.len() > state.records_per_request_max {
-        return Err(IntakeError::TooManyRecords { count: records.len(), max: state.records_per_request_max });
-    }
+    let records = decode_body(format, &body, precision, &state.device_id, state.intake.limits(), state.records_per_request_max, now_ns)?;
     Ok((destination, records))
 }
 

@@ -137,11 +137,25 @@ impl BodyFormat {
 /// Decodes a write's body into records. JSON records are also validated here (the model's
 /// decoder does both); line-protocol records are validated by [`Intake::submit`]. Lines without
 /// a timestamp get `now_ns`.
-pub fn decode_body(format: BodyFormat, body: &[u8], precision: Precision, device_id: &str, limits: &Limits, now_ns: i64) -> Result<Vec<Record>, IntakeError> {
+pub fn decode_body(
+    format: BodyFormat,
+    body: &[u8],
+    precision: Precision,
+    device_id: &str,
+    limits: &Limits,
+    records_max: usize,
+    now_ns: i64,
+) -> Result<Vec<Record>, IntakeError> {
+    // Counted before anything is decoded: a 16 MiB body of millions of short lines would
+    // otherwise become millions of records in memory before the bound refused it.
+    let too_many = |count: usize| if count > records_max { Err(IntakeError::TooManyRecords { count, max: records_max }) } else { Ok(()) };
     match format {
-        BodyFormat::LineProtocol => Ok(line_protocol::parse(body, precision, now_ns)?),
+        BodyFormat::LineProtocol => {
+            too_many(line_protocol::line_count(body))?;
+            Ok(line_protocol::parse(body, precision, now_ns)?)
+        }
         BodyFormat::Json => {
-            let wrapped = wrap_json_records(body, device_id)?;
+            let wrapped = wrap_json_records(body, device_id, records_max)?;
             let envelope = Envelope::decode(&wrapped, Some(ContentType::Json), limits, now_ns)
                 .map_err(|e| IntakeError::Malformed(e.to_string()))?;
             if !envelope.rejected.is_empty() {
@@ -155,7 +169,7 @@ pub fn decode_body(format: BodyFormat, body: &[u8], precision: Precision, device
 
 /// Wraps the records of a JSON body into an envelope `{"v":1,"source":{"device_id":…},"records":[…]}`
 /// so that the model's decoder reads them. Accepts a JSON array or `{"records": [...]}`.
-fn wrap_json_records(body: &[u8], device_id: &str) -> Result<Vec<u8>, IntakeError> {
+fn wrap_json_records(body: &[u8], device_id: &str, records_max: usize) -> Result<Vec<u8>, IntakeError> {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Wrapped<'a> {
@@ -172,8 +186,31 @@ fn wrap_json_records(body: &[u8], device_id: &str) -> Result<Vec<u8>, IntakeErro
     if !records.get().starts_with('[') {
         return Err(shape());
     }
+    let count = count_elements(records.get()).map_err(|e| IntakeError::Malformed(format!("malformed JSON: {e}")))?;
+    if count > records_max {
+        return Err(IntakeError::TooManyRecords { count, max: records_max });
+    }
     let device_id = serde_json::to_string(device_id).expect("a string encodes as JSON");
     Ok(format!(r#"{{"v":1,"source":{{"device_id":{device_id}}},"records":{}}}"#, records.get()).into_bytes())
+}
+
+/// The length of the JSON array `array`, read without keeping any element.
+fn count_elements(array: &str) -> Result<usize, serde_json::Error> {
+    struct Count;
+    impl<'de> serde::de::Visitor<'de> for Count {
+        type Value = usize;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an array")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
+            let mut count = 0;
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                count += 1;
+            }
+            Ok(count)
+        }
+    }
+    serde::Deserializer::deserialize_seq(&mut serde_json::Deserializer::from_str(array), Count)
 }
 
 /// Validates every record; all must pass.
@@ -243,7 +280,7 @@ mod tests {
     const NOW: i64 = 1_700_000_000_000_000_000;
 
     fn decode_json(body: &str) -> Result<Vec<Record>, IntakeError> {
-        decode_body(BodyFormat::Json, body.as_bytes(), Precision::Nanoseconds, "dev \"1\"", &Limits::default(), NOW)
+        decode_body(BodyFormat::Json, body.as_bytes(), Precision::Nanoseconds, "dev \"1\"", &Limits::default(), 100, NOW)
     }
 
     #[test]
@@ -269,7 +306,8 @@ mod tests {
         check(r#"{"records": [], "extra": 1}"#, "malformed_payload", "unknown field");
         check(r#"[], "first_seq": 5"#, "malformed_payload", "malformed JSON");
         check("42", "malformed_payload", "expected a JSON array");
-        check(r#"[{"measure_name":"m","value":1}]"#, "malformed_payload", "time");
+        // A record without `time` is refused as a record (listed by index), not as a payload.
+        check(r#"[{"measure_name":"m","value":1}]"#, "invalid_value", "1 of 1 records are invalid");
     }
 
     #[test]
@@ -296,11 +334,31 @@ mod tests {
 
     #[test]
     fn line_protocol_is_validated_after_parsing() {
-        let records = decode_body(BodyFormat::LineProtocol, b"m,time=x f=1 1\nm f=2 2", Precision::Nanoseconds, "d", &Limits::default(), NOW).unwrap();
+        let records = decode_body(BodyFormat::LineProtocol, b"m,time=x f=1 1\nm f=2 2", Precision::Nanoseconds, "d", &Limits::default(), 100, NOW).unwrap();
         let err = validate_all(&records, &Limits::default(), NOW).unwrap_err();
         assert_eq!(err.code(), "invalid_dimension_name");
-        let err = decode_body(BodyFormat::LineProtocol, b"m f=1 1\nm", Precision::Nanoseconds, "d", &Limits::default(), NOW).unwrap_err();
+        let err = decode_body(BodyFormat::LineProtocol, b"m f=1 1\nm", Precision::Nanoseconds, "d", &Limits::default(), 100, NOW).unwrap_err();
         assert_eq!((err.code(), err.to_string().as_str()), ("malformed_payload", "line 2: missing fields (need at least one field=value after the tags)"));
+    }
+
+    /// Regression: a 16 MiB body of millions of lines was decoded in full before the record
+    /// bound refused it. The bound is now checked on a count taken before decoding, exactly at
+    /// the limit.
+    #[test]
+    fn too_many_records_are_refused_before_they_are_decoded() {
+        let decode = |format, body: &[u8]| decode_body(format, body, Precision::Nanoseconds, "d", &Limits::default(), 3, NOW).map(|r| r.len());
+        let lines = |n: usize| "# a comment\n\n".to_string() + &"m f=1 1\n".repeat(n);
+        assert_eq!(decode(BodyFormat::LineProtocol, lines(3).as_bytes()).unwrap(), 3);
+        let err = decode(BodyFormat::LineProtocol, lines(4).as_bytes()).unwrap_err();
+        assert_eq!((err.code(), err.to_string()), ("too_many_records", IntakeError::TooManyRecords { count: 4, max: 3 }.to_string()));
+        // Lines past the bound are not parsed: a broken one is still "too many", not "malformed".
+        let err = decode(BodyFormat::LineProtocol, (lines(3) + "not a line").as_bytes()).unwrap_err();
+        assert_eq!(err.code(), "too_many_records");
+        let json = |n: usize| format!("[{}]", vec![format!(r#"{{"measure_name":"m","value":1,"time":{NOW}}}"#); n].join(","));
+        assert_eq!(decode(BodyFormat::Json, json(3).as_bytes()).unwrap(), 3);
+        assert_eq!(decode(BodyFormat::Json, json(4).as_bytes()).unwrap_err().code(), "too_many_records");
+        let wrapped = format!(r#"{{"records":{}}}"#, json(4));
+        assert_eq!(decode(BodyFormat::Json, wrapped.as_bytes()).unwrap_err().code(), "too_many_records");
     }
 
     #[test]

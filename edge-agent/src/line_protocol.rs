@@ -78,6 +78,12 @@ pub enum LineErrorKind {
 
 /// Reads every line of `body`. Lines without a timestamp get `now_ns`. Stops at the first bad
 /// line, naming it.
+/// How many records `body` holds at most: its lines that are neither blank nor comments (each
+/// other line is one record, or an error). Counted without decoding anything.
+pub fn line_count(body: &[u8]) -> usize {
+    body.split(|&b| b == b'\n').filter(|line| !matches!(line.iter().find(|b| !b.is_ascii_whitespace()), None | Some(b'#'))).count()
+}
+
 pub fn parse(body: &[u8], precision: Precision, now_ns: i64) -> Result<Vec<Record>, LineProtocolError> {
     let text = std::str::from_utf8(body).map_err(|e| {
         let line = 1 + body[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count();
