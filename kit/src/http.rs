@@ -57,6 +57,7 @@ pub struct Server {
 /// handshake timeout, at most [`HANDSHAKES_MAX`] at once (connections beyond are closed at
 /// once): a client that connects and stalls holds up no one, and a flood of them is bounded.
 pub async fn serve(listen: &str, router: axum::Router, tls: &ServerTls, mut shutdown: Shutdown) -> Result<Server, BindError> {
+    let router = bound_in_flight(router, REQUESTS_IN_FLIGHT_MAX);
     let bind_error = |source| BindError { listen: listen.to_string(), source };
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(bind_error)?;
     let addr = listener.local_addr().map_err(bind_error)?;
@@ -81,6 +82,30 @@ fn report(served: std::io::Result<()>) {
     if let Err(error) = served {
         tracing::error!(%error, "HTTP server failed");
     }
+}
+
+/// Requests one listener handles at once, `/health` and `/ready` aside (they stay answerable
+/// under load); one more is answered at once with 503 `overloaded`. A service bounds the memory
+/// of each request (body size, query memory), so this bounds the memory of all of them.
+pub const REQUESTS_IN_FLIGHT_MAX: usize = 256;
+
+/// `router` answering 503 `overloaded` to a request that arrives while `max` are in flight.
+pub fn bound_in_flight(router: axum::Router, max: usize) -> axum::Router {
+    let permits = Arc::new(Semaphore::new(max));
+    router.layer(axum::middleware::from_fn(move |request: axum::extract::Request, next: axum::middleware::Next| {
+        let permits = permits.clone();
+        async move {
+            if matches!(request.uri().path(), "/health" | "/ready") {
+                return next.run(request).await;
+            }
+            let Ok(_permit) = permits.try_acquire_owned() else {
+                let message = format!("{max} requests are in flight on this service; retry later");
+                let body = axum::Json(serde_json::json!({"error": {"code": "overloaded", "message": message}}));
+                return axum::response::IntoResponse::into_response((axum::http::StatusCode::SERVICE_UNAVAILABLE, body));
+            };
+            next.run(request).await
+        }
+    }))
 }
 
 /// TLS handshakes under way at once on one listener; a connection beyond is closed at once.
@@ -213,6 +238,51 @@ mod tests {
         trigger.trigger();
         server.stopped().await.unwrap();
         assert!(tokio::net::TcpStream::connect(server.addr()).await.is_err());
+    }
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    }
+
+    /// A flood of slow requests gets 503 `overloaded` past the bound, while `/health` still
+    /// answers and the requests in flight finish.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_past_the_in_flight_bound_are_answered_503_and_health_still_answers() {
+        let release = Arc::new(tokio::sync::Notify::new());
+        let entered = Arc::new(Semaphore::new(0));
+        let (hold, arrived) = (release.clone(), entered.clone());
+        let router = axum::Router::new()
+            .route("/health", axum::routing::get(|| async { "ok" }))
+            .route(
+                "/slow",
+                axum::routing::get(move || {
+                    let (hold, arrived) = (hold.clone(), arrived.clone());
+                    async move {
+                        // Created before it is announced: it then receives notify_waiters.
+                        let released = hold.notified();
+                        arrived.add_permits(1);
+                        released.await;
+                        "done"
+                    }
+                }),
+            );
+        let (_trigger, shutdown) = shutdown_channel();
+        let server = serve("127.0.0.1:0", bound_in_flight(router, 2), &ServerTls::Plain, shutdown).await.unwrap();
+        let addr = server.addr();
+        let slow: Vec<_> = (0..2).map(|_| tokio::spawn(get(addr, "/slow"))).collect();
+        let _both_in = entered.acquire_many(2).await.unwrap();
+        let refused = get(addr, "/slow").await;
+        assert!(refused.starts_with("HTTP/1.1 503") && refused.contains(r#""code":"overloaded""#), "{refused}");
+        assert!(get(addr, "/health").await.starts_with("HTTP/1.1 200"));
+        release.notify_waiters();
+        for request in slow {
+            assert!(request.await.unwrap().ends_with("done"));
+        }
+        assert!(get(addr, "/health").await.starts_with("HTTP/1.1 200"));
     }
 
     #[tokio::test]
