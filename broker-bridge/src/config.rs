@@ -84,6 +84,10 @@ pub struct MqttConfig {
     /// never acked for what was dropped: see `acks`).
     pub log_segment_bytes: usize,
     pub log_segments_max: usize,
+    /// Distinct data topics devices may publish on (rumqttd keeps state for each, forever); a
+    /// publish on one more is refused and its connection closed (metric denied `topics_max`).
+    /// Checked by the TLS front, so not with `plaintext`.
+    pub topics_max: usize,
     /// Per-device sequence watermarks kept to detect gaps. At the bound, devices with nothing in
     /// flight are forgotten; their next envelope starts a new watermark.
     pub devices_tracked_max: usize,
@@ -107,6 +111,7 @@ impl Default for MqttConfig {
             log_segment_bytes: 16 * 1024 * 1024,
             log_segments_max: 4,
             devices_tracked_max: 100_000,
+            topics_max: 100_000,
         }
     }
 }
@@ -221,6 +226,7 @@ impl Validate for BridgeConfig {
         ensure(m.log_segment_bytes >= SEGMENT_BYTES_MIN, "mqtt.log_segment_bytes", || min(&SEGMENT_BYTES_MIN.to_string()))?;
         ensure(m.log_segments_max >= 1, "mqtt.log_segments_max", || min("1"))?;
         ensure(m.devices_tracked_max >= 1, "mqtt.devices_tracked_max", || min("1"))?;
+        ensure(m.topics_max >= 1, "mqtt.topics_max", || min("1"))?;
         ensure(!k.bootstrap_servers.trim().is_empty(), "kafka.bootstrap_servers", || "must not be empty".into())?;
         let topics_ok = !k.ingest_topic.is_empty() && !k.dead_letter_topic.is_empty() && k.ingest_topic != k.dead_letter_topic;
         ensure(topics_ok, "kafka.ingest_topic", || "and kafka.dead_letter_topic must be set and differ".into())?;

@@ -29,6 +29,8 @@ pub enum Denied {
     Policy,
     /// A retained PUBLISH or will.
     Retain,
+    /// A PUBLISH on a new topic while the broker holds `mqtt.topics_max` topics.
+    Topics,
     /// SUBSCRIBE to anything but the device's own ack topic.
     Subscribe,
     /// A packet that does not parse, or comes before CONNECT, or a second CONNECT.
@@ -42,6 +44,7 @@ impl Denied {
             Denied::Topic => "topic",
             Denied::Policy => "policy",
             Denied::Retain => "retain",
+            Denied::Topics => "topics_max",
             Denied::Subscribe => "subscribe",
             Denied::Protocol => "protocol",
         }
@@ -90,6 +93,36 @@ impl Policy {
     }
 }
 
+/// The distinct data topics devices have published on, up to `mqtt.topics_max`. rumqttd keeps
+/// state for every topic it has seen and never forgets one, so the topics devices can create are
+/// bounded here, before rumqttd sees them: past the bound, a publish on a new topic is refused
+/// (and its connection closed) while the known topics work on.
+#[derive(Debug)]
+pub struct TopicBook {
+    known: std::sync::Mutex<std::collections::HashSet<String>>,
+    max: usize,
+}
+
+impl TopicBook {
+    pub fn new(max: usize) -> TopicBook {
+        TopicBook { known: Default::default(), max }
+    }
+
+    /// Whether `topic` may be published on: it is known, or there is room for it (and it is
+    /// known from now on).
+    pub fn admit(&self, topic: &str) -> bool {
+        let mut known = self.known.lock().expect("topic book lock");
+        if known.contains(topic) {
+            return true;
+        }
+        if known.len() >= self.max {
+            return false;
+        }
+        known.insert(topic.to_owned());
+        true
+    }
+}
+
 /// `*`-only wildcard match, in linear time for patterns with one `*` and at most quadratic
 /// otherwise (the classic two-pointer walk, no backtracking blow-up).
 pub fn glob(pattern: &str, text: &str) -> bool {
@@ -119,13 +152,14 @@ pub fn glob(pattern: &str, text: &str) -> bool {
 pub struct Gate {
     device_id: String,
     policy: std::sync::Arc<Policy>,
+    topics: std::sync::Arc<TopicBook>,
     /// The MQTT protocol level of the CONNECT (4: 3.1.1, 5: 5.0); `None` before it.
     level: Option<u8>,
 }
 
 impl Gate {
-    pub fn new(device_id: String, policy: std::sync::Arc<Policy>) -> Gate {
-        Gate { device_id, policy, level: None }
+    pub fn new(device_id: String, policy: std::sync::Arc<Policy>, topics: std::sync::Arc<TopicBook>) -> Gate {
+        Gate { device_id, policy, topics, level: None }
     }
 
     pub fn device_id(&self) -> &str {
@@ -202,6 +236,9 @@ impl Gate {
         }
         if !self.policy.may_write(&self.device_id, &database, &table) {
             return refuse(Denied::Policy, format!("no policy lets {} write into {database}.{table}", self.device_id));
+        }
+        if !self.topics.admit(topic) {
+            return refuse(Denied::Topics, format!("{topic:?} would be one topic more than mqtt.topics_max ({})", self.topics.max));
         }
         Verdict::Forward
     }
@@ -407,11 +444,15 @@ mod tests {
     }
 
     fn gate() -> Gate {
+        gate_with_topics(std::sync::Arc::new(TopicBook::new(100)))
+    }
+
+    fn gate_with_topics(topics: std::sync::Arc<TopicBook>) -> Gate {
         let policy = Policy::new(vec![
             PolicyRule { devices: vec!["truck-*".into()], write: vec!["fleet/*".into()] },
             PolicyRule { devices: vec!["*".into()], write: vec!["sim/readings".into()] },
         ]);
-        Gate::new("truck-7".into(), std::sync::Arc::new(policy))
+        Gate::new("truck-7".into(), std::sync::Arc::new(policy), topics)
     }
 
     fn denied(verdict: Verdict) -> Option<Denied> {
@@ -452,6 +493,24 @@ mod tests {
         // PINGREQ and PUBACK pass.
         assert_eq!(denied(gate.check(&[0xc0, 0x00])), None);
         assert_eq!(denied(gate.check(&[0x40, 0x02, 0x00, 0x01])), None);
+    }
+
+    /// Regression: rumqttd keeps state for every distinct topic forever, so a device could
+    /// create them without end (one per table name). Past `mqtt.topics_max` a new topic is
+    /// refused; the known ones, and every other device's, work on.
+    #[test]
+    fn new_topics_past_the_bound_are_refused_and_known_ones_still_pass() {
+        let topics = std::sync::Arc::new(TopicBook::new(2));
+        let mut gate = gate_with_topics(topics.clone());
+        assert_eq!(denied(gate.check(&connect(4, "truck-7", None))), None);
+        let check = |gate: &mut Gate, topic: &str| denied(gate.check(&publish(topic, false)));
+        assert_eq!(check(&mut gate, "lodestone/v1/fleet/a/truck-7"), None);
+        assert_eq!(check(&mut gate, "lodestone/v1/fleet/b/truck-7"), None, "at the bound");
+        assert_eq!(check(&mut gate, "lodestone/v1/fleet/c/truck-7"), Some(Denied::Topics), "one past it");
+        assert_eq!(check(&mut gate, "lodestone/v1/fleet/a/truck-7"), None, "a known topic");
+        let mut other = gate_with_topics(topics);
+        assert_eq!(denied(other.check(&connect(4, "truck-7", None))), None);
+        assert_eq!(check(&mut other, "lodestone/v1/fleet/b/truck-7"), None, "known to every session");
     }
 
     #[test]

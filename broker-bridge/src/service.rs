@@ -142,6 +142,7 @@ impl Bridge {
                 let session = crate::session::SessionSettings {
                     broker: rumqttd,
                     policy: Arc::new(crate::gate::Policy::new(config.mqtt.policies.clone())),
+                    topics: Arc::new(crate::gate::TopicBook::new(config.mqtt.topics_max)),
                     packet_bytes_max: config.mqtt.packet_bytes_max,
                     passwords,
                 };

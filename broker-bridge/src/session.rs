@@ -30,7 +30,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use lodestone_kit::auth::Authenticator;
 
-use crate::gate::{Framer, Gate, Policy, Verdict};
+use crate::gate::{Framer, Gate, Policy, TopicBook, Verdict};
 
 /// How long a device has, after its TLS handshake, to send CONNECT.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,6 +42,8 @@ pub struct SessionSettings {
     pub broker: Arc<Broker>,
     /// What each device may write.
     pub policy: Arc<Policy>,
+    /// The data topics published on so far, up to `mqtt.topics_max`.
+    pub topics: Arc<TopicBook>,
     /// The largest packet a device may send.
     pub packet_bytes_max: usize,
     /// Device passwords (`mqtt.passwords_path`), for devices without a certificate.
@@ -89,7 +91,7 @@ where
             }
         },
     };
-    let mut gate = Gate::new(device_id, settings.policy.clone());
+    let mut gate = Gate::new(device_id, settings.policy.clone(), settings.topics.clone());
     if let Verdict::Refuse { denied, detail, reply } = gate.check(&connect) {
         if let Some(reply) = reply {
             let _ = stream.write_all(&reply).await;
@@ -354,7 +356,8 @@ mod tests {
     fn settings() -> Arc<SessionSettings> {
         let broker = Broker::new(crate::config::BridgeConfig::default().rumqttd_config(None));
         let policy = Arc::new(Policy::new(vec![PolicyRule { devices: vec!["*".into()], write: vec!["*/*".into()] }]));
-        Arc::new(SessionSettings { broker: Arc::new(broker), policy, packet_bytes_max: 64 * 1024, passwords: None })
+        let topics = Arc::new(TopicBook::new(100));
+        Arc::new(SessionSettings { broker: Arc::new(broker), policy, topics, packet_bytes_max: 64 * 1024, passwords: None })
     }
 
     fn connect(keep_alive: u16, will: Option<&str>) -> BytesMut {
