@@ -2,7 +2,6 @@
 //! (rumqttd) → tansu → ingest-service → Parquet store → query-service (DataFusion) over HTTP.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
 use lodestone_model::{Dimension, Envelope, MeasureValue, Record, Scalar, Source};
@@ -17,27 +16,6 @@ const LANDING: Duration = Duration::from_secs(60);
 
 fn now_ms() -> i64 {
     lodestone_kit::now_ns() / 1_000_000
-}
-
-/// Publishes with Debian's mosquitto_pub, as any device without Lodestone code would: over TLS,
-/// with a certificate for the device id the topic ends with (its client id too).
-fn mosquitto_pub(stack: &Stack, topic: &str, payload: &[u8]) {
-    let device = topic.rsplit('/').next().expect("a data topic ends with the device id");
-    let (cert, key) = stack.device_certificate(device);
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), payload).unwrap();
-    let status = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &stack.ports.mqtt.to_string(), "-q", "1", "-i", device, "-t", topic, "-f"])
-        .arg(file.path())
-        .arg("--cafile")
-        .arg(&stack.credentials.ca_path)
-        .arg("--cert")
-        .arg(&cert)
-        .arg("--key")
-        .arg(&key)
-        .status()
-        .expect("mosquitto_pub (Debian package mosquitto-clients) is installed");
-    assert!(status.success(), "mosquitto_pub failed");
 }
 
 async fn produce(bootstrap: &str, key: &str, payload: &[u8], content_type: Option<&str>) {
@@ -122,7 +100,7 @@ async fn plain_mqtt_json_and_a_kafka_producer_both_land() {
         {"dimensions": {"line": "a"}, "measure_name": "pressure", "value": 1.25, "time": time_ms, "time_unit": "ms"},
         {"dimensions": {"line": "a"}, "measure_name": "running", "value": true, "time": time_ms, "time_unit": "ms"},
     ]});
-    mosquitto_pub(&stack, "lodestone/v1/plant/lines/dev-json", from_mqtt.to_string().as_bytes());
+    assert!(stack.mosquitto_pub("lodestone/v1/plant/lines/dev-json", from_mqtt.to_string().as_bytes()).success());
 
     let from_kafka = Envelope {
         database: Some("plant".into()),
@@ -178,9 +156,9 @@ async fn malformed_payloads_go_to_the_dead_letter_topic_and_valid_ones_still_lan
         .to_string()
     };
     let topic = "lodestone/v1/plant/valves/dev-m";
-    mosquitto_pub(&stack, topic, valid("dev-m", 1.0).as_bytes());
-    mosquitto_pub(&stack, topic, b"{\"v\": 1, \"this is not\": an envelope");
-    mosquitto_pub(&stack, topic, valid("dev-m", 1.0).replace(&time_ms.to_string(), &(time_ms + 1).to_string()).as_bytes());
+    assert!(stack.mosquitto_pub(topic, valid("dev-m", 1.0).as_bytes()).success());
+    assert!(stack.mosquitto_pub(topic, b"{\"v\": 1, \"this is not\": an envelope").success());
+    assert!(stack.mosquitto_pub(topic, valid("dev-m", 1.0).replace(&time_ms.to_string(), &(time_ms + 1).to_string()).as_bytes()).success());
 
     produce(&stack.bootstrap(), "dev-k", valid("dev-k", 2.0).as_bytes(), None).await;
     produce(&stack.bootstrap(), "dev-k", b"\xa1\x61v\xff garbage", Some("application/cbor")).await;
