@@ -7,7 +7,7 @@ export CARGO_TARGET_DIR ?= $(LODESTONE_CACHE)/target
 export TANSU_BIN ?= $(LODESTONE_CACHE)/tansu-0.6.0/bin/tansu
 export MOTO_SERVER ?= $(LODESTONE_CACHE)/moto-venv/bin/moto_server
 
-.PHONY: up test test-faults setup build bench-store bench-query bench-e2e
+.PHONY: up test test-faults setup build bench-store bench-query bench-e2e fuzz
 
 setup:
 	@scripts/setup.sh
@@ -20,14 +20,22 @@ build: setup
 up: build
 	@scripts/up.sh
 
-## Runs the whole test suite: unit tests of every crate and the end-to-end tests in tests/.
+## Runs the whole test suite: unit tests of every crate and the end-to-end tests in tests/, then
+## a short pass (10 s) of every fuzz target.
 test: build
 	cargo test --workspace --no-fail-fast -- --test-threads=2
+	FUZZ_S=10 scripts/fuzz.sh
 
 ## The fault tests alone (also part of `make test`): kill -9, restarts, cut links, bad payloads,
 ## each checked against the load's ledger. Prints `figure <test>_lost` and `figure <test>_duplicated`.
 test-faults: build
 	cargo test -p lodestone-tests --test faults -- --nocapture
+
+## Fuzzes every decoder and parser a client reaches (envelopes, bundles, line protocol, topics,
+## MQTT packets, config files, the SQL front) for FUZZ_S seconds each (default 60); prints
+## `figure fuzz_<target>_execs`, stops at the first crash. See scripts/fuzz.sh.
+fuzz:
+	@scripts/fuzz.sh
 
 ## Store benchmark on TSBS-iot-style data; prints `figure <name> <value> <unit>` lines.
 bench-store:
