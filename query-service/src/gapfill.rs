@@ -27,7 +27,7 @@ use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Array, RecordBat
 use datafusion::arrow::compute::{concat_batches, lexsort_to_indices, take, SortColumn};
 use datafusion::arrow::datatypes::{DataType, Float64Type, IntervalMonthDayNanoType, IntervalUnit, SchemaRef, TimeUnit, TimestampNanosecondType};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{exec_err, plan_err, DFSchemaRef, Result, ScalarValue};
+use datafusion::common::{plan_err, DFSchemaRef, Result, ScalarValue};
 use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::expr::ScalarFunction;
@@ -51,7 +51,7 @@ use crate::table::{column_comparison, timestamp_ns};
 pub const BINS_PER_GROUP_MAX: i64 = 1_000_000;
 
 /// Most bins one gap-filled answer may hold over all its groups (each takes a few dozen bytes
-/// that no memory pool counts): past it the query fails with an error naming the bound.
+/// that no memory pool counts): past it the query fails as one past its memory limit (422).
 pub const BINS_TOTAL_MAX: usize = 10_000_000;
 
 /// How an aggregate column's empty bins are filled.
@@ -466,7 +466,9 @@ impl Filler {
                 }
                 let here = (next < rows.len() && times.value(rows[next] as usize) == bin).then(|| rows[next]);
                 if bins.len() >= BINS_TOTAL_MAX {
-                    return exec_err!("bin_gapfill: more than {BINS_TOTAL_MAX} bins over all groups; widen the interval, narrow the time range or group less");
+                    // A memory bound: answered like the query memory limit (422 memory_limit).
+                    let detail = format!("bin_gapfill: more than {BINS_TOTAL_MAX} bins over all groups; widen the interval, narrow the time range or group less");
+                    return Err(datafusion::error::DataFusionError::ResourcesExhausted(detail));
                 }
                 group_rows.push(rows[0]);
                 bins.push(bin);

@@ -24,7 +24,15 @@ struct Args {
 const THREAD_STACK_BYTES: usize = 8 * 1024 * 1024;
 
 fn main() -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().thread_stack_size(THREAD_STACK_BYTES).build()?.block_on(serve())
+    // One thread more than DataFusion's partitions (one per core): a query busy on every
+    // partition, inside one long batch, still leaves a thread for /health and other requests.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores + 1)
+        .enable_all()
+        .thread_stack_size(THREAD_STACK_BYTES)
+        .build()?
+        .block_on(serve())
 }
 
 async fn serve() -> anyhow::Result<()> {
