@@ -181,6 +181,11 @@ async fn no_request_takes_a_service_down() {
     ]});
     assert!(stack.mosquitto_pub("lodestone/v1/hostile/mqtt/hostile-shape", shapes.to_string().as_bytes()).success());
 
+    // MQTT: stock MQTT 5 clients could not connect (the bridge spoke 3.1.1 only); both are served.
+    let v5 = json!({"v": 1, "source": {"device_id": "hostile-v5"}, "records": [reading("v5")]});
+    let status = stack.mosquitto_pub_as("hostile-v5", "lodestone/v1/hostile/mqtt/hostile-v5", v5.to_string().as_bytes(), &["-V", "mqttv5"]);
+    assert!(status.success(), "an MQTT 5 client publishes");
+
     // MQTT: 3,000 bad records in one publish became 3,000 dead letters and 3,000 rows.
     let bad: Vec<Value> = (0..3_000).map(|_| json!({"measure_name": "", "value": 1, "time": time_ms, "time_unit": "ms"})).collect();
     let flood = json!({"v": 1, "source": {"device_id": "hostile-many"}, "first_seq": 1, "records": bad});
@@ -205,8 +210,9 @@ async fn no_request_takes_a_service_down() {
     assert_eq!((status, code(&body)), (413, "too_many_records"), "{body}");
     assert!(started.elapsed() < Duration::from_secs(10), "refused after {:?}", started.elapsed());
 
-    // What the attacks left behind: the valid sibling stored, the flood as one row per reason.
-    stack.wait_for_count("hostile.mqtt", 1, LANDING).await;
+    // What the attacks left behind: the valid sibling and the MQTT 5 reading stored, the flood
+    // as one row per reason.
+    stack.wait_for_count("hostile.mqtt", 2, LANDING).await;
     let sql = r#"SELECT device_id, reason, records FROM "_lodestone".rejected_records WHERE device_id LIKE 'hostile-%' ORDER BY device_id, reason"#;
     let rows = poll_until("the attacks' rows in rejected_records", LANDING, || async { stack.try_rows(sql).await.filter(|rows| rows.len() >= 3) }).await;
     let expected = [("hostile-many", "invalid_measure_name", 3_000), ("hostile-seq", "malformed_payload", 1), ("hostile-shape", "invalid_value", 2)];
