@@ -107,17 +107,19 @@ async fn retention_drops_whole_partitions_and_garbage_goes_after_the_grace_perio
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open_local(dir.path()).unwrap();
     let properties = TableProperties { magnetic_retention_days: 2, magnetic_store_writes: true, ..TableProperties::default() };
-    let groups = vec![vec![reading("a", NOW - 3 * DAY_NS, 1.0, 1)], vec![reading("a", NOW - DAY_NS, 2.0, 1)], vec![reading("a", NOW, 3.0, 1)]];
+    // Written at NOW: the oldest is as old as the magnetic retention lets a write be.
+    let groups = vec![vec![reading("a", NOW - 2 * DAY_NS, 1.0, 1)], vec![reading("a", NOW - DAY_NS / 2, 2.0, 1)], vec![reading("a", NOW, 3.0, 1)]];
     persist_groups(&store, properties, &groups).await;
     let old_file = store.snapshot().await.unwrap().table(&table()).unwrap().files[0].path.clone();
 
+    // A day later, the oldest day partition has ended more than two days ago.
     let policy = CompactionPolicy::default();
-    let report = store.apply_retention(&policy, NOW).await.unwrap();
+    let report = store.apply_retention(&policy, NOW + DAY_NS).await.unwrap();
     assert_eq!((report.partitions_expired, report.files_deleted), (1, 0));
     assert_eq!(rows(&store).await.iter().map(|r| r.2).collect::<Vec<_>>(), vec![2.0, 3.0]);
     assert!(store.object_store().head(&old_file.as_str().into()).await.is_ok(), "kept during the grace period");
 
-    let later = NOW + policy.garbage_grace_ns;
+    let later = NOW + DAY_NS + policy.garbage_grace_ns;
     let report = store.apply_retention(&policy, later).await.unwrap();
     assert_eq!(report.files_deleted, 1);
     assert!(store.object_store().head(&old_file.as_str().into()).await.is_err());
