@@ -204,12 +204,22 @@ pub struct Engine {
     queries: std::sync::Mutex<std::collections::HashMap<String, Running>>,
     pages: std::sync::Mutex<std::collections::HashMap<String, Paged>>,
     metrics: crate::metrics::Metrics,
+    executor: Option<tokio::runtime::Handle>,
 }
 
 impl Engine {
     pub fn new(store: Store, limits: LimitsConfig) -> Engine {
         let running = Semaphore::new(limits.concurrent_queries_max);
-        Engine { store, limits, running, memory: MemoryClient::none(), queries: Default::default(), pages: Default::default(), metrics: Default::default() }
+        let (queries, pages, metrics) = Default::default();
+        Engine { store, limits, running, memory: MemoryClient::none(), queries, pages, metrics, executor: None }
+    }
+
+    /// Executes queries' plans on `executor`, a runtime of their own, so that a query busy in
+    /// long batches on every core never holds up the runtime that answers HTTP (`/health`, new
+    /// requests, cancels). Without one, plans run on the caller's runtime.
+    pub fn with_executor(mut self, executor: tokio::runtime::Handle) -> Engine {
+        self.executor = Some(executor);
+        self
     }
 
     /// Unions every table with the rows the ingest workers hold in memory.
@@ -374,7 +384,7 @@ impl Engine {
         sql: &str,
         rows_max: usize,
         report: &SharedReport,
-        rows_seen: &std::sync::atomic::AtomicU64,
+        rows_seen: &Arc<std::sync::atomic::AtomicU64>,
         caller: &Principal,
     ) -> Result<Vec<RecordBatch>, QueryError> {
         let snapshot = self.store.snapshot().await?;
@@ -388,23 +398,12 @@ impl Engine {
         let ctx = self.session(&snapshot, report).map_err(|e| QueryError::from_datafusion(e, &self.limits))?;
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
         let frame = self.plan(&ctx, sql, options, caller).await?;
-        let mut stream = frame.execute_stream().await.map_err(|e| QueryError::from_datafusion(e, &self.limits))?;
-        // The answer counts against the query's memory limit like its sorts and joins do: a
-        // `SELECT repeat('x', 100000) FROM range(20000)` held gigabytes before the row bound.
-        let answer = MemoryConsumer::new("query answer").register(&ctx.runtime_env().memory_pool);
-        let mut batches = Vec::new();
-        let mut rows = 0;
-        while let Some(batch) = stream.next().await {
-            let batch = batch.map_err(|e| QueryError::from_datafusion(e, &self.limits))?;
-            answer.try_grow(batch.get_array_memory_size()).map_err(|e| QueryError::from_datafusion(e, &self.limits))?;
-            rows += batch.num_rows();
-            rows_seen.store(rows as u64, std::sync::atomic::Ordering::Relaxed);
-            if rows > rows_max {
-                return Err(QueryError::TooManyRows { max: rows_max });
-            }
-            batches.push(batch);
+        let drain = drain(frame, ctx.runtime_env().memory_pool.clone(), rows_max, rows_seen.clone(), self.limits.clone());
+        match &self.executor {
+            // Dropping the handle (a cancel, a timeout) aborts the task.
+            Some(executor) => AbortOnDrop(executor.spawn(drain)).await.map_err(|e| QueryError::Internal(format!("query task: {e}")))?,
+            None => drain.await,
         }
-        Ok(batches)
     }
 
     /// Parses `sql`, refuses anything but a query, resolves `measure_value::<type>` in the syntax
@@ -445,6 +444,51 @@ impl Engine {
             catalog.register_schema(database, schema)?;
         }
         Ok(ctx)
+    }
+}
+
+/// Executes `frame` and collects its answer: at most `rows_max` rows, counted against the
+/// query's memory `pool` like its sorts and joins (a `SELECT repeat('x', 100000) FROM
+/// range(20000)` held gigabytes before the row bound); `rows_seen` follows it for progress.
+async fn drain(
+    frame: datafusion::dataframe::DataFrame,
+    pool: Arc<dyn datafusion::execution::memory_pool::MemoryPool>,
+    rows_max: usize,
+    rows_seen: Arc<std::sync::atomic::AtomicU64>,
+    limits: LimitsConfig,
+) -> Result<Vec<RecordBatch>, QueryError> {
+    let datafusion_error = |e| QueryError::from_datafusion(e, &limits);
+    let mut stream = frame.execute_stream().await.map_err(datafusion_error)?;
+    let answer = MemoryConsumer::new("query answer").register(&pool);
+    let mut batches = Vec::new();
+    let mut rows = 0;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(datafusion_error)?;
+        answer.try_grow(batch.get_array_memory_size()).map_err(datafusion_error)?;
+        rows += batch.num_rows();
+        rows_seen.store(rows as u64, std::sync::atomic::Ordering::Relaxed);
+        if rows > rows_max {
+            return Err(QueryError::TooManyRows { max: rows_max });
+        }
+        batches.push(batch);
+    }
+    Ok(batches)
+}
+
+/// A task on another runtime that is aborted when its awaiting future is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -24,24 +24,31 @@ struct Args {
 const THREAD_STACK_BYTES: usize = 8 * 1024 * 1024;
 
 fn main() -> anyhow::Result<()> {
-    // One thread more than DataFusion's partitions (one per core): a query busy on every
-    // partition, inside one long batch, still leaves a thread for /health and other requests.
+    // Two runtimes: one answers HTTP (small, never busy for long), the other executes plans, one
+    // thread per core as DataFusion partitions them. A query busy in long batches on every core
+    // leaves /health, cancels and new requests their own threads, which the OS schedules beside it.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cores + 1)
-        .enable_all()
-        .thread_stack_size(THREAD_STACK_BYTES)
-        .build()?
-        .block_on(serve())
+    let runtime = |name: &str, threads: usize| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name(name)
+            .enable_all()
+            .thread_stack_size(THREAD_STACK_BYTES)
+            .build()
+    };
+    let executor = runtime("query-exec", cores)?;
+    let answered = runtime("query-http", cores)?.block_on(serve(executor.handle().clone()));
+    executor.shutdown_background();
+    answered
 }
 
-async fn serve() -> anyhow::Result<()> {
+async fn serve(executor: tokio::runtime::Handle) -> anyhow::Result<()> {
     lodestone_kit::log::init("info");
     let args = Args::parse();
     let config: QueryConfig = lodestone_kit::config::load(args.config.as_deref(), "LODESTONE_QUERY")?;
     let store = config.store.open().with_context(|| format!("opening store {}", config.store.describe()))?;
     let memory = MemoryClient::new(&config.memory, &config.tls).context("setting up the calls to the ingest workers' memory")?;
-    let engine = Arc::new(Engine::new(store, config.limits.clone()).with_memory(memory));
+    let engine = Arc::new(Engine::new(store, config.limits.clone()).with_memory(memory).with_executor(executor));
     let mut shutdown = Shutdown::on_signal();
     let mut server = lodestone_kit::http::serve_service(&config.http.listen, api::router(engine), &config.tls, &config.auth, shutdown.clone()).await?;
     shutdown.cancelled().await;

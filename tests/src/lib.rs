@@ -547,17 +547,18 @@ impl Stack {
     /// Publishes `payload` on `topic` at QoS 1 with Debian's `mosquitto_pub`, as the device the
     /// topic ends with (its certificate from the stack's CA); the exit status of the client, which
     /// is an error when the bridge closed the connection.
-    pub fn mosquitto_pub(&self, topic: &str, payload: &[u8]) -> std::process::ExitStatus {
+    pub async fn mosquitto_pub(&self, topic: &str, payload: &[u8]) -> std::process::ExitStatus {
         let device = topic.rsplit('/').next().expect("a data topic ends with the device id");
-        self.mosquitto_pub_as(device, topic, payload, &[])
+        self.mosquitto_pub_as(device, topic, payload, &[]).await
     }
 
     /// [`Stack::mosquitto_pub`] as client `device` with `extra` arguments (e.g. `-r`, `-V mqttv5`).
-    pub fn mosquitto_pub_as(&self, device: &str, topic: &str, payload: &[u8], extra: &[&str]) -> std::process::ExitStatus {
+    pub async fn mosquitto_pub_as(&self, device: &str, topic: &str, payload: &[u8], extra: &[&str]) -> std::process::ExitStatus {
         let (cert, key) = self.device_certificate(device);
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), payload).unwrap();
-        std::process::Command::new("mosquitto_pub")
+        // Awaited, not blocking: a test's other tasks (health probes, clients) keep running.
+        tokio::process::Command::new("mosquitto_pub")
             .args(["-h", "127.0.0.1", "-p", &self.ports.mqtt.to_string(), "-q", "1", "-i", device, "-t", topic, "-f"])
             .arg(file.path())
             .arg("--cafile")
@@ -568,6 +569,7 @@ impl Stack {
             .arg(&key)
             .args(extra)
             .status()
+            .await
             .expect("mosquitto_pub (Debian package mosquitto-clients) is installed")
     }
 

@@ -100,7 +100,7 @@ async fn plain_mqtt_json_and_a_kafka_producer_both_land() {
         {"dimensions": {"line": "a"}, "measure_name": "pressure", "value": 1.25, "time": time_ms, "time_unit": "ms"},
         {"dimensions": {"line": "a"}, "measure_name": "running", "value": true, "time": time_ms, "time_unit": "ms"},
     ]});
-    assert!(stack.mosquitto_pub("lodestone/v1/plant/lines/dev-json", from_mqtt.to_string().as_bytes()).success());
+    assert!(stack.mosquitto_pub("lodestone/v1/plant/lines/dev-json", from_mqtt.to_string().as_bytes()).await.success());
 
     let from_kafka = Envelope {
         database: Some("plant".into()),
@@ -156,9 +156,9 @@ async fn malformed_payloads_go_to_the_dead_letter_topic_and_valid_ones_still_lan
         .to_string()
     };
     let topic = "lodestone/v1/plant/valves/dev-m";
-    assert!(stack.mosquitto_pub(topic, valid("dev-m", 1.0).as_bytes()).success());
-    assert!(stack.mosquitto_pub(topic, b"{\"v\": 1, \"this is not\": an envelope").success());
-    assert!(stack.mosquitto_pub(topic, valid("dev-m", 1.0).replace(&time_ms.to_string(), &(time_ms + 1).to_string()).as_bytes()).success());
+    assert!(stack.mosquitto_pub(topic, valid("dev-m", 1.0).as_bytes()).await.success());
+    assert!(stack.mosquitto_pub(topic, b"{\"v\": 1, \"this is not\": an envelope").await.success());
+    assert!(stack.mosquitto_pub(topic, valid("dev-m", 1.0).replace(&time_ms.to_string(), &(time_ms + 1).to_string()).as_bytes()).await.success());
 
     produce(&stack.bootstrap(), "dev-k", valid("dev-k", 2.0).as_bytes(), None).await;
     produce(&stack.bootstrap(), "dev-k", b"\xa1\x61v\xff garbage", Some("application/cbor")).await;
