@@ -278,14 +278,9 @@ impl Engine {
         }
         let outcome = work.await;
         self.queries.lock().expect("queries lock").remove(&query_id);
-        let batches = outcome
+        let all = outcome
             .map_err(|_| QueryError::Cancelled(query_id.clone()))?
             .map_err(|_| QueryError::Timeout { timeout_ms: self.limits.query_timeout_ms })??;
-        let schema = match batches.first() {
-            Some(batch) => batch.schema(),
-            None => Arc::new(datafusion::arrow::datatypes::Schema::empty()),
-        };
-        let all = datafusion::arrow::compute::concat_batches(&schema, &batches).map_err(|e| QueryError::Internal(e.to_string()))?;
         let bytes_scanned = report.bytes_scanned.load(std::sync::atomic::Ordering::Relaxed);
         let paged = Paged { owner: caller.id.clone(), query_id: query_id.clone(), rows: all, offset: 0, expires: Instant::now(), bytes_scanned };
         let mut page = self.page_of(paged, page_rows)?;
@@ -386,11 +381,11 @@ impl Engine {
         report: &SharedReport,
         rows_seen: &Arc<std::sync::atomic::AtomicU64>,
         caller: &Principal,
-    ) -> Result<Vec<RecordBatch>, QueryError> {
+    ) -> Result<RecordBatch, QueryError> {
         let snapshot = self.store.snapshot().await?;
         if let Some(answer) = crate::show::answer(sql, &snapshot, caller) {
             return match answer {
-                Ok(batch) => Ok(vec![batch]),
+                Ok(batch) => Ok(batch),
                 Err(crate::show::ShowError::Invalid(message)) => Err(QueryError::InvalidSql(message)),
                 Err(crate::show::ShowError::Forbidden(error)) => Err(QueryError::Forbidden(error)),
             };
@@ -447,18 +442,20 @@ impl Engine {
     }
 }
 
-/// Executes `frame` and collects its answer: at most `rows_max` rows, counted against the
-/// query's memory `pool` like its sorts and joins (a `SELECT repeat('x', 100000) FROM
-/// range(20000)` held gigabytes before the row bound); `rows_seen` follows it for progress.
+/// Executes `frame` and collects its answer into one batch: at most `rows_max` rows, counted
+/// against the query's memory `pool` like its sorts and joins (a `SELECT repeat('x', 100000) FROM
+/// range(20000)` held gigabytes before the row bound), the one-batch copy too; `rows_seen`
+/// follows it for progress.
 async fn drain(
     frame: datafusion::dataframe::DataFrame,
     pool: Arc<dyn datafusion::execution::memory_pool::MemoryPool>,
     rows_max: usize,
     rows_seen: Arc<std::sync::atomic::AtomicU64>,
     limits: LimitsConfig,
-) -> Result<Vec<RecordBatch>, QueryError> {
+) -> Result<RecordBatch, QueryError> {
     let datafusion_error = |e| QueryError::from_datafusion(e, &limits);
     let mut stream = frame.execute_stream().await.map_err(datafusion_error)?;
+    let schema = stream.schema();
     let answer = MemoryConsumer::new("query answer").register(&pool);
     let mut batches = Vec::new();
     let mut rows = 0;
@@ -472,7 +469,12 @@ async fn drain(
         }
         batches.push(batch);
     }
-    Ok(batches)
+    if let [only] = batches.as_slice() {
+        return Ok(only.clone());
+    }
+    // For a moment the batches and their copy are both held.
+    answer.try_grow(answer.size()).map_err(datafusion_error)?;
+    datafusion::arrow::compute::concat_batches(&schema, &batches).map_err(|e| QueryError::Internal(e.to_string()))
 }
 
 /// A task on another runtime that is aborted when its awaiting future is dropped.

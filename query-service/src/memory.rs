@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
+use datafusion::error::DataFusionError;
+use datafusion::execution::memory_pool::MemoryReservation;
 use lodestone_store::TableRef;
 
 use crate::config::MemoryConfig;
@@ -55,8 +57,19 @@ impl MemoryClient {
 
     /// Every worker's unpersisted rows of `table` in `[from_ns, to_ns)`, fetched at once, with only
     /// `columns` (all when `None`). A worker that fails or does not answer within the timeout is
-    /// skipped and counted in `unreachable`.
-    pub async fn fetch(&self, table: &TableRef, from_ns: i64, to_ns: i64, columns: Option<&[String]>, unreachable: &AtomicUsize) -> Vec<RecordBatch> {
+    /// skipped and counted in `unreachable`. What the answers hold counts against the query's
+    /// memory in `reservation` as it arrives (the bytes read, or the rows decoded from them if
+    /// more); past its pool the query fails with DataFusion's `ResourcesExhausted`
+    /// (`memory_limit`) before the rest is read.
+    pub async fn fetch(
+        &self,
+        table: &TableRef,
+        from_ns: i64,
+        to_ns: i64,
+        columns: Option<&[String]>,
+        unreachable: &AtomicUsize,
+        reservation: &MemoryReservation,
+    ) -> Result<Vec<RecordBatch>, DataFusionError> {
         let columns = columns.map(|names| serde_json::to_string(names).expect("JSON encoding of names cannot fail"));
         let requests = self.workers.iter().map(|worker| {
             let url = format!("{worker}/v1/memory/{}/{}?from_ns={from_ns}&to_ns={to_ns}", table.database, table.table);
@@ -67,12 +80,20 @@ impl MemoryClient {
                     if let Some(columns) = &columns {
                         request = request.query(&[("columns", columns)]);
                     }
-                    let response = request.send().await.map_err(|e| e.to_string())?;
+                    let unreachable = |e: reqwest::Error| Fetch::Unreachable(e.to_string());
+                    let mut response = request.send().await.map_err(unreachable)?;
                     if !response.status().is_success() {
-                        return Err(format!("{} {}", response.status(), response.text().await.unwrap_or_default()));
+                        return Err(Fetch::Unreachable(format!("{} {}", response.status(), response.text().await.unwrap_or_default())));
                     }
-                    let bytes = response.bytes().await.map_err(|e| e.to_string())?;
-                    lodestone_store::decode_ipc(&bytes).map_err(|e| e.to_string())
+                    let mut body = Vec::new();
+                    while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
+                        reservation.try_grow(chunk.len()).map_err(Fetch::OverLimit)?;
+                        body.extend_from_slice(&chunk);
+                    }
+                    let batches = lodestone_store::decode_ipc(&body).map_err(|e| Fetch::Unreachable(e.to_string()))?;
+                    let decoded: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
+                    reservation.try_grow(decoded.saturating_sub(body.len())).map_err(Fetch::OverLimit)?;
+                    Ok(batches)
                 };
                 answer.await.map_err(|error| (url, error))
             }
@@ -81,14 +102,23 @@ impl MemoryClient {
         for answer in futures::future::join_all(requests).await {
             match answer {
                 Ok(fetched) => batches.extend(fetched),
-                Err((url, error)) => {
+                Err((_, Fetch::OverLimit(error))) => return Err(error),
+                Err((url, Fetch::Unreachable(error))) => {
                     tracing::warn!(%url, %error, "an ingest worker's memory is unreachable; its unpersisted rows are left out");
                     unreachable.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
-        batches
+        Ok(batches)
     }
+}
+
+/// Why one worker's rows were not fetched.
+enum Fetch {
+    /// The worker failed or did not answer: the query goes on without its rows.
+    Unreachable(String),
+    /// Its rows would take the query past its memory limit: the query fails.
+    OverLimit(DataFusionError),
 }
 
 /// What one query's tables found out about the workers.

@@ -13,6 +13,7 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::ScalarValue;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
@@ -81,7 +82,9 @@ impl TableProvider for StoreTable {
             columns.extend(names.iter().filter(|n| !columns.contains(n)).cloned().collect::<Vec<_>>());
             columns
         });
-        let memory = self.memory.fetch(&self.table, request.from_ns, request.to_ns, memory_columns.as_deref(), &self.report.unreachable).await;
+        // The fetched rows count against the query's memory for as long as the plan holds them.
+        let reservation = MemoryConsumer::new("workers' memory").register(&state.runtime_env().memory_pool);
+        let memory = self.memory.fetch(&self.table, request.from_ns, request.to_ns, memory_columns.as_deref(), &self.report.unreachable, &reservation).await?;
         let snapshot = self.store.snapshot().await.map_err(store_error)?;
         let mut entry = self.entry.clone();
         if let Some(latest) = snapshot.table(&self.table) {
@@ -92,7 +95,8 @@ impl TableProvider for StoreTable {
             return Ok(Arc::new(EmptyExec::new(schema)));
         }
         let partitions = state.config().target_partitions().max(1).min(units.len());
-        Ok(Arc::new(StoreScanExec::new(self.store.clone(), entry, request, schema, units, partitions, self.report.clone())))
+        let scan = StoreScanExec::new(self.store.clone(), entry, request, schema, units, partitions, self.report.clone());
+        Ok(Arc::new(scan.holding(reservation)))
     }
 }
 
@@ -184,9 +188,17 @@ pub struct StoreScanExec {
     properties: Arc<PlanProperties>,
     /// Where the bytes read are counted (the query's progress).
     report: SharedReport,
+    /// The workers' rows in `partitions`, counted against the query's memory until the plan is
+    /// dropped.
+    memory_reservation: Option<Arc<MemoryReservation>>,
 }
 
 impl StoreScanExec {
+    fn holding(mut self, reservation: MemoryReservation) -> StoreScanExec {
+        self.memory_reservation = Some(Arc::new(reservation));
+        self
+    }
+
     fn new(
         store: Store,
         entry: TableEntry,
@@ -217,6 +229,7 @@ impl StoreScanExec {
             partitions: assigned.into_iter().map(|(_, units)| units).collect(),
             properties: Arc::new(properties),
             report,
+            memory_reservation: None,
         }
     }
 }

@@ -166,6 +166,7 @@ pub struct Stack {
     ingest_env: Vec<(String, String)>,
     agent_env: Vec<(String, String)>,
     bridge_env: Vec<(String, String)>,
+    query_env: Vec<(String, String)>,
     kafka_tls: Option<KafkaTlsFront>,
     kafka_sasl: bool,
     /// How each process was started, by name, so it can be started again.
@@ -206,6 +207,8 @@ pub struct StackOptions {
     pub agent_env: Vec<(String, String)>,
     /// Extra environment for the broker-bridge.
     pub bridge_env: Vec<(String, String)>,
+    /// Extra environment for the query service.
+    pub query_env: Vec<(String, String)>,
     /// Kafka over TLS: every Kafka client of the stack (bridge, workers, the harness) connects
     /// with `security.protocol = ssl` and checks the broker's certificate. tansu 0.6.0 cannot
     /// serve TLS itself (its `--cert` and `--key` options are declared mutually exclusive, and
@@ -228,6 +231,7 @@ impl Default for StackOptions {
             ingest_env: Vec::new(),
             agent_env: Vec::new(),
             bridge_env: Vec::new(),
+            query_env: Vec::new(),
             kafka_tls: false,
             kafka_sasl: false,
         }
@@ -261,6 +265,7 @@ impl Stack {
             kafka_sasl: options.kafka_sasl,
             agent_env: options.agent_env,
             bridge_env: options.bridge_env,
+            query_env: options.query_env,
             kafka_tls: options.kafka_tls.then(|| KafkaTlsFront { broker_port: free_port(), task: None }),
         };
         stack.start_tansu().await;
@@ -438,12 +443,13 @@ impl Stack {
     }
 
     async fn start_query(&mut self) {
-        let env = vec![
+        let mut env = vec![
             env("LODESTONE_QUERY__STORE__PATH", self.store_path()),
             env("LODESTONE_QUERY__HTTP__LISTEN", format!("127.0.0.1:{}", self.ports.query_http)),
             env("LODESTONE_QUERY__MEMORY__WORKERS", format!("{:?}", self.ingest_ports.iter().map(|p| self.url(*p)).collect::<Vec<_>>())),
             env("LODESTONE_QUERY__MEMORY__TOKEN_PATH", self.credentials.service_token_path.display().to_string()),
         ];
+        env.extend(self.query_env.iter().cloned());
         self.spawn_service("query-service", "query-service", env, self.ports.query_http).await;
     }
 

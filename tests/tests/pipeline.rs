@@ -324,3 +324,53 @@ async fn a_write_is_queryable_before_it_is_persisted() {
     let answer = stack.query(sql).await;
     assert_eq!(answer["memory_workers_unreachable"], json!(0), "{answer}");
 }
+
+/// Rows fetched from a worker's memory were read in full, whatever the query's memory limit; now
+/// they count against it. With a limit of 256 KiB, a count over 20,000 rows still in memory is
+/// refused with `memory_limit`, while a count over a narrow time range (the range is pushed down
+/// to the worker) answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_fetched_from_workers_memory_count_against_the_query_memory_limit() {
+    let query_env = vec![("LODESTONE_QUERY__LIMITS__QUERY_MEMORY_BYTES_MAX".to_string(), (256 * 1024).to_string())];
+    let stack = Stack::start(StackOptions { edge_agent: false, persist_interval_ms: Some(600_000), query_env, ..Default::default() }).await;
+    let start_ns = now_ms() * 1_000_000;
+    let record = |i: i64| Record {
+        dimensions: vec![Dimension { name: "boiler".into(), value: format!("b{i}") }],
+        measure_name: "temperature".into(),
+        value: MeasureValue::Single(Scalar::Double(i as f64)),
+        time_ns: start_ns + i * 1_000_000,
+        version: 1,
+    };
+    for part in 0..4 {
+        let envelope = Envelope {
+            database: Some("plant".into()),
+            table: Some("big".into()),
+            source: Source { device_id: "app-big".into(), boot_id: "b1".into() },
+            first_seq: part * 5_000,
+            records: (part as i64 * 5_000..(part as i64 + 1) * 5_000).map(record).collect(),
+            ..Default::default()
+        };
+        produce(&stack.bootstrap(), "app-big", &envelope.to_cbor(), Some("application/cbor")).await;
+    }
+    let worker = stack.ingest_ports[0];
+    poll_until("20,000 rows in the worker's memory", LANDING, || async {
+        stack.metric(worker, "lodestone_ingest_records_written_total").await.filter(|&written| written >= 20_000.0)
+    })
+    .await;
+    assert_eq!(stack.metric(worker, "lodestone_ingest_records_persisted_total").await, Some(0.0), "the rows are in memory only");
+
+    let url = format!("{}/v1/query", stack.url(stack.ports.query_http));
+    let ask = |sql: String| {
+        let request = stack.http.post(&url).json(&json!({ "sql": sql }));
+        async move {
+            let response = request.send().await.expect("the query service answers");
+            (response.status().as_u16(), response.json::<Value>().await.expect("a JSON answer"))
+        }
+    };
+    let (status, body) = ask("SELECT count(*) FROM plant.big".to_string()).await;
+    assert_eq!((status, body["error"]["code"].clone()), (422, json!("memory_limit")), "{body}");
+    let from = start_ns + 100 * 1_000_000;
+    let narrow = format!("SELECT count(*) AS n FROM plant.big WHERE time >= to_timestamp_nanos({from}) AND time < to_timestamp_nanos({})", from + 10_000_000);
+    let (status, body) = ask(narrow).await;
+    assert_eq!((status, body["rows"].clone()), (200, json!([[10]])), "{body}");
+}
