@@ -112,15 +112,17 @@ impl Ingestor {
         Counters::add(&self.counters.records_received, (envelope.records.len() + envelope.rejected.len()) as u64);
         let mut rejections: Vec<(Rejection, Option<serde_json::Value>)> = envelope.rejected.iter().map(|r| (r.clone(), None)).collect();
         match self.destination(envelope).await? {
+            // Indexes as sent: `first_seq + index` is each record's sequence number in its
+            // dead letter, also after records refused when decoding.
             Err(rejection) => {
-                for (index, record) in envelope.records.iter().enumerate() {
+                for (index, record) in envelope.record_indexes().zip(&envelope.records) {
                     rejections.push((Rejection { index, ..rejection.clone() }, Some(record_to_json(record))));
                 }
             }
             Ok((table, properties)) => {
                 let known = self.snapshot.table(&table).map(|t| t.schema.clone()).unwrap_or_default();
                 let mut hot = self.memory.hot();
-                for (index, record) in envelope.records.iter().enumerate() {
+                for (index, record) in envelope.record_indexes().zip(&envelope.records) {
                     match hot.write(&table, &properties, &known, record.clone(), now_ns, index) {
                         Ok(_) => Counters::add(&self.counters.records_written, 1),
                         Err(rejection) => rejections.push((rejection, Some(record_to_json(record)))),
@@ -283,6 +285,27 @@ mod tests {
         let letters = done(ingestor.apply(b"\x82\x41", Some(BUNDLE_MIME), &origin(), NOW).await.unwrap());
         assert_eq!(letters.iter().map(|l| l.reason).collect::<Vec<_>>(), vec![RejectReason::MalformedPayload]);
         assert_eq!(ingestor.hot_rows(), 5);
+    }
+
+    /// A record refused at the destination was given its position among the records that
+    /// decoded, so after a record refused when decoding its dead letter named the wrong `seq`.
+    #[tokio::test]
+    async fn dead_letters_name_each_record_by_its_sequence_number_as_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ingestor = ingestor(&dir, 1000).await;
+        let hours_ago = |hours: i64| NOW - hours * 3_600_000_000_000;
+        let record = |time: serde_json::Value| serde_json::json!({"measure_name": "m", "value": 1.0, "time": time, "time_unit": "ns"});
+        let records = [record(hours_ago(1).into()), record("not a time".into()), record(hours_ago(24 * 400).into())];
+        let payload = serde_json::json!({"v": 1, "database": "fleet", "table": "seqs", "source": {"device_id": "dev-seq"}, "first_seq": 100, "records": records});
+        let letters = done(ingestor.apply(payload.to_string().as_bytes(), None, &origin(), NOW).await.unwrap());
+        let seq_of = |reason: RejectReason| {
+            let letter = letters.iter().find(|l| l.reason == reason).unwrap_or_else(|| panic!("a {reason:?} letter in {letters:?}"));
+            let body: serde_json::Value = serde_json::from_slice(&letter.payload).unwrap();
+            body["refused"][0]["seq"].as_u64()
+        };
+        assert_eq!(seq_of(RejectReason::InvalidValue), Some(101));
+        assert_eq!(seq_of(RejectReason::TimeOutsideRetention), Some(102));
+        assert_eq!(ingestor.hot_rows(), 1);
     }
 
     #[tokio::test]

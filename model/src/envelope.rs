@@ -103,6 +103,14 @@ impl Envelope {
         self.first_seq.saturating_add(count).saturating_sub(1)
     }
 
+    /// The index in the envelope as sent (so `first_seq + index` is its sequence number) of each
+    /// of `records`, in order: the indexes `rejected` does not hold.
+    pub fn record_indexes(&self) -> impl Iterator<Item = usize> + '_ {
+        let mut rejected: Vec<usize> = self.rejected.iter().map(|r| r.index).collect();
+        rejected.sort_unstable();
+        (0..self.records.len() + self.rejected.len()).filter(move |index| rejected.binary_search(index).is_err())
+    }
+
     /// Decodes `bytes` (encoding from `content_type`, else sniffed), converts every record and
     /// validates it against `limits` at `now_ns`. Records that fail go to `rejected`; only a
     /// payload that is not an envelope at all is an error.
@@ -486,6 +494,17 @@ impl WireValue {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn accepted_records_keep_their_index_as_sent() {
+        let records = (0..4).map(|i| serde_json::json!({"measure_name": "m", "value": 1.0, "time": NOW + i, "time_unit": "ns"}));
+        let mut records: Vec<serde_json::Value> = records.collect();
+        records[1]["time"] = serde_json::json!("not a time");
+        let payload = serde_json::json!({"v": 1, "database": "d", "table": "t", "source": {"device_id": "dev"}, "first_seq": 10, "records": records});
+        let envelope = Envelope::decode(payload.to_string().as_bytes(), None, &Limits::default(), NOW).unwrap();
+        assert_eq!(envelope.rejected.iter().map(|r| r.index).collect::<Vec<_>>(), [1]);
+        assert_eq!(envelope.record_indexes().collect::<Vec<_>>(), [0, 2, 3]);
+    }
+
     use super::*;
 
     const NOW: i64 = 1_700_000_000_000_000_000;
