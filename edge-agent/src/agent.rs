@@ -85,7 +85,8 @@ impl Agent {
             body_bytes_max: config.http.body_bytes_max,
             records_per_request_max: config.http.records_per_request_max,
         });
-        let http = lodestone_kit::http::serve_service(&config.http.listen.to_string(), router(state), &config.tls, &config.auth, shutdown.clone()).await?;
+        let router = lodestone_kit::http::bound_body_bytes(router(state), config.http.body_bytes_max, config.http.bodies_bytes_max);
+        let http = lodestone_kit::http::serve_service(&config.http.listen.to_string(), router, &config.tls, &config.auth, shutdown.clone()).await?;
 
         let forwarder = Forwarder::new(&config, mqtt_tls, source, outbox, writer, committed.clone(), telemetry);
         let forwarder = tokio::spawn(forwarder.run(status.acked_through, shutdown.clone()));

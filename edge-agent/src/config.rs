@@ -43,6 +43,10 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Largest request body; a larger one is refused with 413 `payload_too_large`.
     pub body_bytes_max: usize,
+    /// Bytes of request bodies handled at once (each request claims its `Content-Length`, or
+    /// `body_bytes_max` when sent in chunks); a request whose claim does not fit is answered 503
+    /// `overloaded`. At least `body_bytes_max`.
+    pub bodies_bytes_max: usize,
     /// Most records in one request; more is refused with 413 `too_many_records`.
     pub records_per_request_max: usize,
 }
@@ -151,6 +155,7 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8181)),
             body_bytes_max: 16 * 1024 * 1024,
+            bodies_bytes_max: 64 * 1024 * 1024,
             records_per_request_max: 100_000,
         }
     }
@@ -236,6 +241,9 @@ impl Validate for AgentConfig {
         ];
         if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return invalid(key, "must be at least 1");
+        }
+        if self.http.bodies_bytes_max < self.http.body_bytes_max {
+            return invalid("http.bodies_bytes_max", "must be at least http.body_bytes_max");
         }
         if self.forward.inflight_envelopes_max > usize::from(u16::MAX / 2) {
             return invalid("forward.inflight_envelopes_max", "must be at most 32767");

@@ -26,7 +26,8 @@
 //!
 //! Bounds and what happens at them: `outbox.bytes_max` (writes refused with 507 `outbox_full`),
 //! `outbox.pending_requests_max` (writers wait), `outbox.commit_batch_max` (records per commit),
-//! `http.body_bytes_max` / `http.records_per_request_max` (413), `forward.batch_records_max` /
+//! `http.body_bytes_max` / `http.records_per_request_max` (413), `http.bodies_bytes_max` (503
+//! `overloaded`: bodies handled at once), `forward.batch_records_max` /
 //! `forward.envelope_bytes_max` (envelope size), `forward.inflight_envelopes_max` (forwarding
 //! waits for acks).
 
