@@ -143,8 +143,14 @@ async fn answer(engine: &Engine, caller: &Principal, headers: &axum::http::Heade
             writer.finish().map_err(internal)?;
             ARROW
         } else {
-            let mut writer = datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(&mut body);
-            writer.write(&page.batch).map_err(internal)?;
+            let mut text = crate::engine::BoundedText::new(page.text_bytes_max);
+            let mut writer = datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(&mut text);
+            writer.write(&page.batch).map_err(|e| match crate::engine::BoundedText::is_bound(&e) {
+                true => ApiError::from(QueryError::TextTooLarge { max: page.text_bytes_max }),
+                false => internal(e),
+            })?;
+            drop(writer);
+            body = text.text;
             CSV_CONTENT_TYPE
         };
         let mut response = (StatusCode::OK, body).into_response();

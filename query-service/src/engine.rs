@@ -51,6 +51,8 @@ pub enum QueryError {
     TooManyQueries { running: usize },
     #[error("a page of {bytes} bytes is more than the {max} bytes one answer may carry; ask for fewer rows (max_rows) or columns")]
     ResponseTooLarge { bytes: usize, max: usize },
+    #[error("the page takes more than the {max} bytes one answer may carry once written as text; ask for fewer rows (max_rows) or columns")]
+    TextTooLarge { max: usize },
     #[error("query {0} was cancelled")]
     Cancelled(String),
     #[error("next_token is unknown or expired (tokens stay valid {ttl_s} s, on the query service that issued them)")]
@@ -69,7 +71,7 @@ impl QueryError {
         match self {
             QueryError::InvalidSql(_) => "invalid_sql",
             QueryError::Cancelled(_) => "query_cancelled",
-            QueryError::ResponseTooLarge { .. } => "response_too_large",
+            QueryError::ResponseTooLarge { .. } | QueryError::TextTooLarge { .. } => "response_too_large",
             QueryError::TokenExpired { .. } => "token_expired",
             QueryError::StatementNotAllowed(_) => "statement_not_allowed",
             QueryError::SqlTooLarge { .. } => "sql_too_large",
@@ -89,7 +91,7 @@ impl QueryError {
             QueryError::InvalidSql(_) | QueryError::StatementNotAllowed(_) | QueryError::Cancelled(_) => 400,
             QueryError::TokenExpired { .. } => 410,
             QueryError::Timeout { .. } => 408,
-            QueryError::SqlTooLarge { .. } | QueryError::SqlTooComplex { .. } | QueryError::TooManyRows { .. } | QueryError::ResponseTooLarge { .. } => 413,
+            QueryError::SqlTooLarge { .. } | QueryError::SqlTooComplex { .. } | QueryError::TooManyRows { .. } | QueryError::ResponseTooLarge { .. } | QueryError::TextTooLarge { .. } => 413,
             QueryError::MemoryLimit { .. } => 422,
             QueryError::TooManyQueries { .. } => 503,
             QueryError::Forbidden(error) => error.status().as_u16(),
@@ -138,7 +140,7 @@ pub struct QueryResult {
 
 impl QueryResult {
     pub fn of(page: &Page) -> Result<QueryResult, QueryError> {
-        let (columns, rows) = render(&page.batch)?;
+        let (columns, rows) = render(&page.batch, page.text_bytes_max)?;
         Ok(QueryResult {
             query_id: page.query_id.clone(),
             row_count: rows.len(),
@@ -161,6 +163,65 @@ pub struct Page {
     pub bytes_scanned: u64,
     pub memory_workers_unreachable: usize,
     pub next_token: Option<String>,
+    /// The most bytes the page may take as JSON or CSV text (`limits.response_bytes_max`, the
+    /// bound on its Arrow data too): text can be several times larger than the data it renders.
+    pub text_bytes_max: usize,
+}
+
+/// Why a rendering stopped: the text grew past its bound.
+#[derive(Debug)]
+pub struct TextTooLarge;
+
+impl std::fmt::Display for TextTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the rendered answer grew past its bound")
+    }
+}
+
+impl std::error::Error for TextTooLarge {}
+
+/// A buffer that refuses to grow past `max` bytes (an `io::Error` wrapping [`TextTooLarge`]),
+/// so that rendering a page stops as soon as its text is too large.
+pub struct BoundedText {
+    pub text: Vec<u8>,
+    max: usize,
+}
+
+impl BoundedText {
+    pub fn new(max: usize) -> BoundedText {
+        BoundedText { text: Vec::new(), max }
+    }
+
+    /// Whether `error` (from a writer over this buffer) is this bound.
+    pub fn is_bound(error: &(dyn std::error::Error + 'static)) -> bool {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+        while let Some(error) = source {
+            if error.is::<TextTooLarge>() {
+                return true;
+            }
+            if let Some(io) = error.downcast_ref::<std::io::Error>() {
+                if io.get_ref().is_some_and(|inner| inner.is::<TextTooLarge>()) {
+                    return true;
+                }
+            }
+            source = error.source();
+        }
+        false
+    }
+}
+
+impl std::io::Write for BoundedText {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.text.len().saturating_add(bytes.len()) > self.max {
+            return Err(std::io::Error::other(TextTooLarge));
+        }
+        self.text.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A running query, as `GET /v1/queries/{id}` shows it.
@@ -344,7 +405,8 @@ impl Engine {
         } else {
             None
         };
-        Ok(Page { query_id: paged.query_id, batch, elapsed_ms: 0, bytes_scanned: paged.bytes_scanned, memory_workers_unreachable: 0, next_token })
+        let text_bytes_max = self.limits.response_bytes_max;
+        Ok(Page { query_id: paged.query_id, batch, elapsed_ms: 0, bytes_scanned: paged.bytes_scanned, memory_workers_unreachable: 0, next_token, text_bytes_max })
     }
 
     /// A running query's progress; `None` when no query of that id is running here for `caller`
@@ -587,17 +649,20 @@ pub fn scalar_type(data_type: &datafusion::arrow::datatypes::DataType) -> String
     name.to_string()
 }
 
-fn render(batch: &RecordBatch) -> Result<(Vec<Column>, Vec<Vec<serde_json::Value>>), QueryError> {
-    let batches = [batch.clone()];
+fn render(batch: &RecordBatch, text_bytes_max: usize) -> Result<(Vec<Column>, Vec<Vec<serde_json::Value>>), QueryError> {
     let schema = batch.schema();
     let columns: Vec<Column> =
         schema.fields().iter().map(|f| Column { name: f.name().clone(), data_type: scalar_type(f.data_type()) }).collect();
-    let mut buffer = Vec::new();
-    let mut writer = WriterBuilder::new().with_explicit_nulls(true).build::<_, LineDelimited>(&mut buffer);
-    let refs: Vec<&RecordBatch> = batches.iter().collect();
-    writer.write_batches(&refs).map_err(|e| QueryError::Internal(e.to_string()))?;
-    writer.finish().map_err(|e| QueryError::Internal(e.to_string()))?;
+    let mut text = BoundedText::new(text_bytes_max);
+    let mut writer = WriterBuilder::new().with_explicit_nulls(true).build::<_, LineDelimited>(&mut text);
+    let failed = |e: datafusion::arrow::error::ArrowError| match BoundedText::is_bound(&e) {
+        true => QueryError::TextTooLarge { max: text_bytes_max },
+        false => QueryError::Internal(e.to_string()),
+    };
+    writer.write(batch).map_err(failed)?;
+    writer.finish().map_err(failed)?;
     drop(writer);
+    let buffer = text.text;
     // One object per line, each turned into its row as soon as it is read: holding every row's
     // object (its column names repeated) at once took several times the page's own memory.
     let rows = serde_json::Deserializer::from_slice(&buffer)
