@@ -1,6 +1,6 @@
 //! Everything a local stack or a test stack runs with, made in one folder: a CA, a server
-//! certificate for `127.0.0.1` and `localhost`, and a token file holding an `admin` token and a
-//! `service` token (whose secrets are also kept in files, `admin.token` and `service.token`,
+//! certificate for `127.0.0.1` and `localhost`, and a token file holding an `admin` token (which
+//! also signs AWS requests) and a `service` token (whose secrets are also kept in files, `admin.token` and `service.token`,
 //! for the tools and services that send them). Device certificates come from the same CA
 //! ([`Credentials::issue_device`]).
 
@@ -53,7 +53,8 @@ impl Credentials {
         };
         let tokens_path = dir.join("tokens.toml");
         let mut tokens = TokenFile::read(&tokens_path)?;
-        let admin = tokens.issue("admin", &[Scope::Admin], None);
+        // The admin token also signs AWS requests (the Timestream API, boto3, the AWS CLI).
+        let admin = tokens.issue_signing("admin", &[Scope::Admin], None);
         let service = tokens.issue("query service", &[Scope::Service], None);
         tokens.write(&tokens_path)?;
         let credentials = Credentials {
@@ -81,6 +82,22 @@ impl Credentials {
         Ok(issued.bearer)
     }
 
+    /// [`Credentials::issue`] for a token that also signs AWS requests: (access key id, secret
+    /// access key).
+    pub fn issue_signing(&self, name: &str, scopes: &[Scope]) -> Result<(String, String), CredentialsError> {
+        let mut tokens = TokenFile::read(&self.tokens_path)?;
+        let issued = tokens.issue_signing(name, scopes, None);
+        tokens.write(&self.tokens_path)?;
+        let (id, secret) = issued.bearer.split_once('.').expect("a bearer is ID.SECRET");
+        Ok((id.to_string(), secret.to_string()))
+    }
+
+    /// The admin token as AWS credentials: (access key id, secret access key).
+    pub fn admin_aws_keys(&self) -> (String, String) {
+        let (id, secret) = self.admin_bearer.split_once('.').expect("a bearer is ID.SECRET");
+        (id.to_string(), secret.to_string())
+    }
+
     /// `[tls]` of a service serving with this folder's certificate and trusting its CA.
     pub fn tls(&self) -> TlsConfig {
         TlsConfig {
@@ -93,7 +110,7 @@ impl Credentials {
 
     /// `[auth]` of a service checking this folder's token file.
     pub fn auth(&self) -> AuthConfig {
-        AuthConfig { tokens_path: self.tokens_path.display().to_string(), anonymous: false }
+        AuthConfig { tokens_path: self.tokens_path.display().to_string(), ..AuthConfig::default() }
     }
 
     /// The environment overrides that give the service with variable prefix `prefix`

@@ -133,6 +133,10 @@ enum Token {
         /// Expires after this many days (never, when not given).
         #[arg(long)]
         expires_days: Option<u32>,
+        /// Also an AWS access key for the Timestream API: the id is the access key id and the
+        /// secret the secret access key. The file then keeps the secret (SigV4 needs it).
+        #[arg(long)]
+        aws: bool,
     },
     /// Lists the tokens of FILE: id, name, scopes, expiry. Never secrets.
     List {
@@ -178,13 +182,16 @@ fn main() -> anyhow::Result<()> {
             let crl = authority.revoke(&dir.join(format!("device-{id}.pem")), days)?;
             println!("crl {}", crl.display());
         }
-        Command::Token(Token::Create { file, name, scopes, expires_days }) => {
+        Command::Token(Token::Create { file, name, scopes, expires_days, aws }) => {
             let scopes = scopes.iter().map(|s| s.parse::<Scope>()).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;
             let mut tokens = TokenFile::read(&file)?;
             let expires = expires_days.map(|days| chrono::Utc::now() + chrono::Duration::days(i64::from(days)));
-            let issued = tokens.issue(&name, &scopes, expires);
+            let issued = if aws { tokens.issue_signing(&name, &scopes, expires) } else { tokens.issue(&name, &scopes, expires) };
             tokens.write(&file).with_context(|| format!("writing {}", file.display()))?;
             eprintln!("token {} created in {}; its secret is shown only now:", issued.entry.id, file.display());
+            if let (true, Some((id, secret))) = (aws, issued.bearer.split_once('.')) {
+                eprintln!("as AWS credentials: aws_access_key_id = {id}, aws_secret_access_key = {secret}");
+            }
             println!("{}", issued.bearer);
         }
         Command::DevicePassword(DevicePassword::Create { file, id, expires_days }) => {

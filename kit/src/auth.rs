@@ -28,6 +28,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ensure, InvalidValue};
+use crate::sigv4;
 
 /// `[auth]`: where the tokens are, or that there are none on purpose. The default token file is
 /// `tokens.toml` in the service's working folder; a service without it refuses to start.
@@ -39,11 +40,24 @@ pub struct AuthConfig {
     /// Serve every request without a token, as if it had every scope (the token file is then
     /// not read). Only for a machine where nothing else runs; never on a network.
     pub anonymous: bool,
+    /// AWS-signed requests (the Timestream API): `verify` checks each signature against the
+    /// token whose id is the access key id; `open` accepts any signature with every scope, as
+    /// moto and LocalStack do, for local tests only.
+    pub sigv4: Sigv4Mode,
+}
+
+/// How AWS Signature V4 requests are checked (`[auth] sigv4`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sigv4Mode {
+    #[default]
+    Verify,
+    Open,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { tokens_path: "tokens.toml".into(), anonymous: false }
+        AuthConfig { tokens_path: "tokens.toml".into(), anonymous: false, sigv4: Sigv4Mode::Verify }
     }
 }
 
@@ -61,7 +75,12 @@ impl AuthConfig {
             tracing::warn!("auth.anonymous = true: every request is served without a token");
             return Ok(Authenticator::anonymous());
         }
-        Authenticator::from_file(Path::new(&self.tokens_path))
+        let mut authenticator = Authenticator::from_file(Path::new(&self.tokens_path))?;
+        if self.sigv4 == Sigv4Mode::Open {
+            tracing::warn!("auth.sigv4 = \"open\": AWS-signed requests are served with every scope, their signatures unchecked");
+            authenticator.sigv4 = Sigv4Mode::Open;
+        }
+        Ok(authenticator)
     }
 }
 
@@ -237,7 +256,64 @@ impl IntoResponse for AuthError {
     }
 }
 
-/// One token as the token file keeps it: never its secret, only the secret's SHA-256.
+/// Why an AWS-signed request is refused, answered as the AWS SDKs expect (AWS JSON 1.0,
+/// `{"__type": CODE, "Message": …}`, [`crate::sigv4::aws_json_error`]).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SignedAuthError {
+    #[error(transparent)]
+    Signature(#[from] sigv4::SignatureError),
+    #[error("token {0} cannot sign AWS requests: make one with `lodestone-admin token create --aws`")]
+    NotSigning(String),
+    #[error("The security token included in the request is expired (token {0})")]
+    Expired(String),
+    #[error("the request body is larger than the {0} bytes a signed request may carry")]
+    BodyTooLarge(usize),
+}
+
+impl SignedAuthError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            SignedAuthError::Signature(error) => error.code(),
+            SignedAuthError::NotSigning(_) => "UnrecognizedClientException",
+            SignedAuthError::Expired(_) => "ExpiredTokenException",
+            SignedAuthError::BodyTooLarge(_) => "ValidationException",
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            SignedAuthError::Signature(error) => error.status(),
+            SignedAuthError::BodyTooLarge(_) => 400,
+            _ => 403,
+        }
+    }
+}
+
+impl IntoResponse for SignedAuthError {
+    fn into_response(self) -> Response {
+        sigv4::aws_json_error(self.status(), self.code(), &self.to_string())
+    }
+}
+
+/// Who signed an AWS request, besides its [`Principal`]: the access key id and the region of the
+/// credential scope (Timestream's ARNs name it). Handlers find it as
+/// `Option<axum::Extension<AwsCaller>>`; requests with a bearer token have none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsCaller {
+    pub access_key_id: String,
+    pub region: String,
+}
+
+/// The service name AWS-signed requests are scoped to: Lodestone's one AWS API is Timestream's.
+pub const SIGNING_SERVICE: &str = "timestream";
+
+/// The largest body an AWS-signed request may have: the signature covers it, so it is read whole
+/// before the handler runs. Timestream's largest requests (100 records, a 256 KiB query) are far
+/// below.
+pub const SIGNED_BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// One token as the token file keeps it: the secret's SHA-256, and the secret itself only for a
+/// token that signs AWS requests.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenEntry {
@@ -251,6 +327,11 @@ pub struct TokenEntry {
     pub created: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<DateTime<Utc>>,
+    /// The secret itself, kept only for a token that signs AWS requests (made with
+    /// [`TokenFile::issue_signing`], `lodestone-admin token create --aws`): AWS Signature V4 is
+    /// an HMAC under the secret, so checking one needs the secret, not a hash of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_secret: Option<String>,
 }
 
 /// The token file: `[[tokens]]` entries.
@@ -312,7 +393,7 @@ impl TokenFile {
     pub fn write(&self, path: &Path) -> Result<(), TokenFileError> {
         let error = |source| TokenFileError::Write { path: path.display().to_string(), source };
         let text = format!(
-            "# Lodestone API tokens, managed with `lodestone-admin token`. Only SHA-256 hashes of the\n# secrets are kept here; a lost secret cannot be recovered, only revoked and replaced.\n\n{}",
+            "# Lodestone API tokens, managed with `lodestone-admin token`. SHA-256 hashes of the secrets are\n# kept here, and the secrets of tokens made to sign AWS requests (signing_secret): keep this file\n# readable by the services only. A lost secret cannot be recovered, only revoked and replaced.\n\n{}",
             toml::to_string(self).expect("a token file serializes")
         );
         let temporary = path.with_extension("tmp");
@@ -327,6 +408,16 @@ impl TokenFile {
         IssuedToken { entry, bearer: format!("{id}.{secret}") }
     }
 
+    /// [`TokenFile::issue`] for a token that also signs AWS requests (the Timestream API): its id
+    /// is the AWS access key id and its secret the secret access key. The file keeps the secret.
+    pub fn issue_signing(&mut self, name: &str, scopes: &[Scope], expires: Option<DateTime<Utc>>) -> IssuedToken {
+        let issued = self.issue(name, scopes, expires);
+        let secret = issued.bearer.split_once('.').map(|(_, secret)| secret.to_string());
+        let entry = self.tokens.last_mut().expect("the token just issued");
+        entry.signing_secret = secret;
+        IssuedToken { entry: entry.clone(), bearer: issued.bearer }
+    }
+
     /// Adds (or replaces: the old secret stops working) the token `id`, e.g. a device's MQTT
     /// password under its device id. Its secret is what the holder presents with the id.
     pub fn issue_with_id(&mut self, id: &str, name: &str, scopes: &[Scope], expires: Option<DateTime<Utc>>) -> IssuedSecret {
@@ -338,6 +429,7 @@ impl TokenFile {
             secret_sha256: sha256_hex(secret.as_bytes()),
             created: Utc::now(),
             expires,
+            signing_secret: None,
         };
         self.tokens.retain(|t| t.id != id);
         self.tokens.push(entry.clone());
@@ -380,6 +472,7 @@ struct KnownToken {
     secret_sha256: Vec<u8>,
     scopes: Vec<Scope>,
     expires: Option<DateTime<Utc>>,
+    signing_secret: Option<String>,
 }
 
 /// How long a read of the token file is trusted before its modification time is looked at again.
@@ -388,6 +481,7 @@ const RECHECK: Duration = Duration::from_secs(1);
 /// Checks bearer tokens against the token file (or lets everyone in, when anonymous).
 pub struct Authenticator {
     source: Option<TokenSource>,
+    sigv4: Sigv4Mode,
 }
 
 struct TokenSource {
@@ -403,7 +497,7 @@ struct Loaded {
 
 impl Authenticator {
     pub fn anonymous() -> Authenticator {
-        Authenticator { source: None }
+        Authenticator { source: None, sigv4: Sigv4Mode::Verify }
     }
 
     /// Reads the token file now (an unreadable or invalid one is an error) and again whenever it
@@ -415,7 +509,7 @@ impl Authenticator {
         let (modified, tokens) = load_tokens(path)?;
         tracing::info!(path = %path.display(), tokens = tokens.len(), "token file read");
         let loaded = Loaded { checked: Instant::now(), modified, tokens: Arc::new(tokens) };
-        Ok(Authenticator { source: Some(TokenSource { path: path.to_path_buf(), state: Mutex::new(loaded) }) })
+        Ok(Authenticator { source: Some(TokenSource { path: path.to_path_buf(), state: Mutex::new(loaded) }), sigv4: Sigv4Mode::Verify })
     }
 
     pub fn is_anonymous(&self) -> bool {
@@ -449,6 +543,28 @@ impl Authenticator {
             None => Err(AuthError::Invalid),
             Some(source) => self.check_parts(source, id, secret),
         }
+    }
+
+    /// The caller of an AWS-signed request: the token whose id is the access key id, when the
+    /// request carries that token's signature over `service` within the allowed clock skew
+    /// (see [`crate::sigv4::verify`]). Anonymous and `sigv4 = "open"` authenticators accept it
+    /// unchecked, with every scope.
+    pub fn check_signed(&self, request: &sigv4::Received<'_>, authorization: &sigv4::Authorization, service: &str, now_ns: i64) -> Result<Principal, SignedAuthError> {
+        let Some(source) = &self.source else { return Ok(Principal::anonymous()) };
+        if self.sigv4 == Sigv4Mode::Open {
+            return Ok(Principal { id: authorization.access_key_id.clone(), scopes: vec![Scope::Admin] });
+        }
+        let id = &authorization.access_key_id;
+        let tokens = source.tokens();
+        let token = tokens.get(id).ok_or(SignedAuthError::Signature(sigv4::SignatureError::UnknownKey))?;
+        let secret = token.signing_secret.as_deref().ok_or_else(|| SignedAuthError::NotSigning(id.clone()))?;
+        sigv4::verify(request, authorization, secret, service, now_ns).map_err(SignedAuthError::Signature)?;
+        if let Some(expires) = token.expires {
+            if expires <= Utc::now() {
+                return Err(SignedAuthError::Expired(id.clone()));
+            }
+        }
+        Ok(Principal { id: id.clone(), scopes: token.scopes.clone() })
     }
 
     fn check_bearer(&self, source: &TokenSource, bearer: &str) -> Result<Principal, AuthError> {
@@ -504,7 +620,7 @@ fn load_tokens(path: &Path) -> Result<(Option<SystemTime>, HashMap<String, Known
     for entry in file.tokens {
         let secret_sha256 = unhex(&entry.secret_sha256).filter(|h| h.len() == 32).ok_or_else(|| invalid(format!("token {}: secret_sha256 is not 64 hex digits", entry.id)))?;
         let scopes = entry.scopes.iter().map(|s| s.parse::<Scope>()).collect::<Result<Vec<_>, _>>().map_err(invalid)?;
-        tokens.insert(entry.id.clone(), KnownToken { secret_sha256, scopes, expires: entry.expires });
+        tokens.insert(entry.id.clone(), KnownToken { secret_sha256, scopes, expires: entry.expires, signing_secret: entry.signing_secret });
     }
     Ok((modified, tokens))
 }
@@ -516,7 +632,8 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
     (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Whether `a` and `b` are equal, in a time that does not depend on where they differ.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -533,6 +650,13 @@ pub fn require_token(router: axum::Router, authenticator: Arc<Authenticator>) ->
             if PUBLIC_PATHS.contains(&request.uri().path()) {
                 return next.run(request).await;
             }
+            let signed = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(sigv4::Authorization::parse);
+            if let Some(authorization) = signed {
+                return match authorization {
+                    Ok(authorization) => serve_signed(request, authorization, &authenticator, next).await,
+                    Err(error) => SignedAuthError::from(error).into_response(),
+                };
+            }
             match authenticator.authenticate(request.headers()) {
                 Ok(principal) => {
                     request.extensions_mut().insert(principal);
@@ -545,6 +669,35 @@ pub fn require_token(router: axum::Router, authenticator: Arc<Authenticator>) ->
             }
         }
     }))
+}
+
+/// Reads a signed request's body (it is signed too), checks the signature, and runs the request
+/// as its signer, with the body put back.
+async fn serve_signed(request: axum::extract::Request, authorization: sigv4::Authorization, authenticator: &Authenticator, next: axum::middleware::Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, SIGNED_BODY_BYTES_MAX).await else {
+        return SignedAuthError::BodyTooLarge(SIGNED_BODY_BYTES_MAX).into_response();
+    };
+    let received = sigv4::Received {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        query: parts.uri.query().unwrap_or(""),
+        headers: &parts.headers,
+        authority: parts.uri.authority().map(|a| a.as_str()),
+        body: &body,
+    };
+    match authenticator.check_signed(&received, &authorization, SIGNING_SERVICE, crate::now_ns()) {
+        Ok(principal) => {
+            let mut request = axum::extract::Request::from_parts(parts, axum::body::Body::from(body));
+            request.extensions_mut().insert(principal);
+            request.extensions_mut().insert(AwsCaller { access_key_id: authorization.access_key_id, region: authorization.region });
+            next.run(request).await
+        }
+        Err(error) => {
+            tracing::info!(code = error.code(), key = %authorization.access_key_id, "signed request refused");
+            error.into_response()
+        }
+    }
 }
 
 /// Limits every route of `router` to callers holding `scope` (403 `forbidden` otherwise). Apply
@@ -693,13 +846,63 @@ mod tests {
         assert_eq!(auth.check(&token.bearer).unwrap_err(), AuthError::Invalid);
     }
 
+    /// A request signed like botocore signs one, with `secret`, at `amz_date`.
+    fn signed_request(key: &str, secret: &str, amz_date: &str, body: &str) -> (HeaderMap, sigv4::Authorization) {
+        let mut headers = HeaderMap::new();
+        headers.insert("host", "127.0.0.1:8080".parse().unwrap());
+        headers.insert("x-amz-date", amz_date.parse().unwrap());
+        headers.insert("x-amz-target", "Timestream_20181101.ListDatabases".parse().unwrap());
+        let unsigned = sigv4::Authorization {
+            access_key_id: key.into(),
+            date: amz_date[..8].into(),
+            region: "eu-west-1".into(),
+            service: SIGNING_SERVICE.into(),
+            signed_headers: vec!["host".into(), "x-amz-date".into(), "x-amz-target".into()],
+            signature: String::new(),
+        };
+        let received = sigv4::Received { method: "POST", path: "/", query: "", headers: &headers, authority: None, body: body.as_bytes() };
+        let canonical = sigv4::canonical_request(&received, &unsigned.signed_headers);
+        let signature = sigv4::signature(secret, &unsigned, &sigv4::string_to_sign(amz_date, &unsigned.scope(), &canonical));
+        (headers.clone(), sigv4::Authorization { signature, ..unsigned })
+    }
+
+    #[test]
+    fn a_signing_token_checks_aws_signatures_and_a_bearer_only_token_cannot_sign() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.toml");
+        let mut file = TokenFile::default();
+        let signer = file.issue_signing("boto3", &scopes(&["fleet:write"]), None);
+        let bearer_only = file.issue("grafana", &scopes(&["fleet:read"]), None);
+        file.write(&path).unwrap();
+        let auth = Authenticator::from_file(&path).unwrap();
+        let now = crate::now_ns();
+        let amz_date = sigv4::format_amz_date(now);
+        let body = r#"{"MaxResults": 20}"#;
+        let check = |bearer: &str, secret: &str| {
+            let id = bearer.split_once('.').unwrap().0;
+            let (headers, authorization) = signed_request(id, secret, &amz_date, body);
+            let received = sigv4::Received { method: "POST", path: "/", query: "", headers: &headers, authority: None, body: body.as_bytes() };
+            auth.check_signed(&received, &authorization, SIGNING_SERVICE, now)
+        };
+        let signer_secret = signer.bearer.split_once('.').unwrap().1;
+        let principal = check(&signer.bearer, signer_secret).unwrap();
+        assert_eq!(principal.id, signer.entry.id);
+        assert!(principal.can_write("fleet") && !principal.is_admin(), "the token's scopes apply");
+        assert_eq!(check(&signer.bearer, &"0".repeat(64)).unwrap_err().code(), "InvalidSignatureException");
+        assert_eq!(check("lt_nosuch.x", signer_secret).unwrap_err().code(), "UnrecognizedClientException");
+        let bearer_secret = bearer_only.bearer.split_once('.').unwrap().1;
+        assert_eq!(check(&bearer_only.bearer, bearer_secret).unwrap_err(), SignedAuthError::NotSigning(bearer_only.entry.id.clone()));
+        // The bearer of a signing token still works as a bearer.
+        assert!(auth.check(&signer.bearer).is_ok());
+    }
+
     #[test]
     fn config_needs_tokens_or_an_explicit_anonymous() {
         assert!(AuthConfig::default().validate().is_ok());
-        let none = AuthConfig { tokens_path: String::new(), anonymous: false };
+        let none = AuthConfig { tokens_path: String::new(), ..AuthConfig::default() };
         assert_eq!(none.validate().unwrap_err().key, "auth.tokens_path");
-        assert!(AuthConfig { tokens_path: String::new(), anonymous: true }.validate().is_ok());
-        let missing = AuthConfig { tokens_path: "/nonexistent/tokens.toml".into(), anonymous: false };
+        assert!(AuthConfig { tokens_path: String::new(), anonymous: true, ..AuthConfig::default() }.validate().is_ok());
+        let missing = AuthConfig { tokens_path: "/nonexistent/tokens.toml".into(), ..AuthConfig::default() };
         assert!(missing.authenticator().err().unwrap().to_string().contains("/nonexistent/tokens.toml"));
     }
 }

@@ -13,6 +13,8 @@
 //!   ([`tls::TlsConfig`], `[tls]`); it stops on the shutdown signal.
 //! - [`auth`]: bearer tokens with scopes (`[auth]`, [`auth::require_token`] around a router,
 //!   [`auth::Principal`] in every handler), and the token file `lodestone-admin` manages.
+//! - [`sigv4`]: AWS Signature V4 checked, for the Timestream API; [`auth::require_token`] verifies
+//!   AWS-signed requests against the tokens that may sign ([`auth::TokenFile::issue_signing`]).
 //! - [`clock::now_ns`]: wall-clock nanoseconds since the Unix epoch, saturating at the `i64` range.
 //! - [`metrics::Exposition`]: the Prometheus text format every `/metrics` endpoint writes.
 //! - [`ports::unused_port`]: a port for a server another process is about to start (tests, scripts),
@@ -34,6 +36,7 @@ pub mod log;
 pub mod metrics;
 pub mod ports;
 pub mod shutdown;
+pub mod sigv4;
 pub mod tls;
 
 pub use clock::now_ns;
