@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
 use crate::schema::TableSchema;
-use crate::table::{TableProperties, TableRef};
+use crate::table::{ResourceInfo, TableProperties, TableRef};
 
 const CATALOG_PREFIX: &str = "_catalog";
 /// Old catalog versions kept behind the latest, for readers that listed just before a commit.
@@ -46,6 +46,9 @@ pub struct TableEntry {
     pub properties: TableProperties,
     pub schema: TableSchema,
     pub files: Vec<FileMeta>,
+    /// Creation and change times, tags.
+    #[serde(default)]
+    pub info: ResourceInfo,
 }
 
 /// One version of the catalog.
@@ -54,6 +57,10 @@ pub struct Snapshot {
     pub version: u64,
     /// database → table → entry.
     pub databases: BTreeMap<String, BTreeMap<String, TableEntry>>,
+    /// database → its creation and change times, tags and KMS key id (absent for databases made
+    /// before the catalog kept them, and for those made implicitly by a write).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub database_info: BTreeMap<String, ResourceInfo>,
     /// Opaque progress markers that writers commit with their files (e.g. "next input position").
     pub watermarks: BTreeMap<String, u64>,
     /// Files no longer referenced, with the time they were dropped; deleted after a grace period.
@@ -94,13 +101,18 @@ impl Snapshot {
         Ok(())
     }
 
-    pub(crate) fn add_table(&mut self, table: &TableRef, properties: TableProperties) -> Result<(), StoreError> {
+    /// What the catalog keeps of `database` besides its tables (the default when it kept nothing).
+    pub fn database_info(&self, database: &str) -> ResourceInfo {
+        self.database_info.get(database).cloned().unwrap_or_default()
+    }
+
+    pub(crate) fn add_table(&mut self, table: &TableRef, properties: TableProperties, info: ResourceInfo) -> Result<(), StoreError> {
         properties.validate()?;
         let tables = self.databases.get_mut(&table.database).ok_or_else(|| StoreError::DatabaseNotFound(table.database.clone()))?;
         if tables.contains_key(&table.table) {
             return Err(StoreError::TableExists { database: table.database.clone(), table: table.table.clone() });
         }
-        tables.insert(table.table.clone(), TableEntry { properties, schema: TableSchema::default(), files: Vec::new() });
+        tables.insert(table.table.clone(), TableEntry { properties, schema: TableSchema::default(), files: Vec::new(), info });
         Ok(())
     }
 }

@@ -68,7 +68,21 @@ pub async fn write_partition_file(
 
 /// A fresh, unique object path in the partition of `table` and `day`.
 pub fn file_path(table: &TableRef, day: i64) -> String {
-    format!("{}/{}/day={}/{:032x}.parquet", table.database, table.table, day_label(day), rand::random::<u128>())
+    format!("{}/{}/day={}/{:032x}.parquet", path_component(&table.database), path_component(&table.table), day_label(day), rand::random::<u128>())
+}
+
+/// The longest name used as it is as one component of a file's path: names may be 256 bytes
+/// (Timestream's bound), a local file system's components at most 255.
+const PATH_COMPONENT_BYTES_MAX: usize = 200;
+
+/// A database or table name as a folder name: itself, or for a longer name its first 180 bytes
+/// and a hash of the whole (names are ASCII). The catalog keeps every file's path, so nothing
+/// reads a name back from a path.
+fn path_component(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.len() <= PATH_COMPONENT_BYTES_MAX {
+        return std::borrow::Cow::Borrowed(name);
+    }
+    std::borrow::Cow::Owned(format!("{}~{:016x}", &name[..180], lodestone_model::topic::fnv1a(name.as_bytes())))
 }
 
 /// `YYYY-MM-DD` of a day number (days since 1970-01-01), by the civil-from-days algorithm.

@@ -20,7 +20,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::catalog::FileMeta;
 use crate::store::Store;
-use crate::table::TableRef;
+use crate::table::{ResourceInfo, TableRef};
 use crate::upsert::{merge, Merged};
 use crate::cold::{encode_parquet, file_path, unscale_doubles, ZSTD_LEVEL_COMPACTED};
 use crate::error::StoreError;
@@ -160,7 +160,7 @@ impl Store {
             if !rejected_files.is_empty() {
                 if snapshot.table(&rejected).is_none() {
                     snapshot.databases.entry(rejected.database.clone()).or_default();
-                    snapshot.add_table(&rejected, rejected_records_properties())?;
+                    snapshot.add_table(&rejected, rejected_records_properties(), ResourceInfo::new(lodestone_kit::now_ns(), Default::default()))?;
                 }
                 let entry = snapshot.table_mut(&rejected)?;
                 entry.schema.merge(&rejected_rows.schema);

@@ -105,7 +105,7 @@ impl HotTier {
         now_ns: i64,
         index: usize,
     ) -> Result<WriteOutcome, Rejection> {
-        let reject = |reason, detail: String| Rejection { index, reason, detail };
+        let reject = |reason, detail: String| Rejection::new(index, reason, detail);
         let window_start = now_ns.saturating_sub(i64::from(properties.memory_retention_hours).saturating_mul(HOUR_NS));
         if record.time_ns < window_start && !properties.magnetic_store_writes {
             return Err(reject(
@@ -153,10 +153,8 @@ impl HotTier {
             UpsertDecision::Replace => WriteOutcome::Replaced,
             UpsertDecision::NoOp => return Ok(WriteOutcome::Unchanged),
             UpsertDecision::Reject { existing_version } => {
-                return Err(reject(
-                    RejectReason::VersionConflict,
-                    format!("another value exists under this key at version {existing_version}; write a higher version to replace it"),
-                ));
+                let detail = format!("another value exists under this key at version {existing_version}; write a higher version to replace it");
+                return Err(Rejection { existing_version: Some(existing_version), ..reject(RejectReason::VersionConflict, detail) });
             }
         };
         let series = &hot.keys[id as usize];
@@ -214,11 +212,11 @@ fn check_room_for_names(known: &TableSchema, learned: &TableSchema, record: &Rec
     if new_dimensions > 0 {
         let held = known.dimensions.len() + learned.dimensions.difference(&known.dimensions).count();
         if held + new_dimensions > limits.dimensions_per_table_max {
-            return Err(Rejection {
+            return Err(Rejection::new(
                 index,
-                reason: RejectReason::TooManyTableDimensions,
-                detail: format!("the table has {held} dimensions and this record adds {new_dimensions}; store.limits.dimensions_per_table_max is {}", limits.dimensions_per_table_max),
-            });
+                RejectReason::TooManyTableDimensions,
+                format!("the table has {held} dimensions and this record adds {new_dimensions}; store.limits.dimensions_per_table_max is {}", limits.dimensions_per_table_max),
+            ));
         }
     }
     let new_measure = usize::from(is_new(&record.measure_name, |s, n| s.measures.contains_key(n)));
@@ -232,15 +230,15 @@ fn check_room_for_names(known: &TableSchema, learned: &TableSchema, record: &Rec
             + learned.measures.keys().filter(|n| !known.measures.contains_key(*n)).count()
             + learned.multi_columns.keys().filter(|n| !known.multi_columns.contains_key(*n)).count();
         if held + new_measure + new_columns > limits.measures_per_table_max {
-            return Err(Rejection {
+            return Err(Rejection::new(
                 index,
-                reason: RejectReason::TooManyTableMeasures,
-                detail: format!(
+                RejectReason::TooManyTableMeasures,
+                format!(
                     "the table has {held} measure names and columns and this record adds {}; store.limits.measures_per_table_max is {}",
                     new_measure + new_columns,
                     limits.measures_per_table_max
                 ),
-            });
+            ));
         }
     }
     Ok(())

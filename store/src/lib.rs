@@ -41,8 +41,8 @@ mod compact;
 
 pub use catalog::{FileMeta, Snapshot, TableEntry};
 pub use compact::{CompactionPolicy, MaintenanceReport};
-pub use store::{Store, StoreConfig};
-pub use table::{StoreLimits, TableProperties, TableRef};
+pub use store::{Resource, Store, StoreConfig};
+pub use table::{ResourceInfo, StoreLimits, TableProperties, TableRef};
 pub use error::StoreError;
 pub use hot::{HotTier, PersistBatch, TableRows, WriteOutcome};
 pub use memory::{decode_ipc, encode_ipc, Memory};

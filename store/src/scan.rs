@@ -410,7 +410,7 @@ mod tests {
     #[test]
     fn overlapping_files_form_one_unit_compacted_first() {
         let files = vec![file("fresh-a", 0, 50, 60), file("hour-0", 1, 0, 99), file("hour-1", 1, 100, 199), file("fresh-b", 0, 250, 260), file("fresh-c", 0, 255, 300)];
-        let entry = TableEntry { properties: TableProperties::default(), schema: TableSchema::default(), files };
+        let entry = TableEntry { properties: TableProperties::default(), schema: TableSchema::default(), files, info: Default::default() };
         let units: Vec<Vec<String>> = plan_scan(&entry, &ScanRequest::time_range(0, 1_000))
             .into_iter()
             .map(|u| u.files.into_iter().map(|f| f.path).collect())

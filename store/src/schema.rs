@@ -35,7 +35,7 @@ pub struct TableSchema {
 impl TableSchema {
     /// Checks `record` against the types already fixed, without changing anything.
     pub fn check(&self, record: &Record, index: usize) -> Result<(), Rejection> {
-        let reject = |reason, detail: String| Err(Rejection { index, reason, detail });
+        let reject = |reason, detail: String| Err(Rejection::new(index, reason, detail));
         let ty = record.value.measure_type();
         if let Some(existing) = self.measures.get(&record.measure_name) {
             if *existing != ty {

@@ -16,7 +16,7 @@ use crate::cold::write_partition_file;
 use crate::error::StoreError;
 use crate::hot::PersistBatch;
 use crate::schema::TableSchema;
-use crate::table::{StoreLimits, TableProperties, TableRef};
+use crate::table::{ResourceInfo, StoreLimits, TableProperties, TableRef};
 
 /// Where a store is, as services configure it (the `[store]` section of their TOML files).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -54,6 +54,13 @@ impl StoreConfig {
             self.url.clone()
         }
     }
+}
+
+/// A database or a table, for [`Store::update_info`].
+#[derive(Debug, Clone, Copy)]
+pub enum Resource<'a> {
+    Database(&'a str),
+    Table(&'a TableRef),
 }
 
 /// The cold tier and the catalog on one object store.
@@ -135,13 +142,20 @@ impl Store {
     }
 
     pub async fn create_database(&self, name: &str) -> Result<Snapshot, StoreError> {
+        self.create_database_tagged(name, BTreeMap::new()).await
+    }
+
+    /// Creates database `name` with `tags`.
+    pub async fn create_database_tagged(&self, name: &str, tags: BTreeMap<String, String>) -> Result<Snapshot, StoreError> {
         lodestone_model::validate_name("database", name).map_err(|detail| StoreError::Invalid { what: "database name", detail })?;
+        let info = ResourceInfo::new(lodestone_kit::now_ns(), tags);
         self.commit(|snapshot| {
             if snapshot.databases.contains_key(name) {
                 return Err(StoreError::DatabaseExists(name.into()));
             }
             snapshot.check_room_for_database(&self.limits)?;
             snapshot.databases.insert(name.into(), BTreeMap::new());
+            snapshot.database_info.insert(name.into(), info.clone());
             Ok(())
         })
         .await
@@ -154,17 +168,45 @@ impl Store {
                 return Err(StoreError::DatabaseNotEmpty(name.into()));
             }
             snapshot.databases.remove(name);
+            snapshot.database_info.remove(name);
             Ok(())
         })
         .await
     }
 
     pub async fn create_table(&self, table: &TableRef, properties: TableProperties) -> Result<Snapshot, StoreError> {
+        self.create_table_tagged(table, properties, BTreeMap::new()).await
+    }
+
+    /// Creates `table` with `properties` and `tags`; its database must exist.
+    pub async fn create_table_tagged(&self, table: &TableRef, properties: TableProperties, tags: BTreeMap<String, String>) -> Result<Snapshot, StoreError> {
         lodestone_model::validate_name("database", &table.database).map_err(|detail| StoreError::Invalid { what: "database name", detail })?;
         lodestone_model::validate_name("table", &table.table).map_err(|detail| StoreError::Invalid { what: "table name", detail })?;
+        let info = ResourceInfo::new(lodestone_kit::now_ns(), tags);
         self.commit(|snapshot| {
             snapshot.check_room_for_table(&table.database, &self.limits)?;
-            snapshot.add_table(table, properties.clone())
+            snapshot.add_table(table, properties.clone(), info.clone())
+        })
+        .await
+    }
+
+    /// Changes what the catalog keeps of a database or table besides its data (tags, KMS key id),
+    /// and marks it updated now.
+    pub async fn update_info(&self, resource: Resource<'_>, change: impl Fn(&mut ResourceInfo)) -> Result<Snapshot, StoreError> {
+        let now = lodestone_kit::now_ns();
+        self.commit(|snapshot| {
+            let info = match resource {
+                Resource::Database(name) => {
+                    if !snapshot.databases.contains_key(name) {
+                        return Err(StoreError::DatabaseNotFound(name.into()));
+                    }
+                    snapshot.database_info.entry(name.to_string()).or_default()
+                }
+                Resource::Table(table) => &mut snapshot.table_mut(table)?.info,
+            };
+            change(info);
+            info.updated_ns = now;
+            Ok(())
         })
         .await
     }
@@ -200,25 +242,30 @@ impl Store {
                 snapshot.check_room_for_table(&table.database, limits)?;
             }
             snapshot.databases.entry(table.database.clone()).or_default();
-            snapshot.add_table(table, properties.clone())
+            snapshot.add_table(table, properties.clone(), ResourceInfo::new(lodestone_kit::now_ns(), BTreeMap::new()))
         })
         .await
     }
 
     pub async fn update_table(&self, table: &TableRef, properties: TableProperties) -> Result<Snapshot, StoreError> {
         properties.validate()?;
+        let now = lodestone_kit::now_ns();
         self.commit(|snapshot| {
-            snapshot.table_mut(table)?.properties = properties.clone();
+            let entry = snapshot.table_mut(table)?;
+            entry.properties = properties.clone();
+            entry.info.updated_ns = now;
             Ok(())
         })
         .await
     }
 
     /// Adds the names and types `learned` to the table's schema, so that queries know the
-    /// columns of rows still in a worker's memory.
+    /// columns of rows still in a worker's memory. A table dropped meanwhile is left dropped.
     pub async fn learn_schema(&self, table: &TableRef, learned: &TableSchema) -> Result<Snapshot, StoreError> {
         self.commit(|snapshot| {
-            snapshot.table_mut(table)?.schema.merge(learned);
+            if let Some(entry) = snapshot.databases.get_mut(&table.database).and_then(|tables| tables.get_mut(&table.table)) {
+                entry.schema.merge(learned);
+            }
             Ok(())
         })
         .await
@@ -238,7 +285,9 @@ impl Store {
     /// learned schemas and `watermarks` in one catalog version. Returns after that commit: the
     /// rows are as safe as the object store makes them (durable on S3; on a local folder, safe
     /// from a process crash) and the caller may acknowledge its input up to the watermarks.
-    /// On error nothing is committed (files already written are unreferenced garbage).
+    /// Rows of a table dropped since they were written are dropped with it (their files go to
+    /// the garbage list in the same commit). On error nothing is committed (files already
+    /// written are unreferenced garbage).
     pub async fn persist(&self, batch: &PersistBatch, watermarks: &BTreeMap<String, u64>) -> Result<Snapshot, StoreError> {
         let mut written: Vec<(usize, FileMeta)> = Vec::new();
         for (index, table_rows) in batch.tables.iter().enumerate() {
@@ -249,19 +298,33 @@ impl Store {
                 written.push((index, file));
             }
         }
-        self.commit(|snapshot| {
-            for table_rows in &batch.tables {
-                snapshot.table_mut(&table_rows.table)?.schema.merge(&table_rows.schema);
-            }
-            for (index, file) in &written {
-                snapshot.table_mut(&batch.tables[*index].table)?.files.push(file.clone());
-            }
-            for (key, value) in watermarks {
-                snapshot.watermarks.insert(key.clone(), *value);
-            }
-            Ok(())
-        })
-        .await
+        let now = lodestone_kit::now_ns();
+        let committed = self
+            .commit(|snapshot| {
+                let mut dropped = Vec::new();
+                for (index, table_rows) in batch.tables.iter().enumerate() {
+                    match snapshot.table_mut(&table_rows.table) {
+                        Ok(entry) => entry.schema.merge(&table_rows.schema),
+                        Err(StoreError::TableNotFound { .. }) => dropped.push(index),
+                        Err(error) => return Err(error),
+                    }
+                }
+                for (index, file) in &written {
+                    match dropped.contains(index) {
+                        true => snapshot.garbage.push((file.path.clone(), now)),
+                        false => snapshot.table_mut(&batch.tables[*index].table)?.files.push(file.clone()),
+                    }
+                }
+                for (key, value) in watermarks {
+                    snapshot.watermarks.insert(key.clone(), *value);
+                }
+                Ok(())
+            })
+            .await?;
+        for table_rows in batch.tables.iter().filter(|t| committed.table(&t.table).is_none()) {
+            tracing::warn!(table = %table_rows.table, rows = table_rows.rows.len(), "rows of a table dropped before they were persisted are dropped with it");
+        }
+        Ok(committed)
     }
 }
 
@@ -301,6 +364,87 @@ mod tests {
         store.ensure_table(&t("db-two", "table3"), TableProperties::default()).await.unwrap();
         let message = store.create_database("db-four").await.unwrap_err().to_string();
         assert!(message.contains("2 databases") && message.contains("store.limits"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn databases_and_tables_keep_their_creation_times_and_tags() {
+        let store = store(StoreLimits::default());
+        let tags = BTreeMap::from([("team".to_string(), "fleet".to_string())]);
+        let made = store.create_database_tagged("fleet", tags.clone()).await.unwrap();
+        let info = made.database_info("fleet");
+        assert!(info.created_ns > 0 && info.updated_ns == info.created_ns);
+        assert_eq!(info.tags, tags);
+        store.create_table_tagged(&t("fleet", "trucks"), TableProperties::default(), tags.clone()).await.unwrap();
+        let changed = store
+            .update_info(Resource::Table(&t("fleet", "trucks")), |info| {
+                info.tags.remove("team");
+                info.tags.insert("env".into(), "test".into());
+            })
+            .await
+            .unwrap();
+        let table = &changed.table(&t("fleet", "trucks")).unwrap().info;
+        assert_eq!(table.tags, BTreeMap::from([("env".to_string(), "test".to_string())]));
+        assert!(table.updated_ns >= table.created_ns);
+        store.update_info(Resource::Database("fleet"), |info| info.kms_key_id = Some("key-1".into())).await.unwrap();
+        assert_eq!(store.snapshot().await.unwrap().database_info("fleet").kms_key_id.as_deref(), Some("key-1"));
+        assert!(matches!(store.update_info(Resource::Database("nosuch"), |_| {}).await, Err(StoreError::DatabaseNotFound(_))));
+        store.drop_table(&t("fleet", "trucks")).await.unwrap();
+        let dropped = store.drop_database("fleet").await.unwrap();
+        assert!(dropped.database_info.is_empty(), "a dropped database's info goes with it");
+    }
+
+    /// Names may be 256 bytes (Timestream's bound) but a local folder's path components 255: a
+    /// table of such a name made every persist fail (a worker that could never commit).
+    #[tokio::test]
+    async fn a_table_with_a_256_byte_name_persists_to_a_local_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_local(dir.path()).unwrap();
+        let table = t(&"d".repeat(256), &"t".repeat(256));
+        store.create_database(&table.database).await.unwrap();
+        store.create_table(&table, TableProperties::default()).await.unwrap();
+        let now = lodestone_kit::now_ns();
+        let mut hot = crate::HotTier::new(10);
+        let record = lodestone_model::Record {
+            dimensions: vec![lodestone_model::Dimension { name: "truck".into(), value: "t1".into() }],
+            measure_name: "speed".into(),
+            value: lodestone_model::MeasureValue::Single(lodestone_model::Scalar::Double(1.0)),
+            time_ns: now,
+            version: 1,
+        };
+        hot.write(&table, &TableProperties::default(), &TableSchema::default(), record, now, 0).unwrap();
+        let persisted = store.persist(&hot.drain(), &BTreeMap::new()).await.unwrap();
+        let files = &persisted.table(&table).unwrap().files;
+        assert_eq!(files.len(), 1);
+        assert!(files[0].path.split('/').all(|part| part.len() <= 255), "{}", files[0].path);
+    }
+
+    /// Dropping a table while a worker still held rows of it made that worker's persist fail,
+    /// and the worker stop (every later write then waited on it).
+    #[tokio::test]
+    async fn rows_of_a_table_dropped_before_the_persist_are_dropped_with_it() {
+        let store = store(StoreLimits::default());
+        let (kept, dropped) = (t("fleet", "kept"), t("fleet", "dropped"));
+        let now = lodestone_kit::now_ns();
+        let mut hot = crate::HotTier::new(10);
+        for table in [&kept, &dropped] {
+            store.ensure_table(table, TableProperties::default()).await.unwrap();
+            let record = lodestone_model::Record {
+                dimensions: vec![],
+                measure_name: "m".into(),
+                value: lodestone_model::MeasureValue::Single(lodestone_model::Scalar::Double(1.0)),
+                time_ns: now,
+                version: 1,
+            };
+            hot.write(table, &TableProperties::default(), &TableSchema::default(), record, now, 0).unwrap();
+        }
+        store.drop_table(&dropped).await.unwrap();
+        store.learn_schema(&dropped, &TableSchema::default()).await.unwrap();
+        let watermarks = BTreeMap::from([("kafka/ingest/0".to_string(), 7)]);
+        let persisted = store.persist(&hot.drain(), &watermarks).await.unwrap();
+        assert_eq!(persisted.table(&kept).unwrap().files.len(), 1);
+        assert!(persisted.table(&dropped).is_none(), "a dropped table stays dropped");
+        assert_eq!(persisted.garbage.len(), 1, "the dropped table's file is garbage");
+        assert_eq!(persisted.watermarks.get("kafka/ingest/0"), Some(&7));
     }
 
     #[test]

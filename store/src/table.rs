@@ -50,6 +50,29 @@ impl TableProperties {
     }
 }
 
+/// What the catalog keeps of a database or a table besides its data: when it was made and last
+/// changed, its tags (Timestream's `TagResource`), and a database's KMS key id (kept and shown
+/// as given: the object store's own encryption applies).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceInfo {
+    /// Unix nanoseconds; 0 for one made before the catalog kept it.
+    #[serde(default)]
+    pub created_ns: i64,
+    #[serde(default)]
+    pub updated_ns: i64,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub tags: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key_id: Option<String>,
+}
+
+impl ResourceInfo {
+    /// Made at `now_ns` with `tags`.
+    pub fn new(now_ns: i64, tags: std::collections::BTreeMap<String, String>) -> ResourceInfo {
+        ResourceInfo { created_ns: now_ns, updated_ns: now_ns, tags, kms_key_id: None }
+    }
+}
+
 /// Bounds on what writers can make the store hold (`[store.limits]`). Devices and producers
 /// create databases and tables implicitly, and every new dimension or measure name widens a
 /// table; past a bound the record is rejected with its own reason and the API answers
