@@ -200,7 +200,7 @@ mod tests {
     }
 
     fn rejection(index: usize) -> Rejection {
-        Rejection { index, reason: RejectReason::InvalidValue, detail: "bad".into() }
+        Rejection::new(index, RejectReason::InvalidValue, "bad")
     }
 
     fn one_letter(source: RejectedBy, envelope: &Envelope, rejection: Rejection, context: Value) -> DeadLetter {
@@ -235,7 +235,7 @@ mod tests {
     #[test]
     fn six_thousand_bad_records_are_one_dead_letter_per_reason() {
         let mut refused: Vec<_> = (0..6_000).map(|i| (rejection(i), Some(json!({"measure_name": "m"})))).collect();
-        refused.push((Rejection { index: 6_000, reason: RejectReason::NonFiniteDouble, detail: "nan".into() }, None));
+        refused.push((Rejection::new(6_000, RejectReason::NonFiniteDouble, "nan"), None));
         let letters = DeadLetter::for_records(RejectedBy::Bridge, &envelope(1), refused, &Value::Null);
         let summary: Vec<_> = letters.iter().map(|l| (l.reason, l.records)).collect();
         assert_eq!(summary, [(RejectReason::InvalidValue, 6_000), (RejectReason::NonFiniteDouble, 1)]);

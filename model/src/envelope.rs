@@ -138,7 +138,7 @@ impl Envelope {
         for (index, entry) in wire.records.into_iter().enumerate() {
             let wire_record = match entry {
                 WireEntry::Record(record) => Ok(record),
-                WireEntry::Unreadable(detail) => Err(Rejection { index, reason: RejectReason::InvalidValue, detail }),
+                WireEntry::Unreadable(detail) => Err(Rejection::new(index, RejectReason::InvalidValue, detail)),
             };
             let checked = wire_record
                 .and_then(|record| record.into_record(index))
@@ -427,7 +427,7 @@ impl WireRecord {
     }
 
     fn into_record(self, index: usize) -> Result<Record, Rejection> {
-        let invalid = |detail: String| Rejection { index, reason: RejectReason::InvalidValue, detail };
+        let invalid = |detail: String| Rejection::new(index, RejectReason::InvalidValue, detail);
         let value = match (self.value, self.values) {
             (Some(value), None) => MeasureValue::Single(value.into_scalar().map_err(invalid)?),
             (None, Some(values)) => {

@@ -16,12 +16,16 @@
 //! - Bundles ([`encode_bundle`], [`split_bundle`]): many envelopes in one Kafka message, as the
 //!   broker-bridge produces them; [`split_message`] reads either kind of ingest-topic message.
 //!
+//! - [`Receipt`]: what an ingest worker did with a message a writer waits on (the Timestream
+//!   API's `WriteRecords`): its rejected records, asked for with the [`RECEIPT_HEADER`].
+//!
 //! Nothing here does network I/O: bytes in, values out.
 
 mod bundle;
 mod dead_letter;
 mod envelope;
 mod loose;
+mod receipt;
 mod record;
 pub mod topic;
 mod validate;
@@ -29,5 +33,6 @@ mod validate;
 pub use bundle::{encode_bundle, split_bundle, split_message, BUNDLE_MIME};
 pub use dead_letter::{header as dead_letter_header, DeadLetter, ReceivedDeadLetter, RejectedBy};
 pub use envelope::{record_to_json, ContentType, DecodeError, Envelope, Source, ENVELOPE_VERSION};
+pub use receipt::{Receipt, RejectedRecord, RECEIPT_HEADER};
 pub use record::{Dimension, MeasureType, MeasureValue, Record, Scalar};
 pub use validate::{is_reserved_database, validate_name, validate_record, Limits, RejectReason, Rejection};

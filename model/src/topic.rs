@@ -70,3 +70,17 @@ mod tests {
         assert_eq!(parse_data_topic("other/v1/a/b/c"), None);
     }
 }
+
+/// The partition a key's messages go to: FNV-1a of the key, modulo `partitions`. A device's
+/// envelopes go by its device id, a Timestream write's records by their series; written out here
+/// rather than taken from std's hasher so that it never changes between builds.
+pub fn partition_of(key: &str, partitions: usize) -> usize {
+    (fnv1a(key.as_bytes()) % partitions.max(1) as u64) as usize
+}
+
+/// FNV-1a, 64 bits: a hash that never changes between builds (partitions, folder names).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes.iter().fold(OFFSET, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(PRIME))
+}

@@ -133,6 +133,15 @@ pub struct Rejection {
     pub index: usize,
     pub reason: RejectReason,
     pub detail: String,
+    /// For a [`RejectReason::VersionConflict`]: the version of the value already stored
+    /// (Timestream's `ExistingVersion`).
+    pub existing_version: Option<u64>,
+}
+
+impl Rejection {
+    pub fn new(index: usize, reason: RejectReason, detail: impl Into<String>) -> Rejection {
+        Rejection { index, reason, detail: detail.into(), existing_version: None }
+    }
 }
 
 impl fmt::Display for Rejection {
@@ -178,7 +187,7 @@ fn is_non_finite(scalar: &Scalar) -> bool {
 /// Checks one record against `limits` with the validator's clock at `now_ns`.
 /// `index` is the record's position, carried into the rejection.
 pub fn validate_record(record: &Record, limits: &Limits, now_ns: i64, index: usize) -> Result<(), Rejection> {
-    let reject = |reason, detail: String| Err(Rejection { index, reason, detail });
+    let reject = |reason, detail: String| Err(Rejection::new(index, reason, detail));
     if record.dimensions.len() > limits.dimensions_per_record_max {
         return reject(
             RejectReason::TooManyDimensions,
