@@ -11,6 +11,8 @@
 
 use std::time::{Duration, Instant};
 
+pub use lodestone_model::topic::partition_of;
+
 /// The bundling bounds (`kafka.bundle_*` in the configuration).
 #[derive(Debug, Clone, Copy)]
 pub struct Bounds {
@@ -111,15 +113,6 @@ impl<T> Bundler<T> {
         let open = self.open[partition].take()?;
         Some(Sealed { partition: partition as i32, envelopes: open.envelopes, items: open.items })
     }
-}
-
-/// The partition a device's envelopes go to: FNV-1a of the device id, modulo `partitions`. It is
-/// written out here rather than taken from std's hasher so that it never changes between builds.
-pub fn partition_of(device_id: &str, partitions: usize) -> usize {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let hash = device_id.bytes().fold(OFFSET, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(PRIME));
-    (hash % partitions.max(1) as u64) as usize
 }
 
 #[cfg(test)]

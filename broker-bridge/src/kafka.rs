@@ -1,12 +1,10 @@
 //! The Kafka producer: idempotent, `acks=all`, and patient while Kafka is away.
 
-use std::time::Duration;
-
 use lodestone_kit::kafka::{producer_config, send_waiting_for_room};
 use rdkafka::config::ClientConfig;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
 use lodestone_model::BUNDLE_MIME;
 
@@ -45,24 +43,6 @@ impl Topics {
             Destination::DeadLetter => &self.dead_letter,
         }
     }
-}
-
-/// The topic's partition count from the brokers' metadata (a blocking call, run off the async
-/// threads). An error if Kafka does not answer within `timeout` or the topic has no partitions.
-pub async fn partition_count(producer: &FutureProducer, topic: &str, timeout: Duration) -> Result<usize, String> {
-    let (producer, topic) = (producer.clone(), topic.to_owned());
-    let fetched = tokio::task::spawn_blocking(move || {
-        let metadata = producer.client().fetch_metadata(Some(&topic), timeout).map_err(|e| e.to_string())?;
-        let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
-            return Err(format!("no metadata for topic {topic:?}"));
-        };
-        match (found.error(), found.partitions().len()) {
-            (Some(error), _) => Err(format!("topic {topic:?}: {:?}", RDKafkaErrorCode::from(error))),
-            (None, 0) => Err(format!("topic {topic:?} has no partitions")),
-            (None, partitions) => Ok(partitions),
-        }
-    });
-    fetched.await.map_err(|e| e.to_string())?
 }
 
 /// Hands a bundle of `envelopes` envelopes to librdkafka for `partition` of the ingest topic,

@@ -361,7 +361,7 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 /// Keeps `partitions` at the ingest topic's partition count until `stop`.
 async fn watch_partitions(producer: FutureProducer, topic: String, partitions: watch::Sender<usize>, mut stop: Shutdown) {
     loop {
-        let wait = match kafka::partition_count(&producer, &topic, METADATA_TIMEOUT).await {
+        let wait = match lodestone_kit::kafka::partition_count(&producer, &topic, METADATA_TIMEOUT).await {
             Ok(count) => {
                 if partitions.send_replace(count) != count {
                     info!(topic = %topic, partitions = count, "ingest topic partitions");

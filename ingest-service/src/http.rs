@@ -1,6 +1,7 @@
-//! The worker's HTTP endpoints: `/health`, `/ready`, `/metrics` (scope `metrics`), and
+//! The worker's HTTP endpoints: `/health`, `/ready`, `/metrics` (scope `metrics`),
 //! `GET /v1/memory/{database}/{table}` (scope `service`), the rows it has not persisted yet, for
-//! queries. Serve the router inside `lodestone_kit::auth::require_token`, which finds the caller.
+//! queries, and `GET /v1/receipts/{partition}/{offset}` (scope `service`), what it did with a
+//! message a writer waits on. Serve the router inside `lodestone_kit::auth::require_token`, which finds the caller.
 
 use std::sync::Arc;
 
@@ -12,11 +13,14 @@ use lodestone_kit::auth::{with_scope, Scope};
 use lodestone_store::{Memory, TableRef};
 
 use crate::metrics::Counters;
+use crate::receipts::{Receipts, Waited};
 
-pub fn router(counters: Arc<Counters>, memory: Memory) -> axum::Router {
+pub fn router(counters: Arc<Counters>, memory: Memory, receipts: Arc<Receipts>) -> axum::Router {
     let ready_counters = counters.clone();
     let metrics = axum::Router::new().route("/metrics", get(move || async move { counters.render() }));
-    let memory = axum::Router::new().route("/v1/memory/{database}/{table}", get(move |path, query| serve_memory(memory.clone(), path, query)));
+    let memory = axum::Router::new()
+        .route("/v1/memory/{database}/{table}", get(move |path, query| serve_memory(memory.clone(), path, query)))
+        .route("/v1/receipts/{partition}/{offset}", get(move |path, query| serve_receipt(receipts.clone(), path, query)));
     axum::Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/ready", get(move || async move { ready(&ready_counters) }))
@@ -62,4 +66,27 @@ async fn serve_memory(memory: Memory, Path((database, table)): Path<(String, Str
         Ok(Err(error)) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
         Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
     }
+}
+
+#[derive(serde::Deserialize)]
+struct ReceiptWait {
+    /// How long to wait for the message to be applied (0 by default; at most
+    /// [`crate::receipts::RECEIPT_WAIT_MAX`]).
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+/// `GET /v1/receipts/{partition}/{offset}?wait_ms=`: 200 with the receipt (JSON) once the message
+/// at that offset of the ingest topic is applied here; 404 `not_assigned` when another worker
+/// holds the partition; 202 `pending` when it was not applied within the wait.
+async fn serve_receipt(receipts: Arc<Receipts>, Path((partition, offset)): Path<(i32, i64)>, Query(wait): Query<ReceiptWait>) -> Response {
+    match receipts.wait(partition, offset, std::time::Duration::from_millis(wait.wait_ms)).await {
+        Waited::Applied(receipt) => axum::Json(receipt).into_response(),
+        Waited::NotAssigned => error(StatusCode::NOT_FOUND, "not_assigned", format!("this worker does not hold partition {partition}")),
+        Waited::Pending => error(StatusCode::ACCEPTED, "pending", format!("offset {offset} of partition {partition} is not applied yet")),
+    }
+}
+
+fn error(status: StatusCode, code: &str, message: String) -> Response {
+    (status, axum::Json(serde_json::json!({"error": {"code": code, "message": message}}))).into_response()
 }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use lodestone_model::{record_to_json, split_message, DeadLetter, DecodeError, Envelope, Limits, ReceivedDeadLetter, RejectReason, RejectedBy, Rejection};
+use lodestone_model::{record_to_json, split_message, DeadLetter, DecodeError, Envelope, Limits, Receipt, ReceivedDeadLetter, RejectReason, RejectedBy, Rejection};
 use lodestone_store::{Memory, Snapshot, Store, StoreError, TableProperties, TableRef};
 use serde_json::json;
 
@@ -21,8 +21,9 @@ pub struct Origin {
 /// What [`Ingestor::apply`] did with a message.
 #[derive(Debug)]
 pub enum Applied {
-    /// Written to the hot tier; these records (or the whole payload) were rejected.
-    Done(Vec<DeadLetter>),
+    /// Written to the hot tier; these records (or the whole payload) were rejected, as dead
+    /// letters and, per envelope, as the message's receipt.
+    Done { letters: Vec<DeadLetter>, receipt: Receipt },
     /// Nothing was written: the hot tier has no room for the message. Persist, then apply again.
     PersistFirst,
 }
@@ -78,9 +79,10 @@ impl Ingestor {
         let parts = match split_message(payload, content_type) {
             Ok(parts) => parts,
             Err(error) => {
+                let receipt = Receipt::of(&[vec![Rejection::new(0, error.reason(), error.to_string())]]);
                 let letter = DeadLetter::for_payload(RejectedBy::Ingest, error.reason(), error.to_string(), None, payload);
                 self.counters.reject(letter.reason);
-                return Ok(Applied::Done(vec![letter]));
+                return Ok(Applied::Done { letters: vec![letter], receipt });
             }
         };
         let decoded: Vec<Result<Envelope, (DecodeError, &[u8])>> = parts
@@ -93,22 +95,28 @@ impl Ingestor {
             return Ok(Applied::PersistFirst);
         }
         let mut letters = Vec::new();
+        let mut rejected = Vec::with_capacity(decoded.len());
         for envelope in decoded {
             match envelope {
-                Ok(envelope) => letters.extend(self.write(&envelope, origin, now_ns).await?),
+                Ok(envelope) => {
+                    let (envelope_letters, rejections) = self.write(&envelope, origin, now_ns).await?;
+                    letters.extend(envelope_letters);
+                    rejected.push(rejections);
+                }
                 Err((error, part)) => {
+                    rejected.push(vec![Rejection::new(0, error.reason(), error.to_string())]);
                     let letter = DeadLetter::for_payload(RejectedBy::Ingest, error.reason(), error.to_string(), None, part);
                     self.counters.reject(letter.reason);
                     letters.push(letter);
                 }
             }
         }
-        Ok(Applied::Done(letters))
+        Ok(Applied::Done { letters, receipt: Receipt::of(&rejected) })
     }
 
     /// Writes one envelope's records into the hot tier; returns the dead letters of those that
-    /// were rejected.
-    async fn write(&mut self, envelope: &Envelope, origin: &Origin, now_ns: i64) -> Result<Vec<DeadLetter>, StoreError> {
+    /// were rejected, and the rejections by index.
+    async fn write(&mut self, envelope: &Envelope, origin: &Origin, now_ns: i64) -> Result<(Vec<DeadLetter>, Vec<Rejection>), StoreError> {
         Counters::add(&self.counters.records_received, (envelope.records.len() + envelope.rejected.len()) as u64);
         let mut rejections: Vec<(Rejection, Option<serde_json::Value>)> = envelope.rejected.iter().map(|r| (r.clone(), None)).collect();
         match self.destination(envelope).await? {
@@ -141,7 +149,9 @@ impl Ingestor {
             self.counters.reject(rejection.reason);
         }
         let context = json!({"topic": origin.topic, "partition": origin.partition, "offset": origin.offset});
-        Ok(DeadLetter::for_records(RejectedBy::Ingest, envelope, rejections, &context))
+        let mut by_index: Vec<Rejection> = rejections.iter().map(|(rejection, _)| rejection.clone()).collect();
+        by_index.sort_by_key(|rejection| rejection.index);
+        Ok((DeadLetter::for_records(RejectedBy::Ingest, envelope, rejections, &context), by_index))
     }
 
     /// Writes one message of the dead-letter topic (from the bridge or any worker) into the
@@ -178,7 +188,7 @@ impl Ingestor {
     /// The table an envelope goes to and its properties, creating it when allowed; or the
     /// rejection every record of the envelope gets.
     async fn destination(&mut self, envelope: &Envelope) -> Result<Result<(TableRef, TableProperties), Rejection>, StoreError> {
-        let invalid = |reason, detail: String| Ok(Err(Rejection { index: 0, reason, detail }));
+        let invalid = |reason, detail: String| Ok(Err(Rejection::new(0, reason, detail)));
         let (Some(database), Some(table)) = (&envelope.database, &envelope.table) else {
             return invalid(RejectReason::InvalidDestination, "an envelope on Kafka must name its database and table".into());
         };
@@ -265,7 +275,7 @@ mod tests {
 
     fn done(applied: Applied) -> Vec<DeadLetter> {
         match applied {
-            Applied::Done(letters) => letters,
+            Applied::Done { letters, .. } => letters,
             Applied::PersistFirst => panic!("expected the message to be applied"),
         }
     }

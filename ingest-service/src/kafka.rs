@@ -18,6 +18,7 @@ use crate::ingestor::Origin;
 use lodestone_model::DeadLetter;
 use crate::metrics::Counters;
 use crate::offsets::{Partition, Rebalances};
+use crate::receipts::Receipts;
 use crate::worker::{Log, Message, Worker, WorkerError};
 
 pub type Consumer = StreamConsumer<RebalanceContext>;
@@ -27,6 +28,8 @@ pub type Consumer = StreamConsumer<RebalanceContext>;
 pub struct RebalanceContext {
     rebalances: Rebalances,
     counters: Arc<Counters>,
+    receipts: Arc<Receipts>,
+    ingest_topic: String,
 }
 
 impl ClientContext for RebalanceContext {}
@@ -45,12 +48,15 @@ impl ConsumerContext for RebalanceContext {
         tracing::info!(partitions = ?names, "{what}");
         self.counters.partitions_assigned.fetch_add(sign * partitions.len() as i64, std::sync::atomic::Ordering::Relaxed);
         self.rebalances.note(partitions.iter().map(|p| (p.topic().to_string(), p.partition())));
+        let ingest = partitions.iter().filter(|p| p.topic() == self.ingest_topic).map(|p| p.partition());
+        self.receipts.set_assigned(ingest, sign > 0);
     }
 }
 
 /// The consumer of the ingest and dead-letter topics: auto-commit off, offsets committed only by
 /// [`Worker::checkpoint`]; static membership when `kafka.instance_id` is set.
-pub fn consumer(config: &KafkaConfig, rebalances: Rebalances, counters: Arc<Counters>) -> Result<Arc<Consumer>, rdkafka::error::KafkaError> {
+/// The partitions it holds are noted in `receipts`.
+pub fn consumer(config: &KafkaConfig, rebalances: Rebalances, counters: Arc<Counters>, receipts: Arc<Receipts>) -> Result<Arc<Consumer>, rdkafka::error::KafkaError> {
     let mut client = ClientConfig::new();
     client.set("bootstrap.servers", &config.bootstrap_servers);
     // librdkafka's default (500 ms) is the floor of publish-to-queryable latency on tansu, which
@@ -67,7 +73,7 @@ pub fn consumer(config: &KafkaConfig, rebalances: Rebalances, counters: Arc<Coun
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .create_with_context(RebalanceContext { rebalances, counters })?;
+        .create_with_context(RebalanceContext { rebalances, counters, receipts, ingest_topic: config.ingest_topic.clone() })?;
     consumer.subscribe(&[config.ingest_topic.as_str(), config.dead_letter_topic.as_str()])?;
     Ok(Arc::new(consumer))
 }

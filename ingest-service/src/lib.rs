@@ -15,7 +15,10 @@
 //!   watermark), [`Worker::checkpoint`] is the one order *persist → dead letters delivered →
 //!   commit offsets*. Unit-tested against a fake log. Its bookkeeping is [`offsets::OffsetBook`].
 //! - `kafka.rs`: the Kafka consumer and producer behind [`worker::Log`], and the receive loop.
-//! - `http.rs`: `/health`, `/ready`, `/metrics` and `GET /v1/memory/{database}/{table}`.
+//! - `http.rs`: `/health`, `/ready`, `/metrics`, `GET /v1/memory/{database}/{table}` and
+//!   `GET /v1/receipts/{partition}/{offset}`.
+//! - [`receipts::Receipts`]: what the worker did with the messages a writer waits on (the
+//!   Timestream API's `WriteRecords`), by partition and offset.
 //! - `maintenance.rs`: compaction and retention rounds.
 //!
 //! Data enters as Kafka messages (envelopes in CBOR or JSON) and leaves as Parquet files and
@@ -30,6 +33,7 @@ pub mod kafka;
 pub mod maintenance;
 mod metrics;
 pub mod offsets;
+pub mod receipts;
 pub mod worker;
 
 pub use config::IngestConfig;

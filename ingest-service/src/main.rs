@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use ingest_service::offsets::Rebalances;
+use ingest_service::receipts::Receipts;
 use ingest_service::{http, kafka, maintenance, Counters, IngestConfig, Ingestor, Worker};
 use lodestone_kit::Shutdown;
 
@@ -56,14 +57,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .enabled
         .then(|| tokio::spawn(maintenance::run(store.clone(), config.maintenance.clone(), counters.clone(), shutdown.clone())));
     let ingestor = Ingestor::open(store, config.persist.hot_rows_max, config.tables.clone(), counters.clone()).await?;
-    let router = http::router(counters.clone(), ingestor.memory());
+    let receipts = Arc::new(Receipts::default());
+    let router = http::router(counters.clone(), ingestor.memory(), receipts.clone());
     let http = lodestone_kit::http::serve_service(&config.http.listen, router, &config.tls, &config.auth, shutdown.clone()).await?;
 
     let rebalances = Rebalances::default();
-    let consumer = kafka::consumer(&config.kafka, rebalances.clone(), counters.clone()).context("creating the Kafka consumer")?;
+    let consumer = kafka::consumer(&config.kafka, rebalances.clone(), counters.clone(), receipts.clone()).context("creating the Kafka consumer")?;
     let log = kafka::KafkaLog::new(&config.kafka, consumer.clone()).context("creating the dead-letter producer")?;
     tracing::info!(topic = %config.kafka.ingest_topic, group = %config.kafka.group_id, instance = %config.kafka.instance_id, "consuming");
-    let mut worker = Worker::new(ingestor, log, rebalances, config.kafka.dead_letter_topic.clone(), config.persist.hot_rows_max, counters);
+    let mut worker = Worker::new(ingestor, log, rebalances, config.kafka.dead_letter_topic.clone(), config.persist.hot_rows_max, counters).with_receipts(receipts);
     let result = kafka::run(&mut worker, &consumer, &config.persist, shutdown.clone(), config.shutdown.timeout()).await;
     // librdkafka's close can block while a broker is unreachable; everything acknowledged is
     // committed (or will be replayed), so the clients are closed on a thread nobody waits for.

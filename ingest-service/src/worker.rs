@@ -17,7 +17,8 @@ use futures::future::join_all;
 use lodestone_store::StoreError;
 
 use crate::ingestor::{Applied, Ingestor, Origin};
-use lodestone_model::DeadLetter;
+use crate::receipts::Receipts;
+use lodestone_model::{DeadLetter, Receipt, RECEIPT_HEADER};
 use crate::metrics::Counters;
 use crate::offsets::{below_watermark, watermark_key, OffsetBook, Partition, Rebalances};
 
@@ -73,13 +74,22 @@ pub struct Worker<L: Log> {
     dead_letter_topic: String,
     hot_rows_max: usize,
     counters: Arc<Counters>,
+    /// Where the receipts of messages that ask for one go (see [`crate::receipts`]).
+    receipts: Arc<Receipts>,
 }
 
 impl<L: Log> Worker<L> {
     /// `rebalances` is where the log's client notes partitions that changed hands; messages of
     /// `dead_letter_topic` become rows of the rejected-records table.
     pub fn new(ingestor: Ingestor, log: L, rebalances: Rebalances, dead_letter_topic: String, hot_rows_max: usize, counters: Arc<Counters>) -> Self {
-        Worker { ingestor, log, book: OffsetBook::default(), pending_letters: Vec::new(), rebalances, dead_letter_topic, hot_rows_max, counters }
+        let (book, pending_letters, receipts) = Default::default();
+        Worker { ingestor, log, book, pending_letters, rebalances, dead_letter_topic, hot_rows_max, counters, receipts }
+    }
+
+    /// This worker keeping the receipts of messages that ask for one in `receipts`.
+    pub fn with_receipts(mut self, receipts: Arc<Receipts>) -> Self {
+        self.receipts = receipts;
+        self
     }
 
     /// Applies one message to the hot tier (or skips it, below its partition's watermark) and
@@ -89,8 +99,12 @@ impl<L: Log> Worker<L> {
         self.book.forget(self.rebalances.take());
         let origin = &message.origin;
         Counters::add(&self.counters.messages_received, 1);
+        let wants_receipt = message.header(RECEIPT_HEADER).is_some();
         if self.already_persisted(origin).await? {
             Counters::add(&self.counters.messages_skipped, 1);
+            if wants_receipt {
+                self.receipts.add(origin.partition, origin.offset, Receipt { replayed: true, ..Receipt::default() });
+            }
         } else if origin.topic == self.dead_letter_topic {
             if self.ingestor.hot_rows() >= self.hot_rows_max {
                 self.checkpoint().await?;
@@ -98,12 +112,16 @@ impl<L: Log> Worker<L> {
             let headers: BTreeMap<String, String> = message.headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
             self.ingestor.apply_dead_letter(&headers, message.payload, origin, now_ns).await?;
         } else {
-            let letters = loop {
+            let (letters, receipt) = loop {
                 match self.ingestor.apply(message.payload, message.header("content-type"), origin, now_ns).await? {
-                    Applied::Done(letters) => break letters,
+                    Applied::Done { letters, receipt } => break (letters, receipt),
                     Applied::PersistFirst => self.checkpoint().await?,
                 }
             };
+            // Kept once applied, so that the writer waiting on it can query what it wrote.
+            if wants_receipt {
+                self.receipts.add(origin.partition, origin.offset, receipt);
+            }
             for letter in letters {
                 self.send_dead_letter(letter, origin).await;
             }
@@ -340,6 +358,44 @@ mod tests {
         fixture.rebalances.note([(INGEST.to_string(), 0)]);
         worker.checkpoint().await.unwrap();
         assert_eq!(fixture.commits()[0].offsets, offsets(&[(1, 10)]), "only the partition still held is committed");
+    }
+
+    /// A message that asks for a receipt gets one once applied, naming exactly the records that
+    /// were rejected (a version conflict with the version it met); a replay below the watermark
+    /// gets one saying so; a message that does not ask gets none.
+    #[tokio::test]
+    async fn messages_that_ask_for_a_receipt_get_one_naming_their_rejections() {
+        use crate::receipts::Waited;
+        let fixture = Fixture::new();
+        let receipts = Arc::new(Receipts::default());
+        receipts.set_assigned([0], true);
+        let mut worker = fixture.worker().await.with_receipts(receipts.clone());
+        let asking = |offset, payload| Message { headers: vec![(RECEIPT_HEADER, "1")], ..message(0, offset, payload) };
+        let first = envelope("dev-1", 2, false);
+        worker.handle(&asking(0, &first), NOW).await.unwrap();
+        // The same keys with other values and no higher version: both conflict, at version 1.
+        let conflicting = Envelope {
+            records: Envelope::decode(&first, None, &lodestone_model::Limits::default(), NOW).unwrap().records.into_iter().map(|r| Record { value: MeasureValue::Single(Scalar::Double(99.0)), ..r }).collect(),
+            ..Envelope::default()
+        };
+        let conflicting = Envelope { database: Some("fleet".into()), table: Some("sensors".into()), source: Source { device_id: "dev-1".into(), boot_id: "b".into() }, ..conflicting }.to_cbor();
+        worker.handle(&asking(1, &conflicting), NOW).await.unwrap();
+        worker.handle(&message(0, 2, &envelope("dev-2", 1, false)), NOW).await.unwrap();
+
+        let receipt = |offset| {
+            let receipts = receipts.clone();
+            async move { receipts.wait(0, offset, std::time::Duration::ZERO).await }
+        };
+        assert_eq!(receipt(0).await, Waited::Applied(Receipt { envelopes: vec![vec![]], replayed: false }));
+        let Waited::Applied(conflicts) = receipt(1).await else { panic!("no receipt for offset 1") };
+        let found: Vec<(usize, &str, Option<u64>)> = conflicts.envelopes[0].iter().map(|r| (r.index, r.reason.as_str(), r.existing_version)).collect();
+        assert_eq!(found, vec![(0, "version_conflict", Some(1)), (1, "version_conflict", Some(1))]);
+        assert_eq!(receipt(2).await, Waited::Pending, "a message that did not ask has no receipt");
+
+        worker.checkpoint().await.unwrap();
+        let mut restarted = fixture.worker().await.with_receipts(receipts.clone());
+        restarted.handle(&asking(0, &first), NOW).await.unwrap();
+        assert_eq!(receipt(0).await, Waited::Applied(Receipt { envelopes: vec![], replayed: true }));
     }
 
     #[tokio::test]

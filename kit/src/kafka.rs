@@ -7,7 +7,7 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::ToBytes;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 
 /// The producer properties that make "Kafka acknowledged it" mean "it is on every in-sync
 /// replica, once": no configuration may override them.
@@ -53,6 +53,24 @@ where
             Err((error, _)) => return Err(error),
         }
     }
+}
+
+/// The topic's partition count from the brokers' metadata (a blocking call, run off the async
+/// threads). An error if Kafka does not answer within `timeout` or the topic has no partitions.
+pub async fn partition_count(producer: &FutureProducer, topic: &str, timeout: Duration) -> Result<usize, String> {
+    let (producer, topic) = (producer.clone(), topic.to_owned());
+    let fetched = tokio::task::spawn_blocking(move || {
+        let metadata = producer.client().fetch_metadata(Some(&topic), timeout).map_err(|e| e.to_string())?;
+        let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
+            return Err(format!("no metadata for topic {topic:?}"));
+        };
+        match (found.error(), found.partitions().len()) {
+            (Some(error), _) => Err(format!("topic {topic:?}: {:?}", RDKafkaErrorCode::from(error))),
+            (None, 0) => Err(format!("topic {topic:?} has no partitions")),
+            (None, partitions) => Ok(partitions),
+        }
+    });
+    fetched.await.map_err(|e| e.to_string())?
 }
 
 #[cfg(test)]
