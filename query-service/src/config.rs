@@ -19,6 +19,53 @@ pub struct QueryConfig {
     pub tls: lodestone_kit::tls::TlsConfig,
     /// `[auth]`: the token file every request but `/health` and `/ready` is checked against (or `anonymous = true`).
     pub auth: lodestone_kit::auth::AuthConfig,
+    /// `[timestream]`: Timestream's own API on the same listener.
+    pub timestream: TimestreamConfig,
+    /// `[kafka]`: where `WriteRecords` sends its records (none: it is refused).
+    pub kafka: KafkaConfig,
+}
+
+/// Timestream's API (`POST /` with `X-Amz-Target: Timestream_20181101.*`), served beside the REST
+/// API on `http.listen`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimestreamConfig {
+    /// The URL `DescribeEndpoints` answers, with its scheme, as clients reach this service (a
+    /// load balancer's, say). Empty: `https://` (or `http://` with `tls.plaintext`) and `http.listen`.
+    pub advertised_url: String,
+    /// The AWS account id in ARNs.
+    pub account_id: String,
+    /// The region in ARNs for a request that is not AWS-signed (a signed one names its own).
+    pub region: String,
+    /// How long `WriteRecords` waits for Kafka and then the ingest workers to apply its records;
+    /// past it, 429 `ThrottlingException` (the records are in Kafka when Kafka acknowledged them;
+    /// writing them again is safe).
+    pub write_timeout_ms: u64,
+    /// `WriteRecords` calls handled at once; one more is answered 429 `ThrottlingException` at once.
+    pub writes_in_flight_max: usize,
+}
+
+impl Default for TimestreamConfig {
+    fn default() -> Self {
+        TimestreamConfig { advertised_url: String::new(), account_id: "000000000000".into(), region: "us-east-1".into(), write_timeout_ms: 10_000, writes_in_flight_max: 64 }
+    }
+}
+
+/// The Kafka `WriteRecords` produces to: the ingest workers' topic.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Empty: `WriteRecords` is refused (`ValidationException`) and the service only reads.
+    pub bootstrap_servers: String,
+    pub ingest_topic: String,
+    /// More librdkafka properties (TLS, SASL); `enable.idempotence` and `acks` cannot be changed.
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig { bootstrap_servers: String::new(), ingest_topic: "lodestone.ingest".into(), properties: Default::default() }
+    }
 }
 
 impl Validate for QueryConfig {
@@ -45,6 +92,18 @@ impl Validate for QueryConfig {
                 return Err(InvalidValue::new("memory.workers", format!("{worker:?} must be a base URL starting with http:// or https://")));
             }
         }
+        positive("timestream.write_timeout_ms", self.timestream.write_timeout_ms)?;
+        positive("timestream.writes_in_flight_max", self.timestream.writes_in_flight_max as u64)?;
+        non_empty("timestream.account_id", &self.timestream.account_id)?;
+        non_empty("timestream.region", &self.timestream.region)?;
+        let url = &self.timestream.advertised_url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(InvalidValue::new("timestream.advertised_url", format!("{url:?} must start with http:// or https:// (SDKs take an address without a scheme for https)")));
+        }
+        if let Some(key) = lodestone_kit::kafka::guarantee_overridden(self.kafka.properties.keys().map(String::as_str)) {
+            return Err(InvalidValue::new("kafka.properties", format!("{key} cannot be changed: the answer to WriteRecords relies on it")));
+        }
+        non_empty("kafka.ingest_topic", &self.kafka.ingest_topic)?;
         self.tls.validate()?;
         self.auth.validate()?;
         self.shutdown.validate()
@@ -114,6 +173,18 @@ impl Default for QueryConfig {
             shutdown: ShutdownConfig::default(),
             tls: Default::default(),
             auth: Default::default(),
+            timestream: TimestreamConfig::default(),
+            kafka: KafkaConfig::default(),
+        }
+    }
+}
+
+impl QueryConfig {
+    /// The URL `DescribeEndpoints` answers (see [`TimestreamConfig::advertised_url`]).
+    pub fn advertised_url(&self) -> String {
+        match self.timestream.advertised_url.as_str() {
+            "" => format!("{}://{}", if self.tls.plaintext { "http" } else { "https" }, self.http.listen),
+            url => url.trim_end_matches('/').to_string(),
         }
     }
 }
@@ -172,5 +243,7 @@ mod tests {
         check(|c| c.limits.query_timeout_ms = 0, "limits.query_timeout_ms");
         check(|c| c.memory.workers = vec!["127.0.0.1:9281".into()], "memory.workers");
         check(|c| c.shutdown.timeout_ms = 0, "shutdown.timeout_ms");
+        check(|c| c.timestream.advertised_url = "127.0.0.1:8080".into(), "timestream.advertised_url");
+        check(|c| c.kafka.properties = [("acks".to_string(), "1".to_string())].into(), "kafka.properties");
     }
 }

@@ -57,6 +57,9 @@ pub enum QueryError {
     Cancelled(String),
     #[error("next_token is unknown or expired (tokens stay valid {ttl_s} s, on the query service that issued them)")]
     TokenExpired { ttl_s: u64 },
+    /// A page token presented with another statement than the one that made it.
+    #[error("next_token belongs to another query string")]
+    TokenMismatch,
     /// The caller's token may not read a table the statement touches.
     #[error(transparent)]
     Forbidden(#[from] AuthError),
@@ -73,6 +76,7 @@ impl QueryError {
             QueryError::Cancelled(_) => "query_cancelled",
             QueryError::ResponseTooLarge { .. } | QueryError::TextTooLarge { .. } => "response_too_large",
             QueryError::TokenExpired { .. } => "token_expired",
+            QueryError::TokenMismatch => "token_mismatch",
             QueryError::StatementNotAllowed(_) => "statement_not_allowed",
             QueryError::SqlTooLarge { .. } => "sql_too_large",
             QueryError::SqlTooComplex { .. } => "sql_too_complex",
@@ -88,7 +92,7 @@ impl QueryError {
 
     pub fn status(&self) -> u16 {
         match self {
-            QueryError::InvalidSql(_) | QueryError::StatementNotAllowed(_) | QueryError::Cancelled(_) => 400,
+            QueryError::InvalidSql(_) | QueryError::StatementNotAllowed(_) | QueryError::Cancelled(_) | QueryError::TokenMismatch => 400,
             QueryError::TokenExpired { .. } => 410,
             QueryError::Timeout { .. } => 408,
             QueryError::SqlTooLarge { .. } | QueryError::SqlTooComplex { .. } | QueryError::TooManyRows { .. } | QueryError::ResponseTooLarge { .. } | QueryError::TextTooLarge { .. } => 413,
@@ -159,6 +163,9 @@ impl QueryResult {
 pub struct Page {
     pub query_id: String,
     pub batch: RecordBatch,
+    /// Where the page starts among the answer's rows, and how many rows the answer has.
+    pub offset: usize,
+    pub total_rows: usize,
     pub elapsed_ms: u64,
     pub bytes_scanned: u64,
     pub memory_workers_unreachable: usize,
@@ -251,6 +258,8 @@ struct Paged {
     /// The token that ran the query: the only one its page tokens serve.
     owner: String,
     query_id: String,
+    /// The statement that made the answer (Timestream's clients send it with every page).
+    sql: Arc<str>,
     rows: RecordBatch,
     offset: usize,
     expires: Instant,
@@ -264,6 +273,9 @@ pub struct Engine {
     memory: MemoryClient,
     queries: std::sync::Mutex<std::collections::HashMap<String, Running>>,
     pages: std::sync::Mutex<std::collections::HashMap<String, Paged>>,
+    /// Queries cancelled while their pages were kept, until their tokens would have expired:
+    /// their tokens then answer `query_cancelled` rather than `token_expired`.
+    cancelled: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
     metrics: crate::metrics::Metrics,
     executor: Option<tokio::runtime::Handle>,
 }
@@ -271,8 +283,8 @@ pub struct Engine {
 impl Engine {
     pub fn new(store: Store, limits: LimitsConfig) -> Engine {
         let running = Semaphore::new(limits.concurrent_queries_max);
-        let (queries, pages, metrics) = Default::default();
-        Engine { store, limits, running, memory: MemoryClient::none(), queries, pages, metrics, executor: None }
+        let (queries, pages, cancelled, metrics) = Default::default();
+        Engine { store, limits, running, memory: MemoryClient::none(), queries, pages, cancelled, metrics, executor: None }
     }
 
     /// Executes queries' plans on `executor`, a runtime of their own, so that a query busy in
@@ -313,6 +325,20 @@ impl Engine {
     /// (default and bound: `rows_max`), the first one now and the others by
     /// [`Engine::next_page`]. Every table the statement reads must be readable by `caller`.
     pub async fn query(&self, sql: &str, max_rows: Option<usize>, query_id: Option<String>, caller: &Principal) -> Result<Page, QueryError> {
+        self.query_cut(sql, max_rows, query_id, caller, whole_page).await.map(|(page, ())| page)
+    }
+
+    /// [`Engine::query`] whose first page is rendered by `render`, which may take fewer rows than
+    /// it is given (a byte bound on the rendered page, say): it returns how many it took and what
+    /// it made of them, and the next page starts after those.
+    pub async fn query_cut<T>(
+        &self,
+        sql: &str,
+        max_rows: Option<usize>,
+        query_id: Option<String>,
+        caller: &Principal,
+        render: impl FnOnce(&RecordBatch) -> Result<(usize, T), QueryError>,
+    ) -> Result<(Page, T), QueryError> {
         if sql.len() > self.limits.sql_bytes_max {
             return Err(QueryError::SqlTooLarge { bytes: sql.len(), max: self.limits.sql_bytes_max });
         }
@@ -343,40 +369,74 @@ impl Engine {
             .map_err(|_| QueryError::Cancelled(query_id.clone()))?
             .map_err(|_| QueryError::Timeout { timeout_ms: self.limits.query_timeout_ms })??;
         let bytes_scanned = report.bytes_scanned.load(std::sync::atomic::Ordering::Relaxed);
-        let paged = Paged { owner: caller.id.clone(), query_id: query_id.clone(), rows: all, offset: 0, expires: Instant::now(), bytes_scanned };
-        let mut page = self.page_of(paged, page_rows)?;
+        let paged = Paged { owner: caller.id.clone(), query_id: query_id.clone(), sql: sql.into(), rows: all, offset: 0, expires: Instant::now(), bytes_scanned };
+        let (mut page, rendered) = self.page_of(paged, page_rows, render)?;
         page.elapsed_ms = started.elapsed().as_millis() as u64;
         page.memory_workers_unreachable = report.unreachable.load(std::sync::atomic::Ordering::Relaxed);
-        Ok(page)
+        Ok((page, rendered))
     }
 
     /// The page after the one that handed out `token`, of `max_rows` rows (default and bound:
     /// `rows_max`). A token stays valid `page_token_ttl_s` (an hour by default) and may be used
     /// again within that time, by the caller that ran the query only (to any other it is unknown).
     pub fn next_page(&self, token: &str, max_rows: Option<usize>, caller: &Principal) -> Result<Page, QueryError> {
+        self.next_page_cut(token, None, max_rows, caller, whole_page).map(|(page, ())| page)
+    }
+
+    /// [`Engine::next_page`] rendered by `render` as in [`Engine::query_cut`]; with `sql`, the
+    /// token must have been made by that statement (else [`QueryError::TokenMismatch`]).
+    pub fn next_page_cut<T>(
+        &self,
+        token: &str,
+        sql: Option<&str>,
+        max_rows: Option<usize>,
+        caller: &Principal,
+        render: impl FnOnce(&RecordBatch) -> Result<(usize, T), QueryError>,
+    ) -> Result<(Page, T), QueryError> {
         let expired = || QueryError::TokenExpired { ttl_s: self.limits.page_token_ttl_s };
         let paged = {
             let pages = self.pages.lock().expect("pages lock");
-            let paged = pages.get(token).filter(|p| p.owner == caller.id).ok_or_else(expired)?;
+            let Some(paged) = pages.get(token).filter(|p| p.owner == caller.id) else {
+                drop(pages);
+                return Err(self.cancelled_query_of(token).map_or_else(expired, QueryError::Cancelled));
+            };
             if paged.expires < Instant::now() {
                 return Err(expired());
+            }
+            if sql.is_some_and(|sql| *sql != *paged.sql) {
+                return Err(QueryError::TokenMismatch);
             }
             Paged {
                 owner: paged.owner.clone(),
                 query_id: paged.query_id.clone(),
+                sql: paged.sql.clone(),
                 rows: paged.rows.clone(),
                 offset: paged.offset,
                 expires: paged.expires,
                 bytes_scanned: paged.bytes_scanned,
             }
         };
-        self.page_of(paged, max_rows.unwrap_or(self.limits.rows_max).clamp(1, self.limits.rows_max))
+        self.page_of(paged, max_rows.unwrap_or(self.limits.rows_max).clamp(1, self.limits.rows_max), render)
+    }
+
+    /// The query a token of a cancelled query belonged to (tokens name their query: see
+    /// [`Engine::page_of`]).
+    fn cancelled_query_of(&self, token: &str) -> Option<String> {
+        let query_id = token.rsplit_once('.')?.0;
+        let now = Instant::now();
+        let mut cancelled = self.cancelled.lock().expect("cancelled lock");
+        cancelled.retain(|_, until| *until >= now);
+        cancelled.contains_key(query_id).then(|| query_id.to_string())
     }
 
     /// The page of `page_rows` rows at `paged.offset`; the rest, if any, is kept under a new
     /// token. Results kept for paging are bounded by `paged_results_bytes_max`: the oldest go
     /// first (their tokens then answer `token_expired`).
-    fn page_of(&self, paged: Paged, page_rows: usize) -> Result<Page, QueryError> {
+    ///
+    /// `render` sees the page's rows and says how many of them it took (at least one, if there
+    /// are any); the page is those rows, and the next starts after them. A token is
+    /// `{query_id}.{random}`, so that a cancelled query's tokens can be told from expired ones.
+    fn page_of<T>(&self, paged: Paged, page_rows: usize, render: impl FnOnce(&RecordBatch) -> Result<(usize, T), QueryError>) -> Result<(Page, T), QueryError> {
         let total = paged.rows.num_rows();
         let take = page_rows.min(total - paged.offset);
         let batch = paged.rows.slice(paged.offset, take);
@@ -385,9 +445,12 @@ impl Engine {
         if bytes > self.limits.response_bytes_max {
             return Err(QueryError::ResponseTooLarge { bytes, max: self.limits.response_bytes_max });
         }
+        let (taken, rendered) = render(&batch)?;
+        let take = taken.clamp(take.min(1), take);
+        let batch = batch.slice(0, take);
         let next = paged.offset + take;
         let next_token = if next < total {
-            let token = format!("{:032x}", rand::random::<u128>());
+            let token = format!("{}.{:032x}", paged.query_id, rand::random::<u128>());
             let mut pages = self.pages.lock().expect("pages lock");
             let now = Instant::now();
             pages.retain(|_, p| p.expires >= now);
@@ -399,14 +462,33 @@ impl Engine {
                 kept -= pages.remove(&oldest).map_or(0, |p| size(&p));
             }
             let expires = now + Duration::from_secs(self.limits.page_token_ttl_s);
-            let kept = Paged { owner: paged.owner.clone(), query_id: paged.query_id.clone(), rows: paged.rows.clone(), offset: next, expires, bytes_scanned: paged.bytes_scanned };
+            let kept = Paged {
+                owner: paged.owner.clone(),
+                query_id: paged.query_id.clone(),
+                sql: paged.sql.clone(),
+                rows: paged.rows.clone(),
+                offset: next,
+                expires,
+                bytes_scanned: paged.bytes_scanned,
+            };
             pages.insert(token.clone(), kept);
             Some(token)
         } else {
             None
         };
         let text_bytes_max = self.limits.response_bytes_max;
-        Ok(Page { query_id: paged.query_id, batch, elapsed_ms: 0, bytes_scanned: paged.bytes_scanned, memory_workers_unreachable: 0, next_token, text_bytes_max })
+        let page = Page {
+            query_id: paged.query_id,
+            batch,
+            offset: paged.offset,
+            total_rows: total,
+            elapsed_ms: 0,
+            bytes_scanned: paged.bytes_scanned,
+            memory_workers_unreachable: 0,
+            next_token,
+            text_bytes_max,
+        };
+        Ok((page, rendered))
     }
 
     /// A running query's progress; `None` when no query of that id is running here for `caller`
@@ -434,6 +516,44 @@ impl Engine {
             }
             None => false,
         }
+    }
+
+    /// The columns `sql` would answer, planned and checked against what `caller` may read but
+    /// not run (Timestream's `PrepareQuery`).
+    pub async fn columns_of(&self, sql: &str, caller: &Principal) -> Result<datafusion::arrow::datatypes::SchemaRef, QueryError> {
+        if sql.len() > self.limits.sql_bytes_max {
+            return Err(QueryError::SqlTooLarge { bytes: sql.len(), max: self.limits.sql_bytes_max });
+        }
+        let snapshot = self.store.snapshot().await?;
+        if let Some(answer) = crate::show::answer(sql, &snapshot, caller) {
+            return match answer {
+                Ok(batch) => Ok(batch.schema()),
+                Err(crate::show::ShowError::Invalid(message)) => Err(QueryError::InvalidSql(message)),
+                Err(crate::show::ShowError::Forbidden(error)) => Err(QueryError::Forbidden(error)),
+            };
+        }
+        let report = SharedReport::default();
+        let ctx = self.session(&snapshot, &report).map_err(|e| QueryError::from_datafusion(e, &self.limits))?;
+        let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+        let frame = self.plan(&ctx, sql, options, caller).await?;
+        Ok(Arc::new(frame.schema().as_arrow().clone()))
+    }
+
+    /// Cancels `caller`'s query `query_id` whether it runs or has pages kept: its pages are
+    /// dropped and their tokens answer `query_cancelled` from now on. False when nothing of that
+    /// query is here for `caller`.
+    pub fn cancel_with_pages(&self, query_id: &str, caller: &Principal) -> bool {
+        let running = self.cancel(query_id, caller);
+        let mut pages = self.pages.lock().expect("pages lock");
+        let before = pages.len();
+        pages.retain(|_, p| !(p.query_id == query_id && p.owner == caller.id));
+        let dropped = pages.len() < before;
+        drop(pages);
+        if running || dropped {
+            let until = Instant::now() + Duration::from_secs(self.limits.page_token_ttl_s);
+            self.cancelled.lock().expect("cancelled lock").insert(query_id.to_string(), until);
+        }
+        running || dropped
     }
 
     async fn collect(
@@ -539,6 +659,11 @@ async fn drain(
     datafusion::arrow::compute::concat_batches(&schema, &batches).map_err(|e| QueryError::Internal(e.to_string()))
 }
 
+/// A page's rendering that takes every row it is given and makes nothing of them.
+fn whole_page(batch: &RecordBatch) -> Result<(usize, ()), QueryError> {
+    Ok((batch.num_rows(), ()))
+}
+
 /// A task on another runtime that is aborted when its awaiting future is dropped.
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
@@ -610,6 +735,7 @@ pub fn parse_statement(state: &SessionState, sql: &str, limits: &LimitsConfig) -
     }
     resolve_typed_columns(&mut statement);
     crate::timestream::rewrite_functions(&mut statement).map_err(QueryError::InvalidSql)?;
+    crate::timestream::rewrite_unnest_joins(&mut statement).map_err(QueryError::InvalidSql)?;
     Ok(statement)
 }
 

@@ -13,6 +13,10 @@
 //!   DataFusion has under other names (`bin`, `ago`, `max_by`, `create_time_series`…);
 //!   [`timeseries`]: the functions on timeseries (`interpolate_*`, `derivative_linear`,
 //!   `integral_trapezoidal`).
+//! - [`timestream_api`]: Timestream's own API (AWS JSON 1.0, SigV4) on the same listener, for
+//!   boto3, the AWS CLI, Telegraf, Grafana and awswrangler: management, `Query` on the same
+//!   engine, and `WriteRecords`, which produces to the ingest topic and waits for the workers'
+//!   receipts ([`timestream_api::write::RecordWriter`]).
 //! - [`api`]: the REST routes (`/v1/query`, `/v1/databases…`, `/metrics`) and their JSON errors;
 //!   [`metrics::Metrics`]: what the service answered, for `/metrics`.
 //!
@@ -23,8 +27,9 @@
 //! back to the service that issued it; everything else (tables, data) is in the catalog and the
 //! object store, so any number of services can run side by side.
 //!
-//! **Invariant:** the query service never writes data; it changes only the catalog's databases
-//! and tables.
+//! **Invariant:** the query service never writes data into the store; `WriteRecords` produces to
+//! the ingest topic as any Kafka producer does, and the ingest workers write it. The service
+//! changes only the catalog's databases and tables (and their tags).
 
 pub mod api;
 pub mod complexity;
@@ -38,5 +43,6 @@ pub mod metrics;
 pub mod table;
 pub mod timeseries;
 pub mod timestream;
+pub mod timestream_api;
 
 pub use config::QueryConfig;

@@ -8,6 +8,7 @@ use clap::Parser;
 use lodestone_kit::Shutdown;
 use query_service::engine::Engine;
 use query_service::memory::MemoryClient;
+use query_service::timestream_api::{self, write::RecordWriter, TimestreamApi};
 use query_service::{api, QueryConfig};
 
 /// Lodestone's query service: SQL over REST.
@@ -48,9 +49,18 @@ async fn serve(executor: tokio::runtime::Handle) -> anyhow::Result<()> {
     let config: QueryConfig = lodestone_kit::config::load(args.config.as_deref(), "LODESTONE_QUERY")?;
     let store = config.store.open().with_context(|| format!("opening store {}", config.store.describe()))?;
     let memory = MemoryClient::new(&config.memory, &config.tls).context("setting up the calls to the ingest workers' memory")?;
+    let writer = match config.kafka.bootstrap_servers.is_empty() {
+        true => None,
+        false => {
+            let timeout = std::time::Duration::from_millis(config.timestream.write_timeout_ms);
+            Some(RecordWriter::new(&config.kafka, memory.clone(), timeout).context("creating the Kafka producer of WriteRecords")?)
+        }
+    };
     let engine = Arc::new(Engine::new(store, config.limits.clone()).with_memory(memory).with_executor(executor));
+    let timestream = Arc::new(TimestreamApi::new(engine.clone(), writer, &config));
+    let router = api::router(engine).merge(timestream_api::router(timestream));
     let mut shutdown = Shutdown::on_signal();
-    let mut server = lodestone_kit::http::serve_service(&config.http.listen, api::router(engine), &config.tls, &config.auth, shutdown.clone()).await?;
+    let mut server = lodestone_kit::http::serve_service(&config.http.listen, router, &config.tls, &config.auth, shutdown.clone()).await?;
     shutdown.cancelled().await;
     // The service keeps no state: queries still running at the deadline are simply cut off.
     if tokio::time::timeout(config.shutdown.timeout(), server.stopped()).await.is_err() {

@@ -113,6 +113,56 @@ impl MemoryClient {
     }
 }
 
+impl MemoryClient {
+    /// Whether any worker is configured: without one there is nobody to ask for a receipt.
+    pub fn has_workers(&self) -> bool {
+        !self.workers.is_empty()
+    }
+
+    /// The receipt of the message at `partition` and `offset` of the ingest topic, from the
+    /// worker that applies it (see the workers' `GET /v1/receipts/{partition}/{offset}`): every
+    /// worker is asked at once, and asked again while none holds the partition (a rebalance)
+    /// or its owner has not applied it yet, until `deadline`. `None` at the deadline.
+    pub async fn receipt(&self, partition: i32, offset: i64, deadline: tokio::time::Instant) -> Option<lodestone_model::Receipt> {
+        /// How long to wait before asking again while no worker holds the partition.
+        const UNASSIGNED_RETRY: Duration = Duration::from_millis(50);
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if remaining.is_zero() {
+                return None;
+            }
+            let asks = self.workers.iter().map(|worker| {
+                let url = format!("{worker}/v1/receipts/{partition}/{offset}?wait_ms={}", remaining.as_millis());
+                async move {
+                    let response = self.http.get(&url).timeout(remaining + Duration::from_secs(1)).send().await.ok()?;
+                    match response.status().as_u16() {
+                        200 => Some(Asked::Applied(response.json::<lodestone_model::Receipt>().await.ok()?)),
+                        202 => Some(Asked::Pending),
+                        _ => None,
+                    }
+                }
+            });
+            let answers = futures::future::join_all(asks).await;
+            if let Some(receipt) = answers.iter().flatten().find_map(|a| match a {
+                Asked::Applied(receipt) => Some(receipt.clone()),
+                Asked::Pending => None,
+            }) {
+                return Some(receipt);
+            }
+            if !answers.iter().flatten().any(|a| matches!(a, Asked::Pending)) {
+                tokio::time::sleep(UNASSIGNED_RETRY.min(remaining)).await;
+            }
+        }
+    }
+}
+
+/// One worker's answer about a receipt.
+enum Asked {
+    Applied(lodestone_model::Receipt),
+    /// It holds the partition and has not applied the message yet.
+    Pending,
+}
+
 /// Why one worker's rows were not fetched.
 enum Fetch {
     /// The worker failed or did not answer: the query goes on without its rows.

@@ -1,5 +1,6 @@
 //! What the query service answered, for `GET /metrics`: queries answered and refused (by error
-//! code), rows and bytes, workers whose memory could not be read, and queries running now.
+//! code), rows and bytes, workers whose memory could not be read, queries running now, and
+//! Timestream API calls by operation.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -14,6 +15,9 @@ pub struct Metrics {
     bytes_scanned: AtomicU64,
     memory_workers_unreachable: AtomicU64,
     failed: CountsBy<&'static str>,
+    timestream_requests: CountsBy<&'static str>,
+    timestream_errors: CountsBy<&'static str>,
+    timestream_throttled: AtomicU64,
 }
 
 impl Metrics {
@@ -30,6 +34,19 @@ impl Metrics {
         self.failed.add(code, 1);
     }
 
+    /// A Timestream API call of `operation` was answered, refused with `error` if any.
+    pub fn timestream_request(&self, operation: &'static str, error: Option<&'static str>) {
+        self.timestream_requests.add(operation, 1);
+        if let Some(code) = error {
+            self.timestream_errors.add(code, 1);
+        }
+    }
+
+    /// A `WriteRecords` call was answered 429 `ThrottlingException`.
+    pub fn timestream_throttled(&self) {
+        self.timestream_throttled.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The Prometheus text, with `running` queries in flight now.
     pub fn render(&self, running: usize) -> String {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
@@ -43,7 +60,10 @@ impl Metrics {
                 load(&self.memory_workers_unreachable),
             )
             .family("lodestone_query_failed_total", Kind::Counter, "Queries and page requests refused, by error code.", "code", self.failed.snapshot())
-            .gauge("lodestone_query_running", "Queries running now.", running);
+            .gauge("lodestone_query_running", "Queries running now.", running)
+            .family("lodestone_timestream_requests_total", Kind::Counter, "Timestream API calls, by operation.", "operation", self.timestream_requests.snapshot())
+            .family("lodestone_timestream_errors_total", Kind::Counter, "Timestream API calls refused, by AWS error code.", "code", self.timestream_errors.snapshot())
+            .counter("lodestone_timestream_throttled_total", "WriteRecords calls answered 429 ThrottlingException.", load(&self.timestream_throttled));
         out.finish()
     }
 }

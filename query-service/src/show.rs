@@ -3,7 +3,7 @@
 //! - `SHOW DATABASES [LIKE 'pattern']` → `Database`
 //! - `SHOW TABLES [FROM database] [LIKE 'pattern']` → `Table` (and `Database` without FROM)
 //! - `SHOW MEASURES FROM database.table [LIKE 'pattern']` → `measure_name`, `data_type`,
-//!   `dimensions` (the table's dimension names)
+//!   `dimensions` (the table's dimensions, an array of rows `(dimension_name, data_type)`)
 //! - `DESCRIBE database.table` → `Column`, `Type`, `Timestream attribute type`
 //!
 //! Other SHOW and DESCRIBE forms go to DataFusion (`SHOW COLUMNS`, `DESCRIBE` of a query…).
@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, ListBuilder, RecordBatch, StringArray, StringBuilder};
+use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 use lodestone_kit::auth::{AuthError, Principal};
@@ -196,19 +196,28 @@ fn show_measures(tokens: &[Token], snapshot: &Snapshot, caller: &Principal) -> R
     let pattern = like(rest)?;
     let entry = snapshot.table(&table).ok_or_else(|| format!("table {table} not found"))?;
     let (mut names, mut types) = (Vec::new(), Vec::new());
-    let mut dimensions = ListBuilder::new(StringBuilder::new());
     for (name, ty) in &entry.schema.measures {
-        if pattern.as_ref().is_some_and(|p| !p.matches(name)) {
-            continue;
+        if pattern.as_ref().is_none_or(|p| p.matches(name)) {
+            names.push(name.clone());
+            types.push(ty.to_string().to_lowercase());
         }
-        names.push(name.clone());
-        types.push(ty.to_string().to_lowercase());
-        for dimension in &entry.schema.dimensions {
-            dimensions.values().append_value(dimension);
-        }
-        dimensions.append(true);
     }
-    Ok(batch(vec![strings("measure_name", names), strings("data_type", types), ("dimensions".into(), Arc::new(dimensions.finish()))])?)
+    let dimensions = dimension_rows(&entry.schema.dimensions.iter().cloned().collect::<Vec<_>>(), names.len());
+    Ok(batch(vec![strings("measure_name", names), strings("data_type", types), ("dimensions".into(), dimensions)])?)
+}
+
+/// `dimensions` of SHOW MEASURES, as Timestream has it: for each of `rows` measures, the table's
+/// dimensions as an array of rows `(dimension_name, data_type)` (Grafana reads the names there).
+fn dimension_rows(dimensions: &[String], rows: usize) -> ArrayRef {
+    use datafusion::arrow::array::{ListArray, StructArray};
+    use datafusion::arrow::buffer::OffsetBuffer;
+    use datafusion::arrow::datatypes::{DataType, Field, Fields};
+    let fields = Fields::from(vec![Field::new("dimension_name", DataType::Utf8, false), Field::new("data_type", DataType::Utf8, false)]);
+    let names: Vec<&str> = (0..rows).flat_map(|_| dimensions.iter().map(String::as_str)).collect();
+    let kinds = vec!["varchar"; names.len()];
+    let points = StructArray::new(fields.clone(), vec![Arc::new(StringArray::from(names)) as ArrayRef, Arc::new(StringArray::from(kinds))], None);
+    let offsets = OffsetBuffer::from_lengths(std::iter::repeat_n(dimensions.len(), rows));
+    Arc::new(ListArray::new(Arc::new(Field::new("item", DataType::Struct(fields), true)), offsets, Arc::new(points), None))
 }
 
 fn describe(snapshot: &Snapshot, table: &TableRef) -> Result<RecordBatch, String> {

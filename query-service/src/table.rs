@@ -301,7 +301,7 @@ mod tests {
     fn time_bounds_and_dimension_lists_are_pushed_down() {
         let mut schema = TableSchema::default();
         schema.dimensions.insert("truck".into());
-        let entry = TableEntry { properties: TableProperties::default(), schema, files: Vec::new() };
+        let entry = TableEntry { properties: TableProperties::default(), schema, files: Vec::new(), info: Default::default() };
         let ns = |v: i64| lit(ScalarValue::TimestampNanosecond(Some(v), None));
         let filters = [
             col("time").gt(ns(10)),
