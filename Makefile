@@ -6,8 +6,9 @@ export LODESTONE_CACHE
 export CARGO_TARGET_DIR ?= $(LODESTONE_CACHE)/target
 export TANSU_BIN ?= $(LODESTONE_CACHE)/tansu-0.6.0/bin/tansu
 export MOTO_SERVER ?= $(LODESTONE_CACHE)/moto-venv/bin/moto_server
+export LODESTONE_PYTHON ?= $(LODESTONE_CACHE)/py-venv/bin/python
 
-.PHONY: up test test-faults setup build bench-store bench-query bench-e2e fuzz
+.PHONY: up test test-faults setup build bench-store bench-query bench-e2e bench-write fuzz
 
 setup:
 	@scripts/setup.sh
@@ -51,3 +52,9 @@ bench-query: setup
 ## another scenario. Uses the local stack's ports.
 bench-e2e: setup
 	scripts/bench-e2e.sh
+
+## Timestream's WriteRecords (batches of 100, BENCH_CLIENTS concurrent calls, TSBS-iot trucks) against
+## the stack from a release build, beside the same data produced straight to Kafka in the same run:
+## prints records and points per second, p50/p99 latency and the ratio. Uses the local stack's ports.
+bench-write: setup
+	scripts/bench-write.sh

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what building and testing Lodestone needs on a fresh Debian machine: a few Debian
-# packages (C toolchain pieces for the bundled librdkafka and its OpenSSL, mosquitto-clients and openssl for the tests), the
-# tansu broker and moto's S3-compatible server (both cached outside the clone). Safe to run again: it only installs what is missing.
+# packages (C toolchain pieces for the bundled librdkafka and its OpenSSL, mosquitto-clients, openssl and the AWS CLI for the tests), the
+# tansu broker, moto's S3-compatible server and the Python clients of the Timestream suite (boto3,
+# awswrangler; all cached outside the clone). Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(build-essential pkg-config zlib1g-dev libssl-dev mosquitto-clients curl python3-venv openssl)
+packages=(build-essential pkg-config zlib1g-dev libssl-dev mosquitto-clients curl python3-venv openssl awscli)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -19,3 +20,4 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 scripts/ensure-tansu.sh >/dev/null
 scripts/ensure-moto.sh >/dev/null
+scripts/ensure-pyenv.sh >/dev/null

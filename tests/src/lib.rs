@@ -448,7 +448,10 @@ impl Stack {
             env("LODESTONE_QUERY__HTTP__LISTEN", format!("127.0.0.1:{}", self.ports.query_http)),
             env("LODESTONE_QUERY__MEMORY__WORKERS", format!("{:?}", self.ingest_ports.iter().map(|p| self.url(*p)).collect::<Vec<_>>())),
             env("LODESTONE_QUERY__MEMORY__TOKEN_PATH", self.credentials.service_token_path.display().to_string()),
+            // Timestream's WriteRecords produces to the ingest topic.
+            env("LODESTONE_QUERY__KAFKA__BOOTSTRAP_SERVERS", self.bootstrap()),
         ];
+        env.extend(self.kafka_env("QUERY"));
         env.extend(self.query_env.iter().cloned());
         self.spawn_service("query-service", "query-service", env, self.ports.query_http).await;
     }
@@ -543,6 +546,18 @@ impl Stack {
             self.processes.last_mut().expect("just pushed").assert_running();
             assert!(Instant::now() < deadline, "{name} not listening within 30 s");
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until every ingest worker started so far answers `GET /ready` (the consumer group
+    /// assigned it partitions).
+    pub async fn wait_ingest_ready(&self, timeout: Duration) {
+        for port in &self.ingest_ports {
+            let url = format!("{}/ready", self.url(*port));
+            poll_until(&format!("ingest worker on port {port} ready"), timeout, || async {
+                self.http.get(&url).send().await.ok().filter(|r| r.status().is_success()).map(|_| ())
+            })
+            .await;
         }
     }
 
