@@ -1,9 +1,11 @@
-//! The edge-agent path: sensors that post their readings as JSON to an agent's
-//! `POST /v1/write?database=DB&table=TBL` (body `{"records": [...]}`). One tokio task per sensor
-//! posts its batches in order, each after the previous one was answered; the agent, not the
-//! simulator, owns sequence numbers and acks from there on. With several agents (`--url` given
-//! more than once), sensor `i` posts to agent `(i - 1) mod M`: M agents each fronting a share
-//! of the sensors.
+//! The HTTP write paths: sensors that post their readings as JSON to an edge agent's
+//! `POST /v1/write?database=DB&table=TBL` (body `{"records": [...]}`), or to Timestream's
+//! `WriteRecords` on a query service ([`WriteApi::Timestream`]: `POST /`, AWS JSON 1.0, signed
+//! with SigV4 by the token's id and secret). One tokio task per sensor posts its batches in
+//! order, each after the previous one was answered; at most `clients` requests are in flight at
+//! once (several concurrent clients, as a benchmark wants). With several URLs (`--url` given
+//! more than once), sensor `i` posts to URL `(i - 1) mod M`. Each answered write's latency is
+//! kept for the summary's percentiles.
 //!
 //! A 2xx answer confirms a batch (the agent has it in its outbox). 408, 429 and 5xx answers and
 //! transport errors are retried with backoff until the run's timeout; any other answer means the
@@ -29,7 +31,17 @@ const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
-/// One `lodestone-sim agent` run.
+/// Which API the sensors write through.
+#[derive(Debug, Clone, Default)]
+pub enum WriteApi {
+    /// An edge agent's `POST /v1/write` (bearer token from `access`).
+    #[default]
+    EdgeAgent,
+    /// Timestream's `WriteRecords`, signed with this AWS access key id and secret in `region`.
+    Timestream { key: String, secret: String, region: String },
+}
+
+/// One `lodestone-sim agent` (or `timestream`) run.
 #[derive(Debug, Clone)]
 pub struct AgentRun {
     /// The agents' base URLs, e.g. `http://127.0.0.1:8181`; sensors are spread over them.
@@ -42,6 +54,9 @@ pub struct AgentRun {
     pub timeout: Duration,
     /// The CA and token for the agents' API.
     pub access: crate::access::HttpAccess,
+    pub api: WriteApi,
+    /// Requests in flight at once over all sensors; 0: one per sensor.
+    pub clients: usize,
 }
 
 impl AgentRun {
@@ -64,9 +79,13 @@ impl AgentRun {
         Ok(())
     }
 
-    /// The write endpoint of agent `agent`, with the destination in the query string.
+    /// The write endpoint of URL `agent` (an edge agent's, with the destination in the query
+    /// string; a query service's `/` for Timestream).
     pub fn write_url(&self, agent: usize) -> String {
-        format!("{}/v1/write?database={}&table={}", self.urls[agent].trim_end_matches('/'), self.database, self.table)
+        match self.api {
+            WriteApi::EdgeAgent => format!("{}/v1/write?database={}&table={}", self.urls[agent].trim_end_matches('/'), self.database, self.table),
+            WriteApi::Timestream { .. } => format!("{}/", self.urls[agent].trim_end_matches('/')),
+        }
     }
 }
 
@@ -79,7 +98,15 @@ pub async fn run_agent(run: AgentRun) -> Result<Summary, SimError> {
 
 /// [`run_agent`], counting into `progress` (which a load test samples meanwhile).
 pub async fn run_agent_observed(run: AgentRun, progress: Arc<Progress>) -> Result<Summary, SimError> {
-    let http = run.access.client(REQUEST_TIMEOUT)?;
+    // A signed request carries its own Authorization, never the bearer.
+    let access = match run.api {
+        WriteApi::EdgeAgent => run.access.clone(),
+        WriteApi::Timestream { .. } => crate::access::HttpAccess { token_path: None, ..run.access.clone() },
+    };
+    let http = access.client(REQUEST_TIMEOUT)?;
+    let clients = Arc::new(tokio::sync::Semaphore::new(if run.clients == 0 { tokio::sync::Semaphore::MAX_PERMITS } else { run.clients }));
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let writer = Arc::new(Writer { api: run.api.clone(), database: run.database.clone(), table: run.table.clone(), clients, latencies: latencies.clone() });
     let start = Instant::now();
     let deadline = start + run.timeout;
     let reporter = progress.report_every(PROGRESS_EVERY);
@@ -92,7 +119,7 @@ pub async fn run_agent_observed(run: AgentRun, progress: Arc<Progress>) -> Resul
         .map(|(i, series)| {
             let sensor = Sensor { series, sent: Tally::default(), acked_through: 0 };
             let url = Arc::clone(&urls[i % urls.len()]);
-            tokio::spawn(sensor.run(http.clone(), url, limiter.clone(), Arc::clone(&progress), start, deadline))
+            tokio::spawn(sensor.run(http.clone(), writer.clone(), url, limiter.clone(), Arc::clone(&progress), start, deadline))
         })
         .collect();
     let mut outcomes = Vec::with_capacity(sensors.len());
@@ -101,7 +128,46 @@ pub async fn run_agent_observed(run: AgentRun, progress: Arc<Progress>) -> Resul
     }
     reporter.abort();
     tracing::info!("{}", progress.line());
-    Ok(Summary::new(outcomes, start.elapsed()))
+    let latencies = std::mem::take(&mut *latencies.lock().expect("latencies lock"));
+    Ok(Summary::new(outcomes, start.elapsed()).with_latencies(latencies))
+}
+
+/// What every sensor of a run shares: how to write, the bound on requests in flight, and the
+/// latencies of answered writes.
+struct Writer {
+    api: WriteApi,
+    database: String,
+    table: String,
+    clients: Arc<tokio::sync::Semaphore>,
+    latencies: Arc<std::sync::Mutex<Vec<Duration>>>,
+}
+
+impl Writer {
+    /// The body of one write of `batch`.
+    fn encode(&self, batch: crate::series::Batch) -> Encoded {
+        match self.api {
+            WriteApi::EdgeAgent => encode_agent_write(batch),
+            WriteApi::Timestream { .. } => crate::wire::encode_write_records(batch, &self.database, &self.table),
+        }
+    }
+
+    /// The request for `body` to `url`, signed when the API wants it.
+    fn request(&self, http: &reqwest::Client, url: &str, body: &bytes::Bytes) -> reqwest::RequestBuilder {
+        match &self.api {
+            WriteApi::EdgeAgent => http.post(url).header(header::CONTENT_TYPE, "application/json").body(body.clone()),
+            WriteApi::Timestream { key, secret, region } => {
+                let target = "Timestream_20181101.WriteRecords";
+                let host = url.split("://").nth(1).and_then(|rest| rest.split('/').next()).unwrap_or("");
+                let headers = [("content-type", "application/x-amz-json-1.0"), ("x-amz-target", target)];
+                let signed = lodestone_kit::sigv4::sign("POST", host, "/", &headers, body, key, secret, region, "timestream", lodestone_kit::now_ns());
+                let mut request = http.post(url).header(header::CONTENT_TYPE, "application/x-amz-json-1.0").header("x-amz-target", target).body(body.clone());
+                for (name, value) in signed {
+                    request = request.header(name, value);
+                }
+                request
+            }
+        }
+    }
 }
 
 /// One simulated sensor behind the agent.
@@ -115,13 +181,14 @@ impl Sensor {
     async fn run(
         mut self,
         http: reqwest::Client,
+        writer: Arc<Writer>,
         url: Arc<String>,
         limiter: RateLimiter,
         progress: Arc<Progress>,
         start: Instant,
         deadline: Instant,
     ) -> Result<SeriesOutcome, SimError> {
-        let posted = tokio::time::timeout_at(deadline, self.post_all(&http, &url, &limiter, &progress, start)).await;
+        let posted = tokio::time::timeout_at(deadline, self.post_all(&http, &writer, &url, &limiter, &progress, start)).await;
         if let Ok(Err(error)) = posted {
             return Err(error);
         }
@@ -129,17 +196,20 @@ impl Sensor {
         Ok(SeriesOutcome { id: self.series.id().to_owned(), sent: self.sent, unacked })
     }
 
-    async fn post_all(&mut self, http: &reqwest::Client, url: &str, limiter: &RateLimiter, progress: &Progress, start: Instant) -> Result<(), SimError> {
+    async fn post_all(&mut self, http: &reqwest::Client, writer: &Writer, url: &str, limiter: &RateLimiter, progress: &Progress, start: Instant) -> Result<(), SimError> {
         while self.series.has_next() {
             if let Some(due) = self.series.next_batch_due() {
                 tokio::time::sleep_until(start + due).await;
             }
             limiter.take(self.series.next_batch_len()).await;
             let batch = self.series.next_batch().expect("the series has readings");
-            let encoded = encode_agent_write(batch);
+            let encoded = writer.encode(batch);
             self.sent.add(encoded.tally);
             Progress::add(&progress.sent, encoded.tally.count);
-            self.post_until_answered(http, url, &encoded, progress).await?;
+            let _client = writer.clients.acquire().await.expect("the clients semaphore is never closed");
+            let posted = std::time::Instant::now();
+            self.post_until_answered(http, writer, url, &encoded, progress).await?;
+            writer.latencies.lock().expect("latencies lock").push(posted.elapsed());
             self.acked_through = encoded.last_seq;
             Progress::add(&progress.acked, encoded.tally.count);
         }
@@ -147,15 +217,11 @@ impl Sensor {
     }
 
     /// Returns once the agent answered the write with a 2xx: it holds the readings.
-    async fn post_until_answered(&self, http: &reqwest::Client, url: &str, write: &Encoded, progress: &Progress) -> Result<(), SimError> {
+    async fn post_until_answered(&self, http: &reqwest::Client, writer: &Writer, url: &str, write: &Encoded, progress: &Progress) -> Result<(), SimError> {
         let mut backoff = RETRY_BACKOFF_MIN;
         loop {
-            let sent = http
-                .post(url)
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(write.bytes.clone())
-                .send()
-                .await;
+            // Signed again for every attempt: a signature holds its time.
+            let sent = writer.request(http, url, &write.bytes).send().await;
             match sent {
                 Ok(response) if response.status().is_success() => return Ok(()),
                 Ok(response) if is_retryable(response.status()) => {
@@ -236,6 +302,8 @@ mod tests {
             rate_per_s: 0,
             timeout: Duration::from_secs(300),
             access: Default::default(),
+            api: WriteApi::EdgeAgent,
+            clients: 0,
         }
     }
 
@@ -244,6 +312,8 @@ mod tests {
         let check = |url: &str, expected: &str| assert_eq!(run(url).write_url(0), expected);
         check("http://127.0.0.1:8181", "http://127.0.0.1:8181/v1/write?database=sim&table=readings");
         check("http://127.0.0.1:8181/", "http://127.0.0.1:8181/v1/write?database=sim&table=readings");
+        let timestream = AgentRun { api: WriteApi::Timestream { key: "k".into(), secret: "s".into(), region: "us-east-1".into() }, ..run("https://127.0.0.1:8080/") };
+        assert_eq!(timestream.write_url(0), "https://127.0.0.1:8080/");
     }
 
     #[test]

@@ -369,6 +369,8 @@ pub async fn run_load(scenario: &Scenario, target: &Target) -> anyhow::Result<Re
                     rate_per_s: rate,
                     timeout: Duration::from_secs(phase.timeout_s),
                     access: target.access.clone(),
+                    api: crate::agent::WriteApi::EdgeAgent,
+                    clients: 0,
                 };
                 run.validate(now_ns())?;
                 run_agent_observed(run, progress.clone()).await?

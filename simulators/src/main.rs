@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use lodestone_model::ContentType;
-use lodestone_simulators::agent::{run_agent, AgentRun};
+use lodestone_simulators::agent::{run_agent, AgentRun, WriteApi};
 use lodestone_simulators::kafka::{run_kafka, KafkaRun};
 use lodestone_simulators::mqtt::{run_mqtt, MqttRun, PACKET_BYTES_MAX_DEFAULT};
 use lodestone_simulators::wire::{random_boot_id, Destination};
@@ -34,6 +34,32 @@ enum Command {
     Kafka(KafkaArgs),
     /// Sensors posting JSON records to an edge agent's POST /v1/write.
     Agent(AgentArgs),
+    /// Sensors writing through Timestream's WriteRecords on a query service (SigV4-signed with
+    /// the token of --token-file as AWS keys), at most --clients requests at once.
+    Timestream(TimestreamArgs),
+}
+
+#[derive(Args)]
+struct TimestreamArgs {
+    /// The query service's base URL; give it once per service to spread the sensors over several.
+    #[arg(long, default_values = ["https://127.0.0.1:8080"])]
+    url: Vec<String>,
+    #[arg(long, default_value_t = 10)]
+    sensors: u32,
+    #[arg(long, default_value_t = 100)]
+    readings_per_sensor: u64,
+    #[arg(long, default_value = "sensor-")]
+    sensor_prefix: String,
+    /// WriteRecords calls in flight at once.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// The region of the signatures.
+    #[arg(long, default_value = "us-east-1")]
+    region: String,
+    #[command(flatten)]
+    access: AccessArgs,
+    #[command(flatten)]
+    data: DataArgs,
 }
 
 /// What every subcommand shares: the data and its destination.
@@ -348,10 +374,32 @@ async fn run(command: Command, now_ns: i64) -> anyhow::Result<(Summary, &'static
                 rate_per_s: args.data.rate,
                 timeout: Duration::from_secs(args.data.timeout_s),
                 access: args.access.access(),
+                api: WriteApi::EdgeAgent,
+                clients: 0,
             };
             run.validate(now_ns)?;
             tracing::info!(sensors = args.sensors, urls = ?run.urls, "agent run");
             let summary = run_agent(run).await.context("edge-agent run")?;
+            Ok((summary, "sensors", args.data.timeout_s))
+        }
+        Command::Timestream(args) => {
+            let token = args.access.token_file.as_ref().context("--token-file (or LODESTONE_TOKEN_FILE) names the token that signs")?;
+            let bearer = lodestone_kit::auth::read_bearer(token).with_context(|| format!("reading {}", token.display()))?;
+            let (key, secret) = bearer.split_once('.').context("a token is ID.SECRET")?;
+            let run = AgentRun {
+                urls: args.url,
+                fleet: fleet(SeriesKind::Sensor, args.sensor_prefix, args.sensors, args.readings_per_sensor, &args.data, now_ns),
+                database: args.data.database.clone(),
+                table: args.data.table.clone(),
+                rate_per_s: args.data.rate,
+                timeout: Duration::from_secs(args.data.timeout_s),
+                access: args.access.access(),
+                api: WriteApi::Timestream { key: key.to_string(), secret: secret.to_string(), region: args.region },
+                clients: args.clients,
+            };
+            run.validate(now_ns)?;
+            tracing::info!(sensors = args.sensors, clients = args.clients, urls = ?run.urls, "timestream run");
+            let summary = run_agent(run).await.context("WriteRecords run")?;
             Ok((summary, "sensors", args.data.timeout_s))
         }
     }

@@ -37,9 +37,21 @@ pub struct Summary {
     pub elapsed_s: f64,
     pub readings_per_sec: f64,
     pub unacked: u64,
+    /// Percentiles of the time from sending a write to its answer (the HTTP paths).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<Latency>,
     /// Series with at least one unacked reading (for the error message, not the JSON).
     #[serde(skip)]
     pub unacked_series: usize,
+}
+
+/// Write latencies, in milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Latency {
+    pub writes: usize,
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -56,6 +68,7 @@ impl Summary {
             elapsed_s: round_to(elapsed.as_secs_f64(), 1e3),
             readings_per_sec: 0.0,
             unacked: 0,
+            latency_ms: None,
             unacked_series: 0,
         };
         for outcome in outcomes {
@@ -69,6 +82,17 @@ impl Summary {
             summary.readings_per_sec = round_to(summary.total as f64 / seconds, 10.0);
         }
         summary
+    }
+
+    /// This summary with the percentiles of `latencies` (none when empty).
+    pub fn with_latencies(mut self, mut latencies: Vec<Duration>) -> Summary {
+        if latencies.is_empty() {
+            return self;
+        }
+        latencies.sort_unstable();
+        let at = |fraction: f64| round_to(latencies[((latencies.len() - 1) as f64 * fraction).round() as usize].as_secs_f64() * 1e3, 10.0);
+        self.latency_ms = Some(Latency { writes: latencies.len(), p50: at(0.5), p99: at(0.99), max: at(1.0) });
+        self
     }
 
     /// The summary as one line of JSON, without a trailing newline.

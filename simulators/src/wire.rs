@@ -57,6 +57,46 @@ pub fn encode_agent_write(batch: Batch) -> Encoded {
     }
 }
 
+/// Encodes `batch` as the body of Timestream's `WriteRecords` into `database`.`table`: each
+/// record in Timestream's shape, times in nanoseconds.
+pub fn encode_write_records(batch: Batch, database: &str, table: &str) -> Encoded {
+    let records: Vec<serde_json::Value> = batch.records.iter().map(timestream_record).collect();
+    let body = serde_json::json!({"DatabaseName": database, "TableName": table, "Records": records});
+    Encoded {
+        first_seq: batch.first_seq,
+        last_seq: batch.last_seq(),
+        tally: batch.tally,
+        bytes: Bytes::from(serde_json::to_vec(&body).expect("JSON encoding of a write body cannot fail")),
+    }
+}
+
+/// One record as Timestream's `Record`.
+fn timestream_record(record: &lodestone_model::Record) -> serde_json::Value {
+    use lodestone_model::{MeasureValue, Scalar};
+    let text = |scalar: &Scalar| match scalar {
+        Scalar::Double(v) => format!("{v:?}"),
+        Scalar::Bigint(v) | Scalar::Timestamp(v) => v.to_string(),
+        Scalar::Varchar(v) => v.clone(),
+        Scalar::Boolean(v) => v.to_string(),
+    };
+    let dimensions: Vec<serde_json::Value> = record.dimensions.iter().map(|d| serde_json::json!({"Name": d.name, "Value": d.value})).collect();
+    let mut out = serde_json::json!({
+        "Dimensions": dimensions,
+        "MeasureName": record.measure_name,
+        "MeasureValueType": record.value.measure_type().as_str(),
+        "Time": record.time_ns.to_string(),
+        "TimeUnit": "NANOSECONDS",
+        "Version": record.version,
+    });
+    match &record.value {
+        MeasureValue::Single(scalar) => out["MeasureValue"] = text(scalar).into(),
+        MeasureValue::Multi(values) => {
+            out["MeasureValues"] = values.iter().map(|(name, v)| serde_json::json!({"Name": name, "Value": text(v), "Type": v.measure_type().as_str()})).collect();
+        }
+    }
+    out
+}
+
 /// A fresh boot id: 32 random hex digits. Each run is a new boot, so a bridge never mistakes
 /// this run's sequence numbers for an earlier run's.
 pub fn random_boot_id(rng: &mut impl Rng) -> String {

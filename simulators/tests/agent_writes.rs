@@ -83,6 +83,8 @@ fn agent_run(url: String, sensors: u32, readings: u64, batch: u32) -> AgentRun {
         rate_per_s: 0,
         timeout: Duration::from_secs(60),
         access: Default::default(),
+        api: Default::default(),
+        clients: 0,
     }
 }
 
