@@ -125,7 +125,7 @@ fi
 cat <<TXT
 
 Lodestone is up (logs in $stack/logs/):
-  query service  https://127.0.0.1:8080  (REST: POST /v1/query, GET /v1/databases)
+  query service  https://127.0.0.1:8080  (REST: POST /v1/query, GET /v1/databases; and Timestream's API for boto3, the AWS CLI, Grafana)
   edge agent     https://127.0.0.1:8181  (POST /v1/write — JSON or line protocol)
   MQTT broker    127.0.0.1:1883          (TLS with a device certificate; topics lodestone/v1/{database}/{table}/{device_id})
   Kafka (tansu)  127.0.0.1:9092          (topic lodestone.ingest)
@@ -137,6 +137,11 @@ Every HTTP service speaks HTTPS with a certificate from the local CA and wants a
   more tokens     $bin/lodestone-admin token create --file $certs/tokens.toml --scope fleet:read
   a device        $bin/lodestone-admin tls device --dir $certs --id truck-1   (then mosquitto_pub -i truck-1
                   --cafile $certs/ca.pem --cert $certs/device-truck-1.pem --key $certs/device-truck-1.key …)
+
+Timestream's API (the admin token as AWS keys):
+  export AWS_ACCESS_KEY_ID=$(cut -d. -f1 "$certs/admin.token") AWS_SECRET_ACCESS_KEY=$(cut -d. -f2 "$certs/admin.token") AWS_DEFAULT_REGION=us-east-1
+  aws timestream-query query --endpoint-url https://127.0.0.1:8080 --ca-bundle $certs/ca.pem \
+    --query-string 'SELECT device_id, count(*) FROM fleet.trucks GROUP BY device_id LIMIT 5'
 
 Try (data appears within a few seconds):
   curl -s --cacert $certs/ca.pem https://127.0.0.1:8080/v1/query \\
