@@ -38,9 +38,22 @@ pub enum ServeError {
 /// explicitly), and a token checked on every path but `/health` and `/ready`
 /// ([`crate::auth::require_token`]). Every service's listener starts here.
 pub async fn serve_service(listen: &str, router: axum::Router, tls: &TlsConfig, auth: &AuthConfig, shutdown: Shutdown) -> Result<Server, ServeError> {
+    serve_service_with_public(listen, router, axum::Router::new(), tls, auth, shutdown).await
+}
+
+/// [`serve_service`] with `public` routes besides, served without a token: static assets that
+/// hold no data (the query service's console page, which then asks for a token itself).
+pub async fn serve_service_with_public(
+    listen: &str,
+    router: axum::Router,
+    public: axum::Router,
+    tls: &TlsConfig,
+    auth: &AuthConfig,
+    shutdown: Shutdown,
+) -> Result<Server, ServeError> {
     let server_tls = tls.server()?;
     let authenticator = Arc::new(auth.authenticator()?);
-    Ok(serve(listen, crate::auth::require_token(router, authenticator), &server_tls, shutdown).await?)
+    Ok(serve(listen, public.merge(crate::auth::require_token(router, authenticator)), &server_tls, shutdown).await?)
 }
 
 /// A running HTTP server.

@@ -15,6 +15,8 @@
 //!   [`auth::Principal`] in every handler), and the token file `lodestone-admin` manages.
 //! - [`sigv4`]: AWS Signature V4 checked, for the Timestream API; [`auth::require_token`] verifies
 //!   AWS-signed requests against the tokens that may sign ([`auth::TokenFile::issue_signing`]).
+//! - [`telemetry`]: traces and metrics over OTLP (OpenTelemetry), off unless configured; a
+//!   `traceparent` from a device or a producer continued ([`telemetry::continue_trace`]).
 //! - [`clock::now_ns`]: wall-clock nanoseconds since the Unix epoch, saturating at the `i64` range.
 //! - [`metrics::Exposition`]: the Prometheus text format every `/metrics` endpoint writes.
 //! - [`ports::unused_port`]: a port for a server another process is about to start (tests, scripts),
@@ -37,6 +39,7 @@ pub mod metrics;
 pub mod ports;
 pub mod shutdown;
 pub mod sigv4;
+pub mod telemetry;
 pub mod tls;
 
 pub use clock::now_ns;

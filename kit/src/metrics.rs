@@ -69,6 +69,11 @@ impl Exposition {
         self
     }
 
+    /// The families every service has: OTLP exports that failed ([`crate::telemetry`]).
+    pub fn service_families(&mut self) -> &mut Exposition {
+        self.counter("lodestone_otlp_export_failures_total", "Exports of spans to the OTLP collector that failed (the spans are dropped).", crate::telemetry::export_failures())
+    }
+
     pub fn finish(self) -> String {
         self.out
     }

@@ -14,6 +14,10 @@ use crate::envelope::{ContentType, DecodeError};
 /// The Kafka `content-type` of a bundle.
 pub const BUNDLE_MIME: &str = "application/vnd.lodestone.bundle.v1+cbor";
 
+/// The Kafka header of a bundle whose envelopes came with traces: each envelope's trace context
+/// (`traceparent`) in order, comma-separated, empty for an envelope without.
+pub const TRACEPARENTS_HEADER: &str = "traceparents";
+
 /// CBOR major types used by the framing.
 const MAJOR_BYTES: u8 = 2;
 const MAJOR_ARRAY: u8 = 4;

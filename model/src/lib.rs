@@ -30,7 +30,7 @@ mod record;
 pub mod topic;
 mod validate;
 
-pub use bundle::{encode_bundle, split_bundle, split_message, BUNDLE_MIME};
+pub use bundle::{encode_bundle, split_bundle, split_message, BUNDLE_MIME, TRACEPARENTS_HEADER};
 pub use dead_letter::{header as dead_letter_header, DeadLetter, ReceivedDeadLetter, RejectedBy};
 pub use envelope::{record_to_json, ContentType, DecodeError, Envelope, Source, ENVELOPE_VERSION};
 pub use receipt::{Receipt, RejectedRecord, RECEIPT_HEADER};
