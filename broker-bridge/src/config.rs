@@ -39,6 +39,8 @@ pub struct BridgeConfig {
     pub tls: lodestone_kit::tls::TlsConfig,
     /// `[auth]`: the token file every request but `/health` and `/ready` is checked against (or `anonymous = true`).
     pub auth: lodestone_kit::auth::AuthConfig,
+    /// `[telemetry]`: traces and metrics over OTLP (off unless an endpoint is configured).
+    pub telemetry: lodestone_kit::telemetry::TelemetryConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -202,6 +204,7 @@ impl Validate for BridgeConfig {
         self.shutdown.validate()?;
         self.tls.validate()?;
         self.auth.validate()?;
+        self.telemetry.validate()?;
         let (m, k) = (&self.mqtt, &self.kafka);
         let names: Vec<String> = k.properties.keys().map(|name| name.replace('_', ".")).collect();
         let overridden = guarantee_overridden(names.iter().map(String::as_str));

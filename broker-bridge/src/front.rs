@@ -234,7 +234,10 @@ pub async fn start(listen: SocketAddr, settings: FrontSettings) -> Result<Front,
                     },
                 };
                 let device_id = certified.clone().unwrap_or_default();
-                match session::serve(tls, certified, &settings.session).await {
+                settings.shared.metrics.mqtt_session(true);
+                let ending = session::serve(tls, certified, &settings.session).await;
+                settings.shared.metrics.mqtt_session(false);
+                match ending {
                     Ending::Refused { denied, detail } => {
                         tracing::info!(%peer, device_id, denied, %detail, "MQTT packet refused; connection closed");
                         settings.shared.metrics.mqtt_denied(denied);

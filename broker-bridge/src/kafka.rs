@@ -47,11 +47,16 @@ impl Topics {
 
 /// Hands a bundle of `envelopes` envelopes to librdkafka for `partition` of the ingest topic,
 /// waiting while its local queue is full.
-pub async fn enqueue_bundle(producer: &FutureProducer, topics: &Topics, partition: i32, envelopes: usize, payload: &[u8]) -> Result<DeliveryFuture, KafkaError> {
+/// `traceparents`: each envelope's trace context in order, comma-separated (empty for one
+/// without), when any has one.
+pub async fn enqueue_bundle(producer: &FutureProducer, topics: &Topics, partition: i32, envelopes: usize, payload: &[u8], traceparents: Option<&str>) -> Result<DeliveryFuture, KafkaError> {
     let count = envelopes.to_string();
-    let headers = OwnedHeaders::new_with_capacity(2)
+    let mut headers = OwnedHeaders::new_with_capacity(3)
         .insert(Header { key: "content-type", value: Some(BUNDLE_MIME) })
         .insert(Header { key: "envelopes", value: Some(count.as_str()) });
+    if let Some(traceparents) = traceparents {
+        headers = headers.insert(Header { key: lodestone_model::TRACEPARENTS_HEADER, value: Some(traceparents) });
+    }
     let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&topics.ingest).partition(partition).payload(payload).headers(headers);
     send_waiting_for_room(producer, record).await
 }

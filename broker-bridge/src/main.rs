@@ -23,7 +23,6 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    lodestone_kit::log::init(DEFAULT_LOG_FILTER);
     match run(Args::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -35,6 +34,7 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let config: BridgeConfig = lodestone_kit::config::load(args.config.as_deref(), ENV_PREFIX)?;
+    let _telemetry = lodestone_kit::telemetry::init("broker-bridge", DEFAULT_LOG_FILTER, &config.telemetry);
     // One socket per device (over TLS the front links sessions to the broker in-process), and
     // room for Kafka, HTTP and files besides.
     let wanted = config.mqtt.connections_max as u64 + 1024;

@@ -24,6 +24,8 @@ pub struct Metrics {
     acks_sent: AtomicU64,
     sequence_gaps: AtomicU64,
     inflight_envelopes: AtomicU64,
+    /// MQTT sessions the TLS front is serving now.
+    mqtt_sessions: AtomicU64,
     rejected: CountsBy<&'static str>,
     discarded: CountsBy<&'static str>,
     mqtt_refused: CountsBy<&'static str>,
@@ -62,6 +64,14 @@ impl Metrics {
 
     pub fn set_inflight_envelopes(&self, count: usize) {
         self.inflight_envelopes.store(count as u64, Ordering::Relaxed);
+    }
+
+    /// A device's TLS session began (`true`) or ended.
+    pub fn mqtt_session(&self, began: bool) {
+        match began {
+            true => self.mqtt_sessions.fetch_add(1, Ordering::Relaxed),
+            false => self.mqtt_sessions.fetch_sub(1, Ordering::Relaxed),
+        };
     }
 
     pub fn rejected(&self, reason: &'static str) {
@@ -120,6 +130,7 @@ impl Metrics {
                 load(&self.sequence_gaps),
             )
             .gauge("lodestone_bridge_inflight_envelopes", "Envelopes awaiting Kafka delivery.", load(&self.inflight_envelopes))
+            .gauge("lodestone_bridge_mqtt_sessions", "Devices connected to the TLS front now (their TLS sessions).", load(&self.mqtt_sessions))
             .family(
                 "lodestone_bridge_mqtt_refused_total",
                 Kind::Counter,
@@ -134,6 +145,7 @@ impl Metrics {
                 "action",
                 self.mqtt_denied.snapshot(),
             );
+        text.service_families();
         text.finish()
     }
 }

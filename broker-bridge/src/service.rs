@@ -111,6 +111,8 @@ impl Bridge {
             envelopes: Arc::new(Semaphore::new(envelopes_max)),
             envelopes_max,
         });
+        let exported = shared.clone();
+        lodestone_kit::telemetry::export_metrics(move || exported.metrics.render());
 
         let (http_stop, http_stopped) = shutdown_channel();
         let http = lodestone_kit::http::serve_service(&config.http.listen.to_string(), http::router(shared.clone()), &config.tls, &config.auth, http_stopped).await?;
@@ -358,6 +360,22 @@ const PARTITIONS_REFRESH: Duration = Duration::from_secs(30);
 const PARTITIONS_RETRY: Duration = Duration::from_secs(1);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Links a bundle's span keeps to its envelopes' at most.
+const BUNDLE_LINKS_MAX: usize = 128;
+
+/// When an envelope came with a trace (`traceparent`, from the envelope or the MQTT v5
+/// property): a span of it here, as a child of that trace, whose context replaces the message's
+/// `traceparent` header so that the worker continues from the bridge. `None` without a trace or
+/// when the span is not recorded.
+fn continue_envelope_trace(message: &mut crate::route::KafkaMessage) -> Option<(tracing::Span, String)> {
+    let header = message.headers.iter_mut().find(|(name, _)| *name == "traceparent")?;
+    let span = tracing::info_span!("bridge.envelope", device_id = message.key.as_deref().unwrap_or(""));
+    lodestone_kit::telemetry::continue_trace(&span, Some(&header.1));
+    let context = lodestone_kit::telemetry::traceparent_of(&span)?;
+    header.1 = context.clone();
+    Some((span, context))
+}
+
 /// Keeps `partitions` at the ingest topic's partition count until `stop`.
 async fn watch_partitions(producer: FutureProducer, topic: String, partitions: watch::Sender<usize>, mut stop: Shutdown) {
     loop {
@@ -424,6 +442,9 @@ struct Pending {
     deliveries: Vec<(Destination, DeliveryFuture)>,
     /// False if one of its messages could not even be queued: it must not be acked.
     queued: bool,
+    /// Its span when it came with a trace (ends when Kafka has answered), and that span's
+    /// context, the ingest worker's parent.
+    trace: Option<(tracing::Span, String)>,
 }
 
 impl Reader {
@@ -542,9 +563,12 @@ impl Reader {
                 );
             }
         }
-        let mut pending = Pending { ticket, permits, deliveries: Vec::with_capacity(routed.messages.len()), queued: true };
+        let mut pending = Pending { ticket, permits, deliveries: Vec::with_capacity(routed.messages.len()), queued: true, trace: None };
         let mut to_bundle = None;
-        for message in routed.messages {
+        for mut message in routed.messages {
+            if message.destination == Destination::Ingest {
+                pending.trace = continue_envelope_trace(&mut message);
+            }
             if message.destination == Destination::Ingest && self.bundler.is_some() {
                 to_bundle = Some(message);
                 continue;
@@ -593,8 +617,18 @@ impl Reader {
     async fn produce_bundles(&mut self, sealed: Vec<Sealed<Pending>>) {
         for bundle in sealed {
             let payload = lodestone_model::encode_bundle(&bundle.envelopes);
-            match kafka::enqueue_bundle(&self.producer, &self.topics, bundle.partition, bundle.items.len(), &payload).await {
-                Ok(delivery) => self.settle_later(Some(delivery), bundle.items),
+            // A bundle of traced envelopes has a span of its own, linked to theirs, and names each
+            // envelope's context in order (`traceparents`) for the worker.
+            let contexts: Vec<&str> = bundle.items.iter().map(|p| p.trace.as_ref().map_or("", |(_, context)| context.as_str())).collect();
+            let traced = contexts.iter().any(|c| !c.is_empty());
+            let span = traced.then(|| {
+                let span = tracing::info_span!("bridge.bundle", envelopes = bundle.items.len(), partition = bundle.partition);
+                lodestone_kit::telemetry::link_to(&span, contexts.iter().copied().filter(|c| !c.is_empty()), BUNDLE_LINKS_MAX);
+                span
+            });
+            let traceparents = traced.then(|| contexts.join(","));
+            match kafka::enqueue_bundle(&self.producer, &self.topics, bundle.partition, bundle.items.len(), &payload, traceparents.as_deref()).await {
+                Ok(delivery) => self.settle_later(Some((delivery, span)), bundle.items),
                 Err(e) => {
                     error!(error = %e, topic = %self.topics.ingest, partition = bundle.partition, "Kafka refused a bundle");
                     self.shared.metrics.discarded(discard::KAFKA_DELIVERY_FAILED);
@@ -607,13 +641,13 @@ impl Reader {
 
     /// Spawns the task that awaits Kafka's answers for `envelopes` (and the bundle carrying
     /// them, if any), then tells the acker about each envelope and releases its permits.
-    fn settle_later(&self, bundle: Option<DeliveryFuture>, envelopes: Vec<Pending>) {
+    fn settle_later(&self, bundle: Option<(DeliveryFuture, Option<tracing::Span>)>, envelopes: Vec<Pending>) {
         let shared = self.shared.clone();
         let acker = self.acker.clone();
         tokio::spawn(async move {
             let bundle_delivered = match bundle {
                 None => true,
-                Some(delivery) => {
+                Some((delivery, _span)) => {
                     let delivered = delivered(delivery, Destination::Ingest, &shared).await;
                     if delivered {
                         shared.metrics.bundle_sent();

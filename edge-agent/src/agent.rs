@@ -70,6 +70,12 @@ impl Agent {
         );
         let (writer, committed, _thread) = spawn_writer(outbox.clone(), config.outbox.commit_batch_max, config.outbox.pending_requests_max)?;
         let telemetry = Arc::new(Telemetry::default());
+        let (exported, exported_outbox) = (telemetry.clone(), outbox.clone());
+        // Called on the metric exporter's own thread, where reading the outbox may block.
+        lodestone_kit::telemetry::export_metrics(move || match exported_outbox.status() {
+            Ok(status) => exported.render(&status, exported_outbox.dropped_total()),
+            Err(_) => String::new(),
+        });
         let intake = Intake::new(writer.clone(), telemetry.clone(), Limits::default());
         let defaults = Destination { database: config.database.clone(), table: config.table.clone() };
         let (trigger, shutdown) = shutdown_channel();

@@ -28,6 +28,8 @@ pub struct AgentConfig {
     pub tls: lodestone_kit::tls::TlsConfig,
     /// `[auth]`: the token file every request but `/health` and `/ready` is checked against (or `anonymous = true`).
     pub auth: lodestone_kit::auth::AuthConfig,
+    /// `[telemetry]`: traces and metrics over OTLP (off unless an endpoint is configured).
+    pub telemetry: lodestone_kit::telemetry::TelemetryConfig,
     pub http: HttpConfig,
     pub outbox: OutboxConfig,
     pub mqtt: MqttConfig,
@@ -141,6 +143,7 @@ impl Default for AgentConfig {
             shutdown: ShutdownConfig::default(),
             tls: Default::default(),
             auth: Default::default(),
+            telemetry: Default::default(),
             http: HttpConfig::default(),
             outbox: OutboxConfig::default(),
             mqtt: MqttConfig::default(),
@@ -230,6 +233,7 @@ impl Validate for AgentConfig {
         self.shutdown.validate()?;
         self.tls.validate()?;
         self.auth.validate()?;
+        self.telemetry.validate()?;
         let positive: [(&'static str, u64); 7] = [
             ("http.body_bytes_max", self.http.body_bytes_max as u64),
             ("http.records_per_request_max", self.http.records_per_request_max as u64),

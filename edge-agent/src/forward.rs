@@ -189,6 +189,7 @@ mod tests {
             seq,
             destination: Destination { database: "iot".into(), table: table.into() },
             record: Record { dimensions: vec![], measure_name: "m".into(), value: MeasureValue::Single(Scalar::Bigint(1)), time_ns: 1, version: 1 },
+            traceparent: None,
             stored_bytes,
         }
     }

@@ -88,7 +88,11 @@ async fn write(
     if count == 0 {
         return Json(json!({"accepted": 0, "first_seq": null, "last_seq": null})).into_response();
     }
-    match state.intake.submit(destination, records, now).await {
+    // A span of the write, continuing the caller's trace; its context travels with the records.
+    let span = tracing::info_span!("agent.write", records = count, database = %destination.database, table = %destination.table);
+    lodestone_kit::telemetry::continue_trace(&span, headers.get("traceparent").and_then(|v| v.to_str().ok()));
+    let traceparent = lodestone_kit::telemetry::traceparent_of(&span);
+    match tracing::Instrument::instrument(state.intake.submit(destination, records, now, traceparent), span).await {
         Ok(range) => Json(json!({"accepted": count, "first_seq": range.first, "last_seq": range.last})).into_response(),
         Err(error) => {
             if matches!(error, IntakeError::OutboxFull(_)) {

@@ -244,10 +244,11 @@ impl Intake {
     /// Validates every record, then stores all of them under consecutive sequence numbers, or
     /// none. Returns after the LMDB commit; the caller may acknowledge the readings. Counts them
     /// as received, and as rejected when refused.
-    pub async fn submit(&self, destination: Destination, records: Vec<Record>, now_ns: i64) -> Result<SeqRange, IntakeError> {
+    /// `traceparent`: the trace the write belongs to (its span's), carried on with the records.
+    pub async fn submit(&self, destination: Destination, records: Vec<Record>, now_ns: i64, traceparent: Option<String>) -> Result<SeqRange, IntakeError> {
         let count = records.len();
         Telemetry::add(&self.telemetry.received, count as u64);
-        let result = self.store(destination, records, now_ns).await;
+        let result = self.store(destination, records, now_ns, traceparent).await;
         if let Err(error) = &result {
             self.telemetry.reject(error.code(), error.records(count) as u64);
         }
@@ -261,9 +262,9 @@ impl Intake {
         self.telemetry.reject(error.code(), records);
     }
 
-    async fn store(&self, destination: Destination, records: Vec<Record>, now_ns: i64) -> Result<SeqRange, IntakeError> {
+    async fn store(&self, destination: Destination, records: Vec<Record>, now_ns: i64, traceparent: Option<String>) -> Result<SeqRange, IntakeError> {
         validate_all(&records, &self.limits, now_ns)?;
-        self.writer.append(destination, records).await.map_err(|error| match error {
+        self.writer.append(destination, records, traceparent).await.map_err(|error| match error {
             OutboxError::Full { .. } => IntakeError::OutboxFull(error),
             OutboxError::TooLarge { .. } => IntakeError::LargerThanOutbox(error),
             OutboxError::WriterStopped => IntakeError::Unavailable,

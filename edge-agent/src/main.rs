@@ -19,7 +19,6 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    lodestone_kit::log::init("info");
     match run(Args::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -31,6 +30,7 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let config: AgentConfig = lodestone_kit::config::load(args.config.as_deref(), "LODESTONE_AGENT").context("invalid configuration")?;
+    let _telemetry = lodestone_kit::telemetry::init("edge-agent", "info", &config.telemetry);
     let agent = Agent::start(config).await.context("cannot start the edge agent")?;
     lodestone_kit::shutdown::signal().await;
     tracing::info!("shutting down");

@@ -263,6 +263,8 @@ impl Forwarder {
     fn publish(&self, client: &AsyncClient, group: Vec<StoredEntry>, unacked_from: u64) -> Result<(), SessionEnd> {
         let destination = group[0].destination.clone();
         let count = group.len() as u64;
+        // An envelope continues the trace of the first write it carries that had one.
+        let traceparent = group.iter().find_map(|entry| entry.traceparent.clone());
         let envelope = Envelope {
             first_seq: group[0].seq,
             unacked_from: Some(unacked_from),
@@ -271,7 +273,7 @@ impl Forwarder {
             database: Some(destination.database.clone()),
             table: Some(destination.table.clone()),
             rejected: Vec::new(),
-            traceparent: None,
+            traceparent,
         };
         let topic = data_topic(&destination.database, &destination.table, &self.source.device_id);
         client

@@ -61,6 +61,9 @@ pub struct Destination {
 pub struct Append {
     pub destination: Destination,
     pub records: Vec<Record>,
+    /// The trace the write that brought them belongs to (W3C `traceparent`), kept with each
+    /// record so that the envelope forwarding it continues that trace.
+    pub traceparent: Option<String>,
 }
 
 /// Sequence numbers `first..=last` (empty when `last < first`).
@@ -99,6 +102,8 @@ pub struct StoredEntry {
     pub seq: u64,
     pub destination: Destination,
     pub record: Record,
+    /// The trace of the write that brought it, if it came with one.
+    pub traceparent: Option<String>,
     /// Size of the stored one-record envelope: an upper bound on what the record adds to a
     /// forwarded envelope.
     pub stored_bytes: usize,
@@ -233,7 +238,7 @@ impl Outbox {
             .iter()
             .flat_map(|append| append.records.iter().map(move |record| (append, record)))
             .enumerate()
-            .map(|(i, (append, record))| (first_appended + i as u64, self.encode(first_appended + i as u64, &append.destination, record)))
+            .map(|(i, (append, record))| (first_appended + i as u64, self.encode(first_appended + i as u64, &append.destination, record, append.traceparent.as_deref())))
             .collect();
         let mut dropped = 0;
         if self.full_policy == FullPolicy::DropOldest && !encoded.is_empty() {
@@ -334,7 +339,7 @@ impl Outbox {
         Ok(pages as u64 * u64::from(stat.page_size))
     }
 
-    fn encode(&self, seq: u64, destination: &Destination, record: &Record) -> Vec<u8> {
+    fn encode(&self, seq: u64, destination: &Destination, record: &Record, traceparent: Option<&str>) -> Vec<u8> {
         Envelope {
             database: Some(destination.database.clone()),
             table: Some(destination.table.clone()),
@@ -343,7 +348,7 @@ impl Outbox {
             unacked_from: None,
             records: vec![record.clone()],
             rejected: Vec::new(),
-            traceparent: None,
+            traceparent: traceparent.map(str::to_string),
         }
         .to_cbor()
     }
@@ -360,14 +365,14 @@ fn decode_entry(seq: u64, bytes: &[u8]) -> Result<StoredEntry, String> {
     // Stored records were validated when they arrived; a clock at the end of time skips the
     // "too far in the future" check, which could only have passed then.
     let envelope = Envelope::decode(bytes, Some(ContentType::Cbor), &Limits::default(), i64::MAX).map_err(|e| e.to_string())?;
-    let Envelope { database: Some(database), table: Some(table), mut records, rejected, first_seq, .. } = envelope else {
+    let Envelope { database: Some(database), table: Some(table), mut records, rejected, first_seq, traceparent, .. } = envelope else {
         return Err("entry has no destination".into());
     };
     if records.len() != 1 || !rejected.is_empty() || first_seq != seq {
         return Err(format!("entry holds {} records, {} rejected, first_seq {first_seq}", records.len(), rejected.len()));
     }
     let record = records.pop().expect("one record");
-    Ok(StoredEntry { seq, destination: Destination { database, table }, record, stored_bytes: bytes.len() })
+    Ok(StoredEntry { seq, destination: Destination { database, table }, record, traceparent, stored_bytes: bytes.len() })
 }
 
 #[cfg(test)]
@@ -392,7 +397,7 @@ mod tests {
     }
 
     fn append(table: &str, n: i64) -> Append {
-        Append { destination: Destination { database: "iot".into(), table: table.into() }, records: (0..n).map(record).collect() }
+        Append { destination: Destination { database: "iot".into(), table: table.into() }, records: (0..n).map(record).collect(), traceparent: None }
     }
 
     fn seqs(outbox: &Outbox) -> Vec<u64> {

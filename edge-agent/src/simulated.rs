@@ -63,7 +63,7 @@ pub async fn run(config: SimulatedConfig, device_id: String, destination: Destin
         }
         let now = now_ns();
         let records = sensors.readings(now, &mut rand::thread_rng());
-        if let Err(error) = intake.submit(destination.clone(), records, now).await {
+        if let Err(error) = intake.submit(destination.clone(), records, now, None).await {
             tracing::warn!(code = error.code(), %error, "simulated readings refused");
         }
     }

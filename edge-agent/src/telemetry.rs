@@ -69,7 +69,8 @@ impl Telemetry {
             .gauge("lodestone_agent_outbox_entries", "Envelopes in the outbox.", outbox.entries)
             .gauge("lodestone_agent_outbox_bytes", "Bytes of readings in the outbox.", outbox.bytes)
             .gauge("lodestone_agent_acked_through", "The last sequence number acknowledged end to end.", outbox.acked_through)
-            .gauge("lodestone_agent_connected", "1 while the MQTT connection is up and subscribed to acks.", u64::from(self.is_connected()));
+            .gauge("lodestone_agent_connected", "1 while the MQTT connection is up and subscribed to acks.", u64::from(self.is_connected()))
+            .service_families();
         out.finish()
     }
 }

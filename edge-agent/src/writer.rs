@@ -46,9 +46,10 @@ impl OutboxWriter {
     /// Stores `records` for `destination` under consecutive sequence numbers, all or nothing.
     /// Returns after the LMDB commit that holds them; the caller may acknowledge the readings.
     /// Waits (backpressure) while `pending_requests_max` writes are already queued.
-    pub async fn append(&self, destination: Destination, records: Vec<Record>) -> Result<SeqRange, OutboxError> {
+    /// `traceparent`: the trace the write belongs to, kept with the records.
+    pub async fn append(&self, destination: Destination, records: Vec<Record>, traceparent: Option<String>) -> Result<SeqRange, OutboxError> {
         let (reply, answer) = oneshot::channel();
-        let append = Append { destination, records };
+        let append = Append { destination, records, traceparent };
         self.requests.send(Request::Append { append, reply }).await.map_err(|_| OutboxError::WriterStopped)?;
         answer.await.map_err(|_| OutboxError::WriterStopped)?
     }
@@ -186,7 +187,7 @@ mod tests {
         let tasks: Vec<_> = (0..20)
             .map(|i| {
                 let writer = writer.clone();
-                tokio::spawn(async move { writer.append(destination(), (0..i + 1).map(record).collect()).await.unwrap() })
+                tokio::spawn(async move { writer.append(destination(), (0..i + 1).map(record).collect(), None).await.unwrap() })
             })
             .collect();
         let mut ranges = Vec::new();
@@ -211,15 +212,15 @@ mod tests {
     fn a_write_too_big_for_the_outbox_does_not_fail_the_rest_of_its_group() {
         let dir = tempfile::tempdir().unwrap();
         let outbox = Outbox::open(dir.path(), 1 << 20, Source::default()).unwrap();
-        outbox.append(&[Append { destination: destination(), records: (0..10).map(record).collect() }]).unwrap();
+        outbox.append(&[Append { destination: destination(), records: (0..10).map(record).collect(), traceparent: None }]).unwrap();
         let (committed, watch) = watch::channel(0);
         let (big_reply, big) = oneshot::channel();
         let (small_reply, small) = oneshot::channel();
         let (release_reply, release) = oneshot::channel();
         let group = vec![
-            Request::Append { append: Append { destination: destination(), records: (0..50_000).map(record).collect() }, reply: big_reply },
+            Request::Append { append: Append { destination: destination(), records: (0..50_000).map(record).collect(), traceparent: None }, reply: big_reply },
             Request::Release { through: 4, reply: release_reply },
-            Request::Append { append: Append { destination: destination(), records: vec![record(1)] }, reply: small_reply },
+            Request::Append { append: Append { destination: destination(), records: vec![record(1)], traceparent: None }, reply: small_reply },
         ];
         commit_group(&outbox, group, &committed);
         assert!(matches!(big.blocking_recv().unwrap(), Err(OutboxError::Full { .. })));

@@ -22,6 +22,8 @@ pub struct IngestConfig {
     pub tls: lodestone_kit::tls::TlsConfig,
     /// `[auth]`: the token file every request but `/health` and `/ready` is checked against (or `anonymous = true`).
     pub auth: lodestone_kit::auth::AuthConfig,
+    /// `[telemetry]`: traces and metrics over OTLP (off unless an endpoint is configured).
+    pub telemetry: lodestone_kit::telemetry::TelemetryConfig,
 }
 
 impl Validate for IngestConfig {
@@ -51,6 +53,7 @@ impl Validate for IngestConfig {
         non_empty("http.listen", &self.http.listen)?;
         self.tls.validate()?;
         self.auth.validate()?;
+        self.telemetry.validate()?;
         self.shutdown.validate()
     }
 }

@@ -18,12 +18,34 @@ pub struct Origin {
     pub offset: i64,
 }
 
+/// The traces a message continues: its `traceparent` header (the bridge's span of a single
+/// envelope, or a Kafka producer's), and a bundle's per-envelope contexts
+/// ([`lodestone_model::TRACEPARENTS_HEADER`]). An envelope without either continues its own
+/// `traceparent` field.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MessageTrace<'a> {
+    pub message: Option<&'a str>,
+    pub envelopes: Option<&'a str>,
+}
+
+impl MessageTrace<'_> {
+    /// The parent of envelope `index` of a message of `parts` envelopes.
+    fn parent<'e>(&'e self, index: usize, parts: usize, envelope: &'e Envelope) -> Option<&'e str> {
+        let listed = self.envelopes.and_then(|list| list.split(',').nth(index)).filter(|c| !c.is_empty());
+        listed.or(self.message.filter(|_| parts == 1)).or(envelope.traceparent.as_deref())
+    }
+}
+
+/// Links a persist span keeps to the envelopes it made durable at most.
+pub const PERSIST_LINKS_MAX: usize = 128;
+
 /// What [`Ingestor::apply`] did with a message.
 #[derive(Debug)]
 pub enum Applied {
     /// Written to the hot tier; these records (or the whole payload) were rejected, as dead
-    /// letters and, per envelope, as the message's receipt.
-    Done { letters: Vec<DeadLetter>, receipt: Receipt },
+    /// letters and, per envelope, as the message's receipt. `traced`: the contexts of the spans
+    /// of its traced envelopes, for the persist's links.
+    Done { letters: Vec<DeadLetter>, receipt: Receipt, traced: Vec<String> },
     /// Nothing was written: the hot tier has no room for the message. Persist, then apply again.
     PersistFirst,
 }
@@ -75,14 +97,14 @@ impl Ingestor {
     /// Decodes one message (an envelope, or a bundle of them: its `content-type` header says) and writes its records into the
     /// hot tier. Returns before anything is durable: the caller must not commit the message's
     /// offset before [`Ingestor::persist`].
-    pub async fn apply(&mut self, payload: &[u8], content_type: Option<&str>, origin: &Origin, now_ns: i64) -> Result<Applied, StoreError> {
+    pub async fn apply(&mut self, payload: &[u8], content_type: Option<&str>, trace: &MessageTrace<'_>, origin: &Origin, now_ns: i64) -> Result<Applied, StoreError> {
         let parts = match split_message(payload, content_type) {
             Ok(parts) => parts,
             Err(error) => {
                 let receipt = Receipt::of(&[vec![Rejection::new(0, error.reason(), error.to_string())]]);
                 let letter = DeadLetter::for_payload(RejectedBy::Ingest, error.reason(), error.to_string(), None, payload);
                 self.counters.reject(letter.reason);
-                return Ok(Applied::Done { letters: vec![letter], receipt });
+                return Ok(Applied::Done { letters: vec![letter], receipt, traced: Vec::new() });
             }
         };
         let decoded: Vec<Result<Envelope, (DecodeError, &[u8])>> = parts
@@ -96,10 +118,23 @@ impl Ingestor {
         }
         let mut letters = Vec::new();
         let mut rejected = Vec::with_capacity(decoded.len());
-        for envelope in decoded {
+        let mut traced = Vec::new();
+        let parts = decoded.len();
+        for (index, envelope) in decoded.into_iter().enumerate() {
             match envelope {
                 Ok(envelope) => {
-                    let (envelope_letters, rejections) = self.write(&envelope, origin, now_ns).await?;
+                    // A traced envelope has a span here, continuing the bridge's (or the device's).
+                    let span = trace.parent(index, parts, &envelope).map(|parent| {
+                        let span = tracing::info_span!("ingest.envelope", records = envelope.records.len(), partition = origin.partition, offset = origin.offset);
+                        lodestone_kit::telemetry::continue_trace(&span, Some(parent));
+                        span
+                    });
+                    let written = self.write(&envelope, origin, now_ns);
+                    let (envelope_letters, rejections) = match &span {
+                        Some(span) => tracing::Instrument::instrument(written, span.clone()).await?,
+                        None => written.await?,
+                    };
+                    traced.extend(span.as_ref().and_then(lodestone_kit::telemetry::traceparent_of));
                     letters.extend(envelope_letters);
                     rejected.push(rejections);
                 }
@@ -111,7 +146,7 @@ impl Ingestor {
                 }
             }
         }
-        Ok(Applied::Done { letters, receipt: Receipt::of(&rejected) })
+        Ok(Applied::Done { letters, receipt: Receipt::of(&rejected), traced })
     }
 
     /// Writes one envelope's records into the hot tier; returns the dead letters of those that
@@ -285,14 +320,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut ingestor = ingestor(&dir, 1000).await;
         let bundle = encode_bundle(&[envelope("dev-1", 3).to_cbor(), b"\xa1\x61v\xff".to_vec(), envelope("dev-2", 2).to_cbor()]);
-        let letters = done(ingestor.apply(&bundle, Some(BUNDLE_MIME), &origin(), NOW).await.unwrap());
+        let letters = done(ingestor.apply(&bundle, Some(BUNDLE_MIME), &MessageTrace::default(), &origin(), NOW).await.unwrap());
         // The malformed envelope alone is rejected, with its own bytes; both good ones are written.
         assert_eq!(letters.len(), 1);
         assert_eq!(letters[0].reason, RejectReason::MalformedPayload);
         assert_eq!(letters[0].payload, b"\xa1\x61v\xff");
         assert_eq!(ingestor.hot_rows(), 5);
 
-        let letters = done(ingestor.apply(b"\x82\x41", Some(BUNDLE_MIME), &origin(), NOW).await.unwrap());
+        let letters = done(ingestor.apply(b"\x82\x41", Some(BUNDLE_MIME), &MessageTrace::default(), &origin(), NOW).await.unwrap());
         assert_eq!(letters.iter().map(|l| l.reason).collect::<Vec<_>>(), vec![RejectReason::MalformedPayload]);
         assert_eq!(ingestor.hot_rows(), 5);
     }
@@ -307,7 +342,7 @@ mod tests {
         let record = |time: serde_json::Value| serde_json::json!({"measure_name": "m", "value": 1.0, "time": time, "time_unit": "ns"});
         let records = [record(hours_ago(1).into()), record("not a time".into()), record(hours_ago(24 * 400).into())];
         let payload = serde_json::json!({"v": 1, "database": "fleet", "table": "seqs", "source": {"device_id": "dev-seq"}, "first_seq": 100, "records": records});
-        let letters = done(ingestor.apply(payload.to_string().as_bytes(), None, &origin(), NOW).await.unwrap());
+        let letters = done(ingestor.apply(payload.to_string().as_bytes(), None, &MessageTrace::default(), &origin(), NOW).await.unwrap());
         let seq_of = |reason: RejectReason| {
             let letter = letters.iter().find(|l| l.reason == reason).unwrap_or_else(|| panic!("a {reason:?} letter in {letters:?}"));
             let body: serde_json::Value = serde_json::from_slice(&letter.payload).unwrap();
@@ -322,13 +357,13 @@ mod tests {
     async fn a_bundle_that_does_not_fit_the_hot_tier_asks_for_a_persist_first() {
         let dir = tempfile::tempdir().unwrap();
         let mut ingestor = ingestor(&dir, 10).await;
-        done(ingestor.apply(&envelope("dev-0", 4).to_cbor(), None, &origin(), NOW).await.unwrap());
+        done(ingestor.apply(&envelope("dev-0", 4).to_cbor(), None, &MessageTrace::default(), &origin(), NOW).await.unwrap());
         // 4 + 3 + 3 = 10 rows fit; 4 + 3 + 4 = 11 do not, and nothing of the bundle is written.
         let too_big = encode_bundle(&[envelope("dev-1", 3).to_cbor(), envelope("dev-2", 4).to_cbor()]);
-        assert!(matches!(ingestor.apply(&too_big, Some(BUNDLE_MIME), &origin(), NOW).await.unwrap(), Applied::PersistFirst));
+        assert!(matches!(ingestor.apply(&too_big, Some(BUNDLE_MIME), &MessageTrace::default(), &origin(), NOW).await.unwrap(), Applied::PersistFirst));
         assert_eq!(ingestor.hot_rows(), 4);
         let fits = encode_bundle(&[envelope("dev-1", 3).to_cbor(), envelope("dev-2", 3).to_cbor()]);
-        assert!(done(ingestor.apply(&fits, Some(BUNDLE_MIME), &origin(), NOW).await.unwrap()).is_empty());
+        assert!(done(ingestor.apply(&fits, Some(BUNDLE_MIME), &MessageTrace::default(), &origin(), NOW).await.unwrap()).is_empty());
         assert_eq!(ingestor.hot_rows(), 10);
     }
 }

@@ -32,7 +32,13 @@ pub struct RebalanceContext {
     ingest_topic: String,
 }
 
-impl ClientContext for RebalanceContext {}
+impl ClientContext for RebalanceContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`): the lag of the partitions held.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let lags = statistics.topics.values().flat_map(|topic| topic.partitions.values()).filter(|p| p.partition >= 0 && p.consumer_lag >= 0).map(|p| p.consumer_lag);
+        self.counters.lag_messages.store(lags.sum(), std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 impl ConsumerContext for RebalanceContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -62,6 +68,8 @@ pub fn consumer(config: &KafkaConfig, rebalances: Rebalances, counters: Arc<Coun
     // librdkafka's default (500 ms) is the floor of publish-to-queryable latency on tansu, which
     // holds a fetch for the whole wait when a partition has nothing new.
     client.set("fetch.wait.max.ms", "50");
+    // The lag gauge (`lodestone_ingest_lag_messages`) comes from these statistics.
+    client.set("statistics.interval.ms", "5000");
     for (key, value) in &config.properties {
         client.set(key, value);
     }

@@ -37,6 +37,6 @@ pub mod receipts;
 pub mod worker;
 
 pub use config::IngestConfig;
-pub use ingestor::{Applied, Ingestor, Origin, REJECTED_RECORDS};
+pub use ingestor::{Applied, Ingestor, MessageTrace, Origin, REJECTED_RECORDS};
 pub use metrics::Counters;
 pub use worker::{Worker, WorkerError};

@@ -26,7 +26,6 @@ struct Args {
 const RUNTIME_SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
 fn main() -> ExitCode {
-    lodestone_kit::log::init("info");
     let args = Args::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -48,8 +47,11 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let config: IngestConfig = lodestone_kit::config::load(args.config.as_deref(), "LODESTONE_INGEST")?;
+    let _telemetry = lodestone_kit::telemetry::init("ingest", "info", &config.telemetry);
     let shutdown = Shutdown::on_signal();
     let counters = Arc::new(Counters::default());
+    let exported = counters.clone();
+    lodestone_kit::telemetry::export_metrics(move || exported.render());
 
     let store = config.store.open().with_context(|| format!("opening store {}", config.store.describe()))?;
     let maintenance = config

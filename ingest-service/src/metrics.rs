@@ -16,6 +16,12 @@ pub struct Counters {
     pub persists: AtomicU64,
     /// Partitions of the ingest and dead-letter topics the group has assigned to this worker.
     pub partitions_assigned: AtomicI64,
+    /// Messages of the assigned partitions not consumed yet, from librdkafka's statistics
+    /// (every 5 s).
+    pub lag_messages: AtomicI64,
+    /// When the oldest message applied since the last checkpoint was applied, Unix
+    /// nanoseconds; 0 when everything applied is persisted.
+    pub unpersisted_since_ns: AtomicI64,
     rejected: CountsBy<RejectReason>,
     /// Records dropped after they were received, by reason (a dead letter Kafka refused).
     discarded: CountsBy<&'static str>,
@@ -59,6 +65,12 @@ impl Counters {
                 "Partitions of the ingest and dead-letter topics assigned to this worker.",
                 self.partitions_assigned.load(Ordering::Relaxed),
             )
+            .gauge("lodestone_ingest_lag_messages", "Messages of the assigned partitions not consumed yet.", self.lag_messages.load(Ordering::Relaxed))
+            .gauge(
+                "lodestone_ingest_unpersisted_since_seconds",
+                "When the oldest message not persisted yet was applied, Unix seconds (0: everything applied is persisted).",
+                self.unpersisted_since_ns.load(Ordering::Relaxed) as f64 / 1e9,
+            )
             .family("lodestone_ingest_records_rejected_total", Kind::Counter, "Records and messages sent to the dead-letter topic, by reason.", "reason", rejected)
             .family(
                 "lodestone_ingest_records_discarded_total",
@@ -67,6 +79,7 @@ impl Counters {
                 "reason",
                 self.discarded.snapshot(),
             );
+        text.service_families();
         text.finish()
     }
 }

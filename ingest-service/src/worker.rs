@@ -16,7 +16,7 @@ use std::sync::Arc;
 use futures::future::join_all;
 use lodestone_store::StoreError;
 
-use crate::ingestor::{Applied, Ingestor, Origin};
+use crate::ingestor::{Applied, Ingestor, MessageTrace, Origin, PERSIST_LINKS_MAX};
 use crate::receipts::Receipts;
 use lodestone_model::{DeadLetter, Receipt, RECEIPT_HEADER};
 use crate::metrics::Counters;
@@ -76,14 +76,17 @@ pub struct Worker<L: Log> {
     counters: Arc<Counters>,
     /// Where the receipts of messages that ask for one go (see [`crate::receipts`]).
     receipts: Arc<Receipts>,
+    /// Contexts of the traced envelopes applied since the last checkpoint (at most
+    /// [`PERSIST_LINKS_MAX`]): the persist's span links them.
+    traced: Vec<String>,
 }
 
 impl<L: Log> Worker<L> {
     /// `rebalances` is where the log's client notes partitions that changed hands; messages of
     /// `dead_letter_topic` become rows of the rejected-records table.
     pub fn new(ingestor: Ingestor, log: L, rebalances: Rebalances, dead_letter_topic: String, hot_rows_max: usize, counters: Arc<Counters>) -> Self {
-        let (book, pending_letters, receipts) = Default::default();
-        Worker { ingestor, log, book, pending_letters, rebalances, dead_letter_topic, hot_rows_max, counters, receipts }
+        let (book, pending_letters, receipts, traced) = Default::default();
+        Worker { ingestor, log, book, pending_letters, rebalances, dead_letter_topic, hot_rows_max, counters, receipts, traced }
     }
 
     /// This worker keeping the receipts of messages that ask for one in `receipts`.
@@ -112,9 +115,14 @@ impl<L: Log> Worker<L> {
             let headers: BTreeMap<String, String> = message.headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
             self.ingestor.apply_dead_letter(&headers, message.payload, origin, now_ns).await?;
         } else {
+            let trace = MessageTrace { message: message.header("traceparent"), envelopes: message.header(lodestone_model::TRACEPARENTS_HEADER) };
             let (letters, receipt) = loop {
-                match self.ingestor.apply(message.payload, message.header("content-type"), origin, now_ns).await? {
-                    Applied::Done { letters, receipt } => break (letters, receipt),
+                match self.ingestor.apply(message.payload, message.header("content-type"), &trace, origin, now_ns).await? {
+                    Applied::Done { letters, receipt, traced } => {
+                        let room = PERSIST_LINKS_MAX.saturating_sub(self.traced.len());
+                        self.traced.extend(traced.into_iter().take(room));
+                        break (letters, receipt);
+                    }
                     Applied::PersistFirst => self.checkpoint().await?,
                 }
             };
@@ -127,6 +135,7 @@ impl<L: Log> Worker<L> {
             }
         }
         self.book.applied(&origin.topic, origin.partition, origin.offset);
+        let _ = self.counters.unpersisted_since_ns.compare_exchange(0, now_ns, std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -137,13 +146,19 @@ impl<L: Log> Worker<L> {
     pub async fn checkpoint(&mut self) -> Result<(), WorkerError> {
         self.book.forget(self.rebalances.take());
         if self.book.is_empty() {
+            self.counters.unpersisted_since_ns.store(0, std::sync::atomic::Ordering::Relaxed);
             return Ok(());
         }
-        let rows = self.ingestor.persist(&self.book.watermarks()).await?;
+        // The persist's span links the traced writes it makes durable.
+        let span = tracing::info_span!("ingest.persist", rows = tracing::field::Empty);
+        lodestone_kit::telemetry::link_to(&span, self.traced.drain(..).collect::<Vec<_>>().iter().map(String::as_str), PERSIST_LINKS_MAX);
+        let rows = tracing::Instrument::instrument(self.ingestor.persist(&self.book.watermarks()), span.clone()).await?;
+        span.record("rows", rows);
         for delivery in join_all(std::mem::take(&mut self.pending_letters)).await {
             delivery.map_err(WorkerError::DeadLetterUndelivered)?;
         }
         self.log.commit(self.book.take()).await.map_err(WorkerError::Commit)?;
+        self.counters.unpersisted_since_ns.store(0, std::sync::atomic::Ordering::Relaxed);
         tracing::debug!(rows, "persisted and committed");
         Ok(())
     }
