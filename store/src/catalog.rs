@@ -61,6 +61,9 @@ pub struct Snapshot {
     /// before the catalog kept them, and for those made implicitly by a write).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub database_info: BTreeMap<String, ResourceInfo>,
+    /// Alert rules by name, with their state (see [`crate::AlertEntry`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub alerts: BTreeMap<String, crate::alert::AlertEntry>,
     /// Opaque progress markers that writers commit with their files (e.g. "next input position").
     pub watermarks: BTreeMap<String, u64>,
     /// Files no longer referenced, with the time they were dropped; deleted after a grace period.

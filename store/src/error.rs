@@ -26,6 +26,8 @@ pub enum StoreError {
     Invalid { what: &'static str, detail: String },
     #[error("the store holds its maximum of {limit} {what} (store.limits)")]
     LimitReached { what: String, limit: usize, reason: RejectReason },
+    #[error("alert rule {0:?} not found")]
+    AlertNotFound(String),
     #[error("catalog commit lost the race {attempts} times; too much contention")]
     CommitContention { attempts: u32 },
 }

@@ -28,6 +28,7 @@
 mod error;
 mod schema;
 mod table;
+mod alert;
 mod rows;
 mod upsert;
 mod catalog;
@@ -39,6 +40,7 @@ mod store;
 mod scan;
 mod compact;
 
+pub use alert::{alert_history_properties, alert_history_table, history_record, AlertEntry, AlertRule, AlertState, AlertStatus, Condition, ALERT_HISTORY_TABLE};
 pub use catalog::{FileMeta, Snapshot, TableEntry};
 pub use compact::{CompactionPolicy, MaintenanceReport};
 pub use store::{Resource, Store, StoreConfig};

@@ -60,11 +60,7 @@ impl Rejected {
 
 /// `text` cut to at most [`REJECTION_TEXT_BYTES_MAX`] bytes, at a character boundary.
 pub fn truncate(text: &str) -> String {
-    let mut end = text.len().min(REJECTION_TEXT_BYTES_MAX);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_string()
+    crate::table::truncate_text(text, REJECTION_TEXT_BYTES_MAX)
 }
 
 /// The records of `batch`, a batch in the shape of [`crate::arrow_schema`] of `schema`.

@@ -16,6 +16,8 @@ use crate::cold::write_partition_file;
 use crate::error::StoreError;
 use crate::hot::PersistBatch;
 use crate::schema::TableSchema;
+use lodestone_model::Record;
+use crate::alert::{AlertEntry, AlertRule, AlertStatus};
 use crate::table::{ResourceInfo, StoreLimits, TableProperties, TableRef};
 
 /// Where a store is, as services configure it (the `[store]` section of their TOML files).
@@ -271,6 +273,62 @@ impl Store {
         .await
     }
 
+    /// Adds alert rule `rule`, or replaces the one of its name (whose state starts over).
+    pub async fn put_alert(&self, rule: AlertRule) -> Result<Snapshot, StoreError> {
+        let now = lodestone_kit::now_ns();
+        let status = AlertStatus { since_ns: now, next_due_ns: now, ..AlertStatus::default() };
+        self.commit(|snapshot| {
+            snapshot.alerts.insert(rule.name.clone(), AlertEntry { rule: rule.clone(), status: status.clone() });
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn drop_alert(&self, name: &str) -> Result<Snapshot, StoreError> {
+        self.commit(|snapshot| snapshot.alerts.remove(name).map(|_| ()).ok_or_else(|| StoreError::AlertNotFound(name.into()))).await
+    }
+
+    /// Claims the evaluation of rule `name` due at `now_ns`: moves its next due time one
+    /// interval on in a catalog commit. Returns the rule when this caller won it; `None` when it
+    /// is not due (another evaluator claimed it first) or is gone.
+    pub async fn claim_alert(&self, name: &str, now_ns: i64) -> Result<Option<AlertEntry>, StoreError> {
+        let claimed = std::sync::Mutex::new(None);
+        self.commit(|snapshot| {
+            *claimed.lock().expect("claim lock") = None;
+            let Some(entry) = snapshot.alerts.get_mut(name) else { return Ok(()) };
+            if entry.status.next_due_ns > now_ns {
+                return Ok(());
+            }
+            let interval_ns = i64::try_from(entry.rule.interval_s).unwrap_or(i64::MAX).saturating_mul(1_000_000_000);
+            entry.status.next_due_ns = now_ns.saturating_add(interval_ns);
+            *claimed.lock().expect("claim lock") = Some(entry.clone());
+            Ok(())
+        })
+        .await?;
+        Ok(claimed.into_inner().expect("claim lock"))
+    }
+
+    /// Sets rule `name`'s state to `status` (its `next_due_ns` is kept) and, in the same commit,
+    /// writes `history` into `"_lodestone"."alert_history"` (created if needed). A rule removed
+    /// meanwhile stays removed. Returns after the commit.
+    pub async fn settle_alert(&self, name: &str, status: AlertStatus, history: Option<Record>) -> Result<Snapshot, StoreError> {
+        let apply = |snapshot: &mut Snapshot| {
+            if let Some(entry) = snapshot.alerts.get_mut(name) {
+                let next_due_ns = entry.status.next_due_ns;
+                entry.status = AlertStatus { next_due_ns, ..status.clone() };
+            }
+            Ok(())
+        };
+        let Some(record) = history else { return self.commit(apply).await };
+        let table = crate::alert::alert_history_table();
+        let snapshot = self.ensure_table_unchecked(&table, crate::alert::alert_history_properties(), None).await?;
+        let entry = snapshot.table(&table).cloned().expect("the table just ensured");
+        let now = lodestone_kit::now_ns();
+        let mut hot = crate::HotTier::new(1);
+        hot.write(&table, &entry.properties, &entry.schema, record, now, 0).map_err(|rejection| StoreError::Invalid { what: "alert history row", detail: rejection.to_string() })?;
+        self.persist_with(&hot.drain(), &BTreeMap::new(), apply).await
+    }
+
     /// Removes the table from the catalog. Its files are left for a later garbage collection.
     pub async fn drop_table(&self, table: &TableRef) -> Result<Snapshot, StoreError> {
         self.commit(|snapshot| {
@@ -289,6 +347,14 @@ impl Store {
     /// the garbage list in the same commit). On error nothing is committed (files already
     /// written are unreferenced garbage).
     pub async fn persist(&self, batch: &PersistBatch, watermarks: &BTreeMap<String, u64>) -> Result<Snapshot, StoreError> {
+        self.persist_with(batch, watermarks, |_| Ok(())).await
+    }
+
+    /// [`Store::persist`] that also applies `change` in the same catalog commit.
+    pub async fn persist_with<F>(&self, batch: &PersistBatch, watermarks: &BTreeMap<String, u64>, mut change: F) -> Result<Snapshot, StoreError>
+    where
+        F: FnMut(&mut Snapshot) -> Result<(), StoreError>,
+    {
         let mut written: Vec<(usize, FileMeta)> = Vec::new();
         for (index, table_rows) in batch.tables.iter().enumerate() {
             let snapshot_schema = self.snapshot().await?.table(&table_rows.table).map(|t| t.schema.clone()).unwrap_or_default();
@@ -318,7 +384,7 @@ impl Store {
                 for (key, value) in watermarks {
                     snapshot.watermarks.insert(key.clone(), *value);
                 }
-                Ok(())
+                change(snapshot)
             })
             .await?;
         for table_rows in batch.tables.iter().filter(|t| committed.table(&t.table).is_none()) {
@@ -445,6 +511,28 @@ mod tests {
         assert!(persisted.table(&dropped).is_none(), "a dropped table stays dropped");
         assert_eq!(persisted.garbage.len(), 1, "the dropped table's file is garbage");
         assert_eq!(persisted.watermarks.get("kafka/ingest/0"), Some(&7));
+    }
+
+    #[tokio::test]
+    async fn an_alert_evaluation_is_claimed_once_per_interval_and_its_changes_are_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_local(dir.path()).unwrap();
+        let condition = crate::alert::Condition { column: "temp".into(), op: ">".into(), value: 90.0 };
+        let rule = AlertRule { name: "hot".into(), sql: "SELECT 1 AS temp".into(), condition, interval_s: 10, for_s: 0, webhook: None };
+        store.put_alert(rule).await.unwrap();
+        let now = lodestone_kit::now_ns();
+        let claimed = store.claim_alert("hot", now).await.unwrap().expect("due at once");
+        assert_eq!(claimed.status.next_due_ns, now + 10_000_000_000);
+        assert!(store.claim_alert("hot", now).await.unwrap().is_none(), "a second evaluator finds it claimed");
+        assert!(store.claim_alert("hot", now + 10_000_000_000).await.unwrap().is_some(), "due again an interval later");
+        let firing = AlertStatus { state: crate::alert::AlertState::Firing, since_ns: now, matching_rows: 2, ..AlertStatus::default() };
+        let history = crate::alert::history_record("hot", "firing", "pending", 2, "{}", now);
+        let settled = store.settle_alert("hot", firing, Some(history)).await.unwrap();
+        let entry = &settled.alerts["hot"];
+        assert_eq!((entry.status.state, entry.status.next_due_ns), (crate::alert::AlertState::Firing, now + 20_000_000_000), "the claim is kept");
+        assert_eq!(settled.table(&crate::alert::alert_history_table()).unwrap().files.len(), 1, "the change is a history row");
+        store.drop_alert("hot").await.unwrap();
+        assert!(matches!(store.drop_alert("hot").await, Err(StoreError::AlertNotFound(_))));
     }
 
     #[test]

@@ -114,3 +114,12 @@ impl StoreLimits {
         Ok(())
     }
 }
+
+/// `text` cut to at most `bytes_max` bytes, at a character boundary.
+pub fn truncate_text(text: &str, bytes_max: usize) -> String {
+    let mut end = text.len().min(bytes_max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
