@@ -55,7 +55,9 @@ impl Credentials {
         let mut tokens = TokenFile::read(&tokens_path)?;
         // The admin token also signs AWS requests (the Timestream API, boto3, the AWS CLI).
         let admin = tokens.issue_signing("admin", &[Scope::Admin], None);
-        let service = tokens.issue("query service", &[Scope::Service], None);
+        // The query service's calls to the others: the workers' memory and receipts, and every
+        // service's /metrics for the console's pipeline page.
+        let service = tokens.issue("query service", &[Scope::Service, Scope::Metrics], None);
         tokens.write(&tokens_path)?;
         let credentials = Credentials {
             dir: dir.to_path_buf(),

@@ -43,6 +43,13 @@ pub struct ApiError {
     message: String,
 }
 
+impl ApiError {
+    /// 400 `invalid_request`.
+    pub fn invalid(message: String) -> ApiError {
+        ApiError { status: StatusCode::BAD_REQUEST, code: "invalid_request", message }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
@@ -66,6 +73,7 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> ApiError {
         let (status, code) = match &error {
             StoreError::DatabaseNotFound(_) => (StatusCode::NOT_FOUND, "database_not_found"),
+            StoreError::AlertNotFound(_) => (StatusCode::NOT_FOUND, "alert_not_found"),
             StoreError::TableNotFound { .. } => (StatusCode::NOT_FOUND, "table_not_found"),
             StoreError::DatabaseExists(_) | StoreError::TableExists { .. } => (StatusCode::CONFLICT, "already_exists"),
             StoreError::DatabaseNotEmpty(_) => (StatusCode::CONFLICT, "database_not_empty"),
@@ -115,9 +123,19 @@ async fn query(
     headers: axum::http::HeaderMap,
     Json(request): Json<QueryRequest>,
 ) -> Result<Response, ApiError> {
-    let answered = answer(&engine, &caller, &headers, &request).await;
-    if let Err(error) = &answered {
-        engine.metrics().failed(error.code);
+    let span = crate::engine::query_span(request.sql.as_deref(), headers.get("traceparent").and_then(|v| v.to_str().ok()));
+    let answered = tracing::Instrument::instrument(answer(&engine, &caller, &headers, &request), span.clone()).await;
+    match &answered {
+        Err(error) => {
+            engine.metrics().failed(error.code);
+            span.record("error", error.code);
+        }
+        Ok(response) => {
+            let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+            if let Some(id) = header("x-lodestone-query-id") {
+                span.record("lodestone.query_id", id);
+            }
+        }
     }
     answered
 }

@@ -19,10 +19,34 @@ pub struct QueryConfig {
     pub tls: lodestone_kit::tls::TlsConfig,
     /// `[auth]`: the token file every request but `/health` and `/ready` is checked against (or `anonymous = true`).
     pub auth: lodestone_kit::auth::AuthConfig,
+    /// `[telemetry]`: traces and metrics over OTLP (off unless an endpoint is configured).
+    pub telemetry: lodestone_kit::telemetry::TelemetryConfig,
     /// `[timestream]`: Timestream's own API on the same listener.
     pub timestream: TimestreamConfig,
     /// `[kafka]`: where `WriteRecords` sends its records (none: it is refused).
     pub kafka: KafkaConfig,
+    /// `[console]`: what the web console's pipeline page reads, and alert rules.
+    pub console: ConsoleConfig,
+}
+
+/// The web console (`/console/`) and alert rules.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Base URLs of the broker-bridges and edge agents whose `/health` and `/metrics` the
+    /// pipeline page shows (the ingest workers are `memory.workers`).
+    pub bridges: Vec<String>,
+    pub agents: Vec<String>,
+    /// The console's URL in alert notifications; empty: the advertised URL and `/console/`.
+    pub url: String,
+    /// Evaluate the catalog's alert rules here (any number of services may; each evaluation runs once).
+    pub alerts: bool,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig { bridges: Vec::new(), agents: Vec::new(), url: String::new(), alerts: true }
+    }
 }
 
 /// Timestream's API (`POST /` with `X-Amz-Target: Timestream_20181101.*`), served beside the REST
@@ -87,9 +111,9 @@ impl Validate for QueryConfig {
         for (key, value) in positive_limits {
             positive(key, value)?;
         }
-        for worker in &self.memory.workers {
-            if !(worker.starts_with("http://") || worker.starts_with("https://")) {
-                return Err(InvalidValue::new("memory.workers", format!("{worker:?} must be a base URL starting with http:// or https://")));
+        for (key, urls) in [("memory.workers", &self.memory.workers), ("console.bridges", &self.console.bridges), ("console.agents", &self.console.agents)] {
+            if let Some(url) = urls.iter().find(|url| !(url.starts_with("http://") || url.starts_with("https://"))) {
+                return Err(InvalidValue::new(key, format!("{url:?} must be a base URL starting with http:// or https://")));
             }
         }
         positive("timestream.write_timeout_ms", self.timestream.write_timeout_ms)?;
@@ -106,6 +130,7 @@ impl Validate for QueryConfig {
         non_empty("kafka.ingest_topic", &self.kafka.ingest_topic)?;
         self.tls.validate()?;
         self.auth.validate()?;
+        self.telemetry.validate()?;
         self.shutdown.validate()
     }
 }
@@ -173,13 +198,23 @@ impl Default for QueryConfig {
             shutdown: ShutdownConfig::default(),
             tls: Default::default(),
             auth: Default::default(),
+            telemetry: Default::default(),
             timestream: TimestreamConfig::default(),
             kafka: KafkaConfig::default(),
+            console: ConsoleConfig::default(),
         }
     }
 }
 
 impl QueryConfig {
+    /// The console's URL, as alert notifications give it.
+    pub fn console_url(&self) -> String {
+        match self.console.url.as_str() {
+            "" => format!("{}/console/", self.advertised_url()),
+            url => url.to_string(),
+        }
+    }
+
     /// The URL `DescribeEndpoints` answers (see [`TimestreamConfig::advertised_url`]).
     pub fn advertised_url(&self) -> String {
         match self.timestream.advertised_url.as_str() {

@@ -371,6 +371,10 @@ impl Engine {
         let bytes_scanned = report.bytes_scanned.load(std::sync::atomic::Ordering::Relaxed);
         let paged = Paged { owner: caller.id.clone(), query_id: query_id.clone(), sql: sql.into(), rows: all, offset: 0, expires: Instant::now(), bytes_scanned };
         let (mut page, rendered) = self.page_of(paged, page_rows, render)?;
+        let span = tracing::Span::current();
+        span.record("lodestone.query_id", page.query_id.as_str());
+        span.record("rows", page.total_rows as u64);
+        span.record("bytes_scanned", bytes_scanned);
         page.elapsed_ms = started.elapsed().as_millis() as u64;
         page.memory_workers_unreachable = report.unreachable.load(std::sync::atomic::Ordering::Relaxed);
         Ok((page, rendered))
@@ -622,6 +626,22 @@ impl Engine {
         }
         Ok(ctx)
     }
+}
+
+/// The span of one query (or page of one): `lodestone.query_id`, `db.query.text` (its first KiB),
+/// rows and bytes scanned are recorded on it, continuing the caller's `traceparent`.
+pub fn query_span(sql: Option<&str>, traceparent: Option<&str>) -> tracing::Span {
+    let text = sql.map(|sql| lodestone_store::truncate(sql));
+    let span = tracing::info_span!(
+        "query",
+        "db.query.text" = text.as_deref().unwrap_or(""),
+        "lodestone.query_id" = tracing::field::Empty,
+        rows = tracing::field::Empty,
+        bytes_scanned = tracing::field::Empty,
+        error = tracing::field::Empty,
+    );
+    lodestone_kit::telemetry::continue_trace(&span, traceparent);
+    span
 }
 
 /// Executes `frame` and collects its answer into one batch: at most `rows_max` rows, counted

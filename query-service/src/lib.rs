@@ -17,6 +17,10 @@
 //!   boto3, the AWS CLI, Telegraf, Grafana and awswrangler: management, `Query` on the same
 //!   engine, and `WriteRecords`, which produces to the ingest topic and waits for the workers'
 //!   receipts ([`timestream_api::write::RecordWriter`]).
+//! - [`console`]: the web console at `/console/` (files embedded from `console/`), and what its
+//!   pages read: [`pipeline`] (every service's health and figures off their `/metrics`,
+//!   `GET /v1/pipeline`) and [`alerts`] (rules in the catalog, evaluated once per interval
+//!   across services, their changes in `"_lodestone"."alert_history"` and to a webhook).
 //! - [`api`]: the REST routes (`/v1/query`, `/v1/databases…`, `/metrics`) and their JSON errors;
 //!   [`metrics::Metrics`]: what the service answered, for `/metrics`.
 //!
@@ -31,15 +35,18 @@
 //! the ingest topic as any Kafka producer does, and the ingest workers write it. The service
 //! changes only the catalog's databases and tables (and their tags).
 
+pub mod alerts;
 pub mod api;
 pub mod complexity;
 pub mod config;
+pub mod console;
 pub mod engine;
 pub mod gapfill;
 pub mod measure_value;
 pub mod show;
 pub mod memory;
 pub mod metrics;
+pub mod pipeline;
 pub mod table;
 pub mod timeseries;
 pub mod timestream;

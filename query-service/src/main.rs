@@ -8,6 +8,10 @@ use clap::Parser;
 use lodestone_kit::Shutdown;
 use query_service::engine::Engine;
 use query_service::memory::MemoryClient;
+use query_service::alerts::{self, Evaluator};
+use query_service::console;
+use query_service::memory::service_client;
+use query_service::pipeline::{Kind, Pipeline, Target};
 use query_service::timestream_api::{self, write::RecordWriter, TimestreamApi};
 use query_service::{api, QueryConfig};
 
@@ -44,9 +48,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(executor: tokio::runtime::Handle) -> anyhow::Result<()> {
-    lodestone_kit::log::init("info");
     let args = Args::parse();
     let config: QueryConfig = lodestone_kit::config::load(args.config.as_deref(), "LODESTONE_QUERY")?;
+    let _telemetry = lodestone_kit::telemetry::init("query", "info", &config.telemetry);
     let store = config.store.open().with_context(|| format!("opening store {}", config.store.describe()))?;
     let memory = MemoryClient::new(&config.memory, &config.tls).context("setting up the calls to the ingest workers' memory")?;
     let writer = match config.kafka.bootstrap_servers.is_empty() {
@@ -58,9 +62,23 @@ async fn serve(executor: tokio::runtime::Handle) -> anyhow::Result<()> {
     };
     let engine = Arc::new(Engine::new(store, config.limits.clone()).with_memory(memory).with_executor(executor));
     let timestream = Arc::new(TimestreamApi::new(engine.clone(), writer, &config));
-    let router = api::router(engine).merge(timestream_api::router(timestream));
-    let mut shutdown = Shutdown::on_signal();
-    let mut server = lodestone_kit::http::serve_service(&config.http.listen, router, &config.tls, &config.auth, shutdown.clone()).await?;
+    let exported = engine.clone();
+    lodestone_kit::telemetry::export_metrics(move || exported.metrics().render(exported.running()));
+    let shutdown = Shutdown::on_signal();
+    // The other services' /health and /metrics for the console, and the alert webhooks: over
+    // HTTPS trusting [tls] ca_path, with the service token.
+    let calls = service_client(&config.memory, &config.tls, !config.tls.ca_path.is_empty()).context("setting up the calls to the other services")?;
+    let pipeline = Pipeline::new(pipeline_targets(&config), calls.clone());
+    tokio::spawn(pipeline.clone().run(shutdown.clone()));
+    if config.console.alerts {
+        tokio::spawn(Evaluator::new(engine.clone(), calls, config.console_url()).run(shutdown.clone()));
+    }
+    let router = api::router(engine.clone())
+        .merge(timestream_api::router(timestream))
+        .merge(alerts::router(engine))
+        .merge(pipeline_router(pipeline));
+    let mut shutdown = shutdown;
+    let mut server = lodestone_kit::http::serve_service_with_public(&config.http.listen, router, console::router(), &config.tls, &config.auth, shutdown.clone()).await?;
     shutdown.cancelled().await;
     // The service keeps no state: queries still running at the deadline are simply cut off.
     if tokio::time::timeout(config.shutdown.timeout(), server.stopped()).await.is_err() {
@@ -69,4 +87,24 @@ async fn serve(executor: tokio::runtime::Handle) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The services the console's pipeline page shows.
+fn pipeline_targets(config: &QueryConfig) -> Vec<Target> {
+    let named = |kind: Kind, prefix: &str, urls: &[String]| -> Vec<Target> {
+        urls.iter().enumerate().map(|(i, url)| Target { kind, name: format!("{prefix}-{i}"), url: url.clone() }).collect()
+    };
+    let mut targets = named(Kind::BrokerBridge, "broker-bridge", &config.console.bridges);
+    targets.extend(named(Kind::IngestService, "ingest", &config.memory.workers));
+    targets.extend(named(Kind::EdgeAgent, "edge-agent", &config.console.agents));
+    targets
+}
+
+/// `GET /v1/pipeline` (scope `metrics`).
+fn pipeline_router(pipeline: Arc<Pipeline>) -> axum::Router {
+    let route = axum::Router::new().route("/v1/pipeline", axum::routing::get(move || {
+        let pipeline = pipeline.clone();
+        async move { axum::Json(pipeline.figures()) }
+    }));
+    lodestone_kit::auth::with_scope(route, lodestone_kit::auth::Scope::Metrics)
 }

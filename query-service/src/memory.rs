@@ -13,6 +13,20 @@ use lodestone_store::TableRef;
 
 use crate::config::MemoryConfig;
 
+/// The HTTP client of the query service's calls to the other services: over HTTPS trusting
+/// `[tls] ca_path` when `https`, with the token in `memory.token_path` (none when empty).
+pub fn service_client(config: &MemoryConfig, tls: &lodestone_kit::tls::TlsConfig, https: bool) -> Result<reqwest::Client, MemoryClientError> {
+    let client_tls = if https { tls.client()? } else { None };
+    let http = match config.token_path.as_str() {
+        "" => lodestone_kit::http::client(client_tls),
+        path => {
+            let bearer = lodestone_kit::auth::read_bearer(std::path::Path::new(path)).map_err(|source| MemoryClientError::Token { path: path.to_string(), source })?;
+            lodestone_kit::http::client_with_token(client_tls, &bearer)
+        }
+    };
+    Ok(http.build()?)
+}
+
 #[derive(Debug, Clone)]
 pub struct MemoryClient {
     http: reqwest::Client,
@@ -35,16 +49,8 @@ impl MemoryClient {
     /// `https://`, with the token in `memory.token_path` (none when empty).
     pub fn new(config: &MemoryConfig, tls: &lodestone_kit::tls::TlsConfig) -> Result<MemoryClient, MemoryClientError> {
         let any_https = config.workers.iter().any(|w| w.starts_with("https://"));
-        let client_tls = if any_https { tls.client()? } else { None };
-        let http = match config.token_path.as_str() {
-            "" => lodestone_kit::http::client(client_tls),
-            path => {
-                let bearer = lodestone_kit::auth::read_bearer(std::path::Path::new(path)).map_err(|source| MemoryClientError::Token { path: path.to_string(), source })?;
-                lodestone_kit::http::client_with_token(client_tls, &bearer)
-            }
-        };
         Ok(MemoryClient {
-            http: http.build()?,
+            http: service_client(config, tls, any_https)?,
             workers: config.workers.iter().map(|w| w.trim_end_matches('/').to_string()).collect(),
             timeout: Duration::from_millis(config.timeout_ms),
         })

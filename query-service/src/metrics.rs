@@ -64,6 +64,7 @@ impl Metrics {
             .family("lodestone_timestream_requests_total", Kind::Counter, "Timestream API calls, by operation.", "operation", self.timestream_requests.snapshot())
             .family("lodestone_timestream_errors_total", Kind::Counter, "Timestream API calls refused, by AWS error code.", "code", self.timestream_errors.snapshot())
             .counter("lodestone_timestream_throttled_total", "WriteRecords calls answered 429 ThrottlingException.", load(&self.timestream_throttled));
+        out.service_families();
         out.finish()
     }
 }

@@ -52,9 +52,10 @@ pub async fn query(api: &TimestreamApi, call: &Call) -> Result<Value, AwsError> 
         Some(rows) => return Err(AwsError::validation(format!("MaxRows {rows} is not within 1..={MAX_ROWS_MAX}"))),
     };
     let engine = &api.engine;
+    let span = crate::engine::query_span(Some(&input.query_string), call.headers.get("traceparent").and_then(|v| v.to_str().ok()));
     let answered = match &input.next_token {
-        None => engine.query_cut(&input.query_string, max_rows, None, &call.caller, render_rows).await,
-        Some(token) => engine.next_page_cut(token, Some(&input.query_string), max_rows, &call.caller, render_rows),
+        None => tracing::Instrument::instrument(engine.query_cut(&input.query_string, max_rows, None, &call.caller, render_rows), span.clone()).await,
+        Some(token) => span.in_scope(|| engine.next_page_cut(token, Some(&input.query_string), max_rows, &call.caller, render_rows)),
     };
     let (page, rows) = match answered {
         Ok(answered) => answered,
