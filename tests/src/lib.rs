@@ -443,9 +443,18 @@ impl Stack {
     }
 
     async fn start_query(&mut self) {
+        self.start_query_service("query-service", self.ports.query_http).await;
+    }
+
+    /// Starts a query service named `name` on `port` (another besides the stack's own, say),
+    /// reading the stack's store and workers, its console showing the stack's bridge and first
+    /// edge agent.
+    pub async fn start_query_service(&mut self, name: &str, port: u16) {
         let mut env = vec![
             env("LODESTONE_QUERY__STORE__PATH", self.store_path()),
-            env("LODESTONE_QUERY__HTTP__LISTEN", format!("127.0.0.1:{}", self.ports.query_http)),
+            env("LODESTONE_QUERY__HTTP__LISTEN", format!("127.0.0.1:{port}")),
+            env("LODESTONE_QUERY__CONSOLE__BRIDGES", format!("[{:?}]", self.url(self.ports.bridge_http))),
+            env("LODESTONE_QUERY__CONSOLE__AGENTS", format!("[{:?}]", self.url(self.ports.agent_http))),
             env("LODESTONE_QUERY__MEMORY__WORKERS", format!("{:?}", self.ingest_ports.iter().map(|p| self.url(*p)).collect::<Vec<_>>())),
             env("LODESTONE_QUERY__MEMORY__TOKEN_PATH", self.credentials.service_token_path.display().to_string()),
             // Timestream's WriteRecords produces to the ingest topic.
@@ -453,7 +462,7 @@ impl Stack {
         ];
         env.extend(self.kafka_env("QUERY"));
         env.extend(self.query_env.iter().cloned());
-        self.spawn_service("query-service", "query-service", env, self.ports.query_http).await;
+        self.spawn_service(name, "query-service", env, port).await;
     }
 
     pub async fn start_agent(&mut self, device_id: &str) {
