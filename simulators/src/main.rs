@@ -20,6 +20,10 @@ use lodestone_simulators::{FleetSpec, Profile, SeriesKind, Summary};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Give every envelope a fresh W3C traceparent, sampled for this share of them (0.01: 1%),
+    /// as devices that trace do; 0: no traceparent.
+    #[arg(long, global = true, default_value_t = 0.0)]
+    traceparent_ratio: f64,
 }
 
 #[derive(Subcommand)]
@@ -409,6 +413,7 @@ async fn run(command: Command, now_ns: i64) -> anyhow::Result<(Summary, &'static
 async fn main() -> ExitCode {
     lodestone_kit::log::init("info");
     let cli = Cli::parse();
+    lodestone_simulators::wire::set_traceparent_ratio(cli.traceparent_ratio);
     if let Command::Load(args) = cli.command {
         return match run_load(args).await {
             Ok(()) => ExitCode::SUCCESS,

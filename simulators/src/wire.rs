@@ -23,6 +23,26 @@ pub struct Encoded {
     pub bytes: Bytes,
 }
 
+/// The share of envelopes whose `traceparent` is sampled (their W3C flag), when above 0: every
+/// envelope then carries a fresh trace, as devices that trace do. 0 (the default): none.
+static TRACEPARENT_RATIO: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Sets [`TRACEPARENT_RATIO`] for the process (`lodestone-sim --traceparent-ratio`).
+pub fn set_traceparent_ratio(ratio: f64) {
+    TRACEPARENT_RATIO.store(ratio.clamp(0.0, 1.0).to_bits(), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// A fresh `traceparent` for an envelope, sampled at the set ratio; `None` when the ratio is 0.
+fn envelope_traceparent() -> Option<String> {
+    let ratio = f64::from_bits(TRACEPARENT_RATIO.load(std::sync::atomic::Ordering::Relaxed));
+    if ratio <= 0.0 {
+        return None;
+    }
+    let mut rng = rand::thread_rng();
+    let sampled = if rng.gen::<f64>() < ratio { "01" } else { "00" };
+    Some(format!("00-{:032x}-{:016x}-{sampled}", rng.gen::<u128>() | 1, rng.gen::<u64>() | 1))
+}
+
 /// Encodes `batch` as one envelope from `source`; `destination` goes inside it (Kafka) or is
 /// left out (MQTT, where the topic names it). `unacked_from` is for devices that wait for acks.
 pub fn encode_envelope(batch: Batch, source: &Source, destination: Option<&Destination>, unacked_from: Option<u64>, format: ContentType) -> Encoded {
@@ -35,7 +55,7 @@ pub fn encode_envelope(batch: Batch, source: &Source, destination: Option<&Desti
         unacked_from,
         records: batch.records,
         rejected: Vec::new(),
-        traceparent: None,
+        traceparent: envelope_traceparent(),
     };
     let bytes = match format {
         ContentType::Cbor => envelope.to_cbor(),
